@@ -1,0 +1,186 @@
+"""The event stream a generation emits.
+
+Every consumer (live view, ``--json``, bench statistics, tune, saved traces) reads these events;
+none reaches into the engine. Rungs are numbered in ladder order: 0 is the target, then the
+neural drafters largest first, then Max-Gram when the ladder has it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Start:
+    """Generation began: the rung names, in ladder order, and the prompt length."""
+
+    rungs: list[str]
+    prompt_tokens: int
+    t: float = 0.0
+
+
+@dataclass
+class Review:
+    """Rung ``reviewer`` scored ``proposed`` in one forward pass and kept ``accepted`` of them,
+    then appended ``token`` of its own. ``origins`` names the rung that drafted each proposal."""
+
+    reviewer: int
+    proposed: list[int]
+    origins: list[int]
+    accepted: int
+    token: int
+    forward_s: float
+    t: float
+
+
+@dataclass
+class Commit:
+    """The target's review made these tokens final (already cut at eos, stop strings, limits)."""
+
+    tokens: list[int]
+    origins: list[int]
+    rejected: list[int] = field(default_factory=list)
+    rejected_origins: list[int] = field(default_factory=list)
+    t: float = 0.0
+
+
+@dataclass
+class Finish:
+    """Generation ended: ``reason`` is ``eos``, ``stop`` (a stop string), ``length`` or
+    ``interrupted``."""
+
+    reason: str
+    t: float = 0.0
+
+
+Event = Start | Review | Commit | Finish
+_KINDS = {cls.__name__: cls for cls in (Start, Review, Commit, Finish)}
+
+
+def to_dict(event: Event) -> dict:
+    """A JSON-ready dict of an event, tagged with its kind."""
+    return {"event": type(event).__name__, **asdict(event)}
+
+
+def from_dict(data: dict) -> Event:
+    """The event a ``to_dict`` result describes."""
+    data = dict(data)
+    return _KINDS[data.pop("event")](**data)
+
+
+def save(events: Iterable[Event], path: Path, header: dict | None = None) -> None:
+    """Write a trace as JSON lines (an optional header line first)."""
+    with Path(path).open("w") as f:
+        if header is not None:
+            f.write(json.dumps({"event": "Header", **header}) + "\n")
+        for event in events:
+            f.write(json.dumps(to_dict(event)) + "\n")
+
+
+def load(path: Path) -> tuple[dict, list[Event]]:
+    """Read a trace written by ``save``: its header (or ``{}``) and its events."""
+    header: dict = {}
+    events: list[Event] = []
+    for line in Path(path).read_text().splitlines():
+        data = json.loads(line)
+        if data.get("event") == "Header":
+            header = {k: v for k, v in data.items() if k != "event"}
+        else:
+            events.append(from_dict(data))
+    return header, events
+
+
+@dataclass
+class Stats:
+    """Counters over one generation, computed from its events."""
+
+    rungs: list[str]
+    new_tokens: int = 0
+    target_forwards: int = 0
+    wall_s: float = 0.0
+    finish: str = ""
+    proposed: dict[int, int] = field(default_factory=dict)  # by reviewer: proposals it scored
+    accepted: dict[int, int] = field(default_factory=dict)  # by reviewer: proposals it kept
+    forwards: dict[int, int] = field(default_factory=dict)  # by rung: forward passes
+    forward_s: dict[int, float] = field(default_factory=dict)  # by rung: seconds in forwards
+    drafted: dict[int, int] = field(default_factory=dict)  # by origin: final tokens drafted
+    by_position: list[list[int]] = field(default_factory=list)  # target: [reached, accepted]
+
+    def add(self, event: Event) -> None:
+        """Fold one event into the counters."""
+        if isinstance(event, Start):
+            self.rungs = list(event.rungs)
+        elif isinstance(event, Review):
+            r = event.reviewer
+            self.forwards[r] = self.forwards.get(r, 0) + 1
+            self.forward_s[r] = self.forward_s.get(r, 0.0) + event.forward_s
+            self.proposed[r] = self.proposed.get(r, 0) + len(event.proposed)
+            self.accepted[r] = self.accepted.get(r, 0) + event.accepted
+            if r == 0:
+                self.target_forwards += 1
+                reached = min(event.accepted + 1, len(event.proposed))
+                while len(self.by_position) < reached:
+                    self.by_position.append([0, 0])
+                for i in range(reached):
+                    self.by_position[i][0] += 1
+                    self.by_position[i][1] += i < event.accepted
+        elif isinstance(event, Commit):
+            self.new_tokens += len(event.tokens)
+            for o in event.origins:
+                self.drafted[o] = self.drafted.get(o, 0) + 1
+            self.wall_s = event.t
+        elif isinstance(event, Finish):
+            self.finish = event.reason
+            self.wall_s = event.t
+
+    @classmethod
+    def of(cls, events: Iterable[Event]) -> Stats:
+        """Counters over a whole event list."""
+        stats = cls(rungs=[])
+        for event in events:
+            stats.add(event)
+        return stats
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Generated tokens per target forward pass."""
+        return self.new_tokens / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per wall-clock second."""
+        return self.new_tokens / self.wall_s if self.wall_s else 0.0
+
+    def acceptance(self, reviewer: int) -> float:
+        """Fraction of the proposals this reviewer scored that it kept."""
+        n = self.proposed.get(reviewer, 0)
+        return self.accepted.get(reviewer, 0) / n if n else 0.0
+
+    def as_dict(self) -> dict:
+        """The stats for ``--json``, keyed by rung name."""
+        name = self.rungs.__getitem__
+        return {
+            "new_tokens": self.new_tokens,
+            "target_forwards": self.target_forwards,
+            "tokens_per_target_forward": round(self.tokens_per_forward, 4),
+            "wall_s": round(self.wall_s, 4),
+            "tokens_per_s": round(self.tokens_per_s, 4),
+            "finish": self.finish,
+            "reviews": {
+                name(r): {
+                    "forwards": self.forwards.get(r, 0),
+                    "proposed": self.proposed.get(r, 0),
+                    "accepted": self.accepted.get(r, 0),
+                    "acceptance": round(self.acceptance(r), 4),
+                    "forward_s": round(self.forward_s.get(r, 0.0), 4),
+                }
+                for r in sorted(self.forwards)
+            },
+            "drafted": {name(o): n for o, n in sorted(self.drafted.items())},
+            "target_acceptance_by_position": [
+                round(a / n, 4) if n else 0.0 for n, a in self.by_position
+            ],
+        }
