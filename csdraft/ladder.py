@@ -1,0 +1,380 @@
+"""cascades.yaml -> validated ladder specs, and the loaded ladder that builds cascades."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from csdraft.errors import CsdraftError, UsageError
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One neural rung: what to load, what to call it, and where it runs."""
+
+    ref: str
+    name: str
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class MaxGramSpec:
+    """Max-Gram settings; ``bigram_text`` is an optional text file to learn the fallback from."""
+
+    max_ngram: int = 8
+    min_ngram: int = 1
+    bigram_text: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Generation settings a ladder starts from; command-line flags override them."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LadderSpec:
+    """A validated ladder: target, neural drafters (largest first), optional Max-Gram."""
+
+    name: str
+    target: ModelSpec
+    drafters: tuple[ModelSpec, ...] = ()
+    maxgram: MaxGramSpec | None = None
+    k_matrix: tuple[tuple[int, ...], ...] = ()
+    lenience: tuple[float, ...] = ()
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    description: str = ""
+
+    @property
+    def rung_names(self) -> list[str]:
+        """Names in ladder order: target, drafters, then max-gram if present."""
+        return [self.target.name, *(d.name for d in self.drafters)] + (
+            ["max-gram"] if self.maxgram else []
+        )
+
+    @property
+    def drafting_rungs(self) -> int:
+        """How many rungs draft for someone: the k-matrix is this square."""
+        return len(self.drafters) + (1 if self.maxgram else 0)
+
+    def with_settings(
+        self,
+        k_matrix: Any = None,
+        lenience: Any = None,
+        name: str | None = None,
+        where: str = "command line",
+    ) -> LadderSpec:
+        """A copy with another k-matrix and/or lenience, validated like the YAML."""
+        spec = self
+        if k_matrix is not None:
+            spec = replace(spec, k_matrix=check_k_matrix(k_matrix, self, where))
+        if lenience is not None:
+            spec = replace(spec, lenience=check_lenience(lenience, len(self.drafters), where))
+        return replace(spec, name=name) if name else spec
+
+    def explain_k_matrix(self) -> list[str]:
+        """The k-matrix in words, one line per reviewing rung."""
+        names = self.rung_names
+        lines = []
+        for r, row in enumerate(self.k_matrix):
+            total = sum(row[r:])
+            if total == 0:
+                lines.append(f"{names[r]} decodes one token per forward pass (no drafts)")
+                continue
+            parts, pos = [], 0
+            for c in range(r, len(row)):
+                if row[c]:
+                    first, last = pos + 1, pos + row[c]
+                    span = f"token {first}" if first == last else f"tokens {first}-{last}"
+                    parts.append(f"{span} from {names[c + 1]}")
+                    pos = last
+            verb = "reviews" if r == 0 else "writes its drafts by reviewing"
+            lines.append(f"{names[r]} {verb} blocks of {total}: " + ", ".join(parts))
+        autoregressive = [names[i] for i in range(len(self.k_matrix), len(self.drafters) + 1)]
+        for name in autoregressive:
+            lines.append(f"{name} drafts autoregressively (one forward pass per token)")
+        return lines
+
+
+def _where(ladder: str, key: str) -> str:
+    return f"ladder '{ladder}': {key}"
+
+
+def check_k_matrix(value: Any, spec: LadderSpec, where: str) -> tuple[tuple[int, ...], ...]:
+    """A k-matrix checked for shape (D x D, upper-triangular) and non-negative integers."""
+    d = spec.drafting_rungs
+    drafters = ", ".join(spec.rung_names[1:]) or "none"
+    expect = (
+        f"expected a {d}x{d} upper-triangular matrix of non-negative integers "
+        f"(rows: reviewers {', '.join(spec.rung_names[:d]) or '-'}; columns: drafters {drafters})"
+    )
+    if isinstance(value, str):
+        value = parse_k_matrix(value, where)
+    if not isinstance(value, list | tuple) or len(value) != d:
+        raise UsageError(f"{where}: k_matrix: {expect}, got {value!r}")
+    rows = []
+    for i, row in enumerate(value):
+        if not isinstance(row, list | tuple) or len(row) != d:
+            raise UsageError(f"{where}: k_matrix row {i + 1}: {expect}, got {row!r}")
+        for j, v in enumerate(row):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise UsageError(
+                    f"{where}: k_matrix[{i}][{j}] = {v!r}: entries must be integers >= 0"
+                )
+            if j < i and v != 0:
+                raise UsageError(
+                    f"{where}: k_matrix[{i}][{j}] = {v}: {expect} (entries below the diagonal "
+                    "must be 0)"
+                )
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
+def parse_k_matrix(text: str, where: str = "--k-matrix") -> list[list[int]]:
+    """Parse '[[13,10],[0,10]]' or '13,10;0,10'."""
+    text = text.strip()
+    try:
+        if text.startswith("["):
+            value = json.loads(text)
+        else:
+            value = [[int(v) for v in row.split(",")] for row in text.split(";") if row.strip()]
+    except (ValueError, json.JSONDecodeError):
+        raise UsageError(
+            f"{where}: cannot read k-matrix {text!r}; "
+            "write it as '[[13,10],[0,10]]' or '13,10;0,10'"
+        ) from None
+    return value
+
+
+def check_lenience(value: Any, drafters: int, where: str) -> tuple[float, ...]:
+    """Lenience for inner reviews: one number for all, or one per neural drafter, each >= 1."""
+    values = value if isinstance(value, list | tuple) else [value] * drafters
+    if len(values) != drafters:
+        raise UsageError(
+            f"{where}: lenience: expected one number or a list of {drafters} (one per neural "
+            f"drafter), got {value!r}"
+        )
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 1:
+            raise UsageError(f"{where}: lenience: expected numbers >= 1, got {v!r}")
+        out.append(float(v))
+    return tuple(out)
+
+
+def _model(value: Any, where: str, dtype: str, device: str) -> ModelSpec:
+    if isinstance(value, str):
+        value = {"model": value}
+    if not isinstance(value, dict) or not isinstance(value.get("model"), str):
+        raise UsageError(f"{where}: expected a model reference or {{model: REF, name: NAME}}")
+    unknown = set(value) - {"model", "name", "dtype", "device"}
+    if unknown:
+        raise UsageError(
+            f"{where}: unknown keys {sorted(unknown)} (allowed: model, name, dtype, device)"
+        )
+    spec = ModelSpec(
+        ref=value["model"],
+        name=str(value.get("name") or Path(value["model"]).name),
+        dtype=str(value.get("dtype", dtype)),
+        device=str(value.get("device", device)),
+    )
+    if spec.dtype not in DTYPES:
+        raise UsageError(f"{where}: dtype: expected one of {', '.join(DTYPES)}, got {spec.dtype!r}")
+    return spec
+
+
+_LADDER_KEYS = {
+    "description", "target", "drafters", "maxgram", "k_matrix", "lenience", "dtype", "device",
+    "generation",
+}  # fmt: skip
+
+
+def parse_ladder(name: str, raw: Any) -> LadderSpec:
+    """Validate one ladder's mapping from YAML; messages name the ladder and the key."""
+    if not isinstance(raw, dict):
+        raise UsageError(f"ladder '{name}': expected a mapping with target, drafters, k_matrix")
+    unknown = set(raw) - _LADDER_KEYS
+    if unknown:
+        raise UsageError(
+            f"ladder '{name}': unknown keys {sorted(unknown)} "
+            f"(allowed: {', '.join(sorted(_LADDER_KEYS))})"
+        )
+    if "target" not in raw:
+        raise UsageError(f"ladder '{name}': target: missing (the model whose output you want)")
+    dtype, device = str(raw.get("dtype", "bfloat16")), str(raw.get("device", "cpu"))
+    if dtype not in DTYPES:
+        raise UsageError(
+            f"{_where(name, 'dtype')}: expected one of {', '.join(DTYPES)}, got {dtype!r}"
+        )
+    target = _model(raw["target"], _where(name, "target"), dtype, device)
+    drafters_raw = raw.get("drafters") or []
+    if not isinstance(drafters_raw, list):
+        raise UsageError(f"{_where(name, 'drafters')}: expected a list, largest model first")
+    drafters = tuple(
+        _model(d, _where(name, f"drafters[{i}]"), dtype, device) for i, d in enumerate(drafters_raw)
+    )
+    mg_raw = raw.get("maxgram", False)
+    maxgram = None
+    if mg_raw is True:
+        maxgram = MaxGramSpec()
+    elif isinstance(mg_raw, dict):
+        try:
+            maxgram = MaxGramSpec(**mg_raw)
+        except TypeError:
+            raise UsageError(
+                f"{_where(name, 'maxgram')}: allowed keys are max_ngram, min_ngram, bigram_text"
+            ) from None
+        if not (isinstance(maxgram.min_ngram, int) and isinstance(maxgram.max_ngram, int)) or not (
+            1 <= maxgram.min_ngram <= maxgram.max_ngram
+        ):
+            raise UsageError(
+                f"{_where(name, 'maxgram')}: need integers 1 <= min_ngram <= max_ngram"
+            )
+    elif mg_raw not in (False, None):
+        raise UsageError(f"{_where(name, 'maxgram')}: expected true, false or a mapping")
+    names = [target.name, *(d.name for d in drafters)]
+    if len(set(names)) != len(names) or "max-gram" in names:
+        raise UsageError(f"ladder '{name}': model names must be unique and not 'max-gram': {names}")
+    spec = LadderSpec(name, target, drafters, maxgram, description=str(raw.get("description", "")))
+    k_raw = raw.get("k_matrix", [] if spec.drafting_rungs == 0 else None)
+    if k_raw is None:
+        raise UsageError(
+            f"{_where(name, 'k_matrix')}: missing; "
+            f"a {spec.drafting_rungs}x{spec.drafting_rungs} matrix is needed"
+        )
+    gen_raw = raw.get("generation") or {}
+    if not isinstance(gen_raw, dict):
+        raise UsageError(f"{_where(name, 'generation')}: expected a mapping")
+    try:
+        gen = GenerationDefaults(**{**gen_raw, "stop": tuple(gen_raw.get("stop") or ())})
+    except TypeError:
+        allowed = ", ".join(GenerationDefaults.__dataclass_fields__)
+        raise UsageError(f"{_where(name, 'generation')}: allowed keys are {allowed}") from None
+    check_sampling(gen.temperature, gen.top_k, gen.top_p, _where(name, "generation"))
+    return replace(
+        spec,
+        k_matrix=check_k_matrix(k_raw, spec, f"ladder '{name}'"),
+        lenience=check_lenience(raw.get("lenience", 1.0), len(drafters), f"ladder '{name}'"),
+        generation=gen,
+    )
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float, where: str) -> None:
+    """Sampling settings in range, or a one-line UsageError."""
+    if not isinstance(temperature, int | float) or temperature < 0:
+        raise UsageError(f"{where}: temperature must be >= 0 (0 is greedy), got {temperature!r}")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise UsageError(f"{where}: top_k must be an integer >= 0 (0 is off), got {top_k!r}")
+    if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        raise UsageError(f"{where}: top_p must be in (0, 1], got {top_p!r}")
+
+
+def default_config_text() -> str:
+    """The ladders shipped with csdraft."""
+    return resources.files("csdraft").joinpath("cascades.yaml").read_text()
+
+
+def user_config_path() -> Path:
+    """Where ``tune --write`` stores ladders when no ``--config`` is given."""
+    if os.environ.get("CSDRAFT_CONFIG"):
+        return Path(os.environ["CSDRAFT_CONFIG"])
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("csdraft")) / "cascades.yaml"
+
+
+def parse_config(text: str, source: str) -> dict[str, LadderSpec]:
+    """All ladders in one YAML text, in file order."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or "malformed YAML"
+        raise UsageError(f"{source}: malformed YAML{at}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: expected a mapping of ladder names to ladders")
+    ladders = {}
+    for name, body in raw.items():
+        try:
+            ladders[str(name)] = parse_ladder(str(name), body)
+        except UsageError as e:
+            raise UsageError(f"{source}: {e}") from None
+    return ladders
+
+
+def load_ladders(config: Path | None = None) -> dict[str, LadderSpec]:
+    """Ladders from ``config`` alone, or the shipped ones followed by the user's own file."""
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise UsageError(f"config file {path} not found")
+        ladders = parse_config(path.read_text(), str(path))
+        if not ladders:
+            raise UsageError(f"{path}: holds no ladders")
+        return ladders
+    ladders = parse_config(default_config_text(), "csdraft/cascades.yaml")
+    user = user_config_path()
+    if user.is_file():
+        ladders.update(parse_config(user.read_text(), str(user)))
+    return ladders
+
+
+def get_ladder(name: str | None = None, config: Path | None = None) -> LadderSpec:
+    """The named ladder, or the first (default) one."""
+    ladders = load_ladders(config)
+    if name is None:
+        return next(iter(ladders.values()))
+    if name not in ladders:
+        raise UsageError(f"unknown ladder '{name}'; known ladders: {', '.join(ladders)}")
+    return ladders[name]
+
+
+def ladder_to_yaml(spec: LadderSpec) -> dict:
+    """A ladder as the mapping ``parse_ladder`` reads back."""
+
+    def model(m: ModelSpec) -> dict:
+        return {"model": m.ref, "name": m.name, "dtype": m.dtype, "device": m.device}
+
+    out: dict[str, Any] = {"description": spec.description} if spec.description else {}
+    out["target"] = model(spec.target)
+    out["drafters"] = [model(d) for d in spec.drafters]
+    out["maxgram"] = (
+        {k: v for k, v in vars(spec.maxgram).items() if v is not None} if spec.maxgram else False
+    )
+    out["k_matrix"] = [list(r) for r in spec.k_matrix]
+    out["lenience"] = list(spec.lenience)
+    g = spec.generation
+    out["generation"] = {**vars(g), "stop": list(g.stop)}
+    return out
+
+
+def add_ladder(path: Path, spec: LadderSpec) -> None:
+    """Append a ladder to a config file; never overwrites an existing name."""
+    path = Path(path)
+    existing = parse_config(path.read_text(), str(path)) if path.is_file() else {}
+    if spec.name in existing:
+        raise CsdraftError(f"{path} already has a ladder named '{spec.name}'; choose another name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = yaml.safe_dump({spec.name: ladder_to_yaml(spec)}, sort_keys=False, width=100)
+    with path.open("a") as f:
+        if path.stat().st_size and not path.read_text().endswith("\n"):
+            f.write("\n")
+        f.write("\n" + block)

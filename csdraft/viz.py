@@ -1,0 +1,144 @@
+"""Rendering a generation's trace: live on a terminal, plain text elsewhere."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from csdraft.generation import Detokenizer
+from csdraft.trace import Commit, Event, Start, Stats
+
+_DRAFTER_STYLES = ["cyan", "green", "yellow", "blue"]
+
+
+def rung_style(rung: int, names: list[str]) -> str:
+    """The colour of tokens drafted by a rung: the target's own tokens plain bold, Max-Gram
+    magenta, neural drafters in turn."""
+    if rung == 0:
+        return "bold"
+    if names and names[rung] == "max-gram":
+        return "magenta"
+    return _DRAFTER_STYLES[(rung - 1) % len(_DRAFTER_STYLES)]
+
+
+def legend(names: list[str]) -> Text:
+    """One line naming each rung in its colour."""
+    text = Text("drafted by: ", style="dim")
+    for i, name in enumerate(names):
+        text.append(f"■ {name}" + (" (own token)" if i == 0 else ""), style=rung_style(i, names))
+        text.append("  ")
+    text.append("~rejected~", style="strike dim red")
+    return text
+
+
+def status_line(stats: Stats) -> Text:
+    """Live counters: tokens, speed, tokens per target forward, acceptance per reviewer."""
+    text = Text(style="dim")
+    text.append(f"{stats.new_tokens} tokens  {stats.tokens_per_s:.1f} tok/s  ")
+    text.append(f"{stats.tokens_per_forward:.2f} tok/target fwd")
+    for r in sorted(stats.proposed):
+        if stats.proposed[r]:
+            name = stats.rungs[r] if stats.rungs else str(r)
+            text.append(f"  {name} kept {100 * stats.acceptance(r):.0f}%")
+    return text
+
+
+class LiveView:
+    """Streams text as the target accepts it, each token coloured by the rung that drafted it;
+    the drafts the target just rejected stay visible, struck through, until the next step.
+    Finished lines scroll up; the line being written and the counters stay at the bottom."""
+
+    def __init__(self, tokenizer: Any, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.tokenizer = tokenizer
+        self.detok = Detokenizer(tokenizer)
+        self.stats = Stats(rungs=[])
+        self.line = Text()
+        self.rejected = Text()
+        self.live = Live(
+            console=self.console, refresh_per_second=12, transient=True, auto_refresh=False
+        )
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(*exc)
+        if self.line.plain:
+            self.console.print(self.line)
+
+    def _render(self) -> Group:
+        return Group(
+            self.line + self.rejected, Text(), status_line(self.stats), legend(self.stats.rungs)
+        )
+
+    def add(self, event: Event) -> None:
+        """Show one event."""
+        self.stats.add(event)
+        if isinstance(event, Commit):
+            names = self.stats.rungs
+            for token, origin in zip(event.tokens, event.origins, strict=True):
+                piece = self.detok.add(token)
+                *done, rest = piece.split("\n")
+                for part in done:
+                    self.line.append(part, style=rung_style(origin, names))
+                    self.live.console.print(self.line)
+                    self.line = Text()
+                self.line.append(rest, style=rung_style(origin, names))
+            self.rejected = Text()
+            if event.rejected:
+                shown = self.tokenizer.decode(event.rejected, skip_special_tokens=True)
+                self.rejected = Text(shown.replace("\n", "⏎"), style="strike dim red")
+        elif isinstance(event, Start):
+            self.stats.rungs = list(event.rungs)
+        self.live.update(self._render(), refresh=True)
+
+
+class PlainView:
+    """Writes only the generated text, as it is accepted (for pipes and ``--quiet``)."""
+
+    def __init__(self, tokenizer: Any, out: TextIO = sys.stdout) -> None:
+        self.detok = Detokenizer(tokenizer)
+        self.out = out
+
+    def __enter__(self) -> PlainView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.out.write("\n")
+        self.out.flush()
+
+    def add(self, event: Event) -> None:
+        """Write the text of committed tokens."""
+        if isinstance(event, Commit):
+            self.out.write("".join(self.detok.add(t) for t in event.tokens))
+            self.out.flush()
+
+
+def summary_table(stats: Stats) -> Table:
+    """The end-of-generation summary: totals and each rung's reviews."""
+    table = Table(title="generation summary", show_edge=False, title_style="bold")
+    table.add_column("rung")
+    table.add_column("forwards", justify="right")
+    table.add_column("proposals scored", justify="right")
+    table.add_column("kept", justify="right")
+    table.add_column("final tokens drafted", justify="right")
+    for r, name in enumerate(stats.rungs):
+        table.add_row(
+            Text(name, style=rung_style(r, stats.rungs)),
+            str(stats.forwards.get(r, "-")),
+            str(stats.proposed.get(r, "-")),
+            f"{100 * stats.acceptance(r):.1f}%" if stats.proposed.get(r) else "-",
+            str(stats.drafted.get(r, 0)),
+        )
+    table.caption = (
+        f"{stats.new_tokens} tokens in {stats.wall_s:.2f} s = {stats.tokens_per_s:.2f} tok/s; "
+        f"{stats.tokens_per_forward:.2f} tokens per target forward; finished: {stats.finish}"
+    )
+    return table
