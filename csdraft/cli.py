@@ -125,6 +125,112 @@ def generate(
 
 # --- bench (owned by csdraft/bench) ---
 
+
+@app.command(no_args_is_help=True)
+def bench(
+    dataset: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="DATASET",
+            help="gsm8k, mmlu, or a JSON-lines file of prompts.",
+            show_default=False,
+        ),
+    ] = None,
+    field: Annotated[
+        str, typer.Option(help="For a JSON-lines file: the field holding each prompt.")
+    ] = "prompt",
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", help="Use the first N prompts.", min=1)
+    ] = None,
+    ladder: LadderOpt = None,
+    config: ConfigOpt = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per generation.", min=1)] = 128,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma list of methods (default: all; ar is always added): ar, sd, pld, "
+            "csd-vertical, csd-horizontal, csd, hf-generate, hf-assisted, hf-lookup."
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="The dataset file (GSM8K or MMLU JSON lines).")
+    ] = None,
+    warmup: Annotated[int, typer.Option(help="Warm-up prompts (short, not measured).", min=0)] = 1,
+    sd_block: Annotated[int, typer.Option(help="Block length of the sd method.", min=1)] = 4,
+    pld_block: Annotated[int, typer.Option(help="Block length of pld and hf-lookup.", min=1)] = 10,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="PNG of the results (default: next to --out, else bench.png)."),
+    ] = None,
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="Write no PNG.")] = False,
+    temperature: Annotated[
+        float, typer.Option(help="0 is greedy; above 0, outputs are not compared.", min=0)
+    ] = 0.0,
+    compare: Annotated[
+        tuple[Path, Path] | None,
+        typer.Option(
+            help="Show two results files side by side (no dataset needed).", show_default=False
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the results JSON on stdout (report on stderr).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Measure speed honestly: every method on the same prompts, models, machine.
+
+    Each prompt runs every method in turn, the order rotated per prompt, after
+    a short warm-up, so drift hits all alike. Methods:
+
+    [bold]ar[/]: the target alone. [bold]sd[/]: the largest drafter, fixed block.
+    [bold]pld[/]: Max-Gram prompt lookup. [bold]csd-vertical[/], [bold]csd-horizontal[/],
+    [bold]csd[/]: the full ladder with the k-matrix's diagonal, first row, or all.
+    [bold]hf-generate[/], [bold]hf-assisted[/], [bold]hf-lookup[/]: transformers' own greedy,
+    assisted and prompt-lookup generate on the same loaded models.
+
+    Reported: speedup over ar per prompt (median, mean, range), tok/s, tokens
+    per target forward, SWI, acceptance by rung and by draft position, task
+    accuracy, and every greedy output checked token by token against ar's.
+    Speed bar: csd >= 1.8x ar, csd >= 1.3x hf-assisted, ar within 5% of
+    hf-generate, 0 mismatches.
+
+    [cyan]csdraft bench gsm8k --limit 10 --out gsm8k.json[/]
+    [cyan]csdraft bench prompts.jsonl --field text --methods ar,csd[/]
+    [cyan]csdraft bench --compare before.json after.json[/]
+    """
+    from csdraft.bench import run_bench, run_compare
+
+    if compare is not None:
+        if dataset is not None:
+            raise UsageError("--compare takes two results files and no dataset")
+        run_compare(compare[0], compare[1], as_json=as_json)
+        return
+    if dataset is None:
+        raise UsageError("which dataset? pass gsm8k, mmlu or a JSON-lines file")
+    results = run_bench(
+        dataset,
+        data=data,
+        field=field,
+        limit=limit,
+        ladder=ladder,
+        config=config,
+        max_new_tokens=max_new_tokens,
+        methods=methods,
+        out=out,
+        plot=plot,
+        no_plot=no_plot,
+        warmup=warmup,
+        sd_block=sd_block,
+        pld_block=pld_block,
+        temperature=temperature,
+        as_json=as_json,
+        quiet=quiet,
+    )
+    if results.get("interrupted"):
+        raise typer.Exit(130)
+
+
 # --- end bench ---
 
 # --- tune and inspect (owned by csdraft/tune.py, csdraft/inspect.py) ---
@@ -135,7 +241,7 @@ def generate(
 def main() -> None:
     """Entry point: one-line errors with exit codes, tracebacks only with --debug."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except CsdraftError as e:
         if _state["debug"]:
             traceback.print_exc()
@@ -162,6 +268,7 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

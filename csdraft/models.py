@@ -260,6 +260,22 @@ def resolve(ref: str, progress: bool = True) -> _Resolved:
     return _Resolved("hub", ref, f"hub id {ref}", None)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub endpoint answers a TCP connect (skips minutes of HTTP retries offline)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy may reach what a direct connection cannot: let the hub client try
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _hub_load(loader: Any, ref: str, **kwargs: Any) -> Any:
     """``loader.from_pretrained(ref)``: the local HF cache first, then the hub unless offline."""
     try:
@@ -267,15 +283,20 @@ def _hub_load(loader: Any, ref: str, **kwargs: Any) -> Any:
     except Exception as first:  # noqa: BLE001 - any failure means "not usable from the cache"
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         error: BaseException = first
-        if not offline:
+        why = "not in the local Hugging Face cache"
+        if offline:
+            why += ", and HF_HUB_OFFLINE is set"
+        elif not _hub_reachable():
+            why += ", and the hub is unreachable"
+        else:
             try:
                 return loader.from_pretrained(ref, **kwargs)
             except Exception as second:  # noqa: BLE001
                 error = second
+                why = _one_line(second, 160)
     raise CsdraftError(
-        f"model {ref!r} could not be found locally or on the Hugging Face hub (not an offline "
-        f"pack, a .gguf file or an existing directory, so it was taken as a hub id): "
-        f"{_one_line(error, 160)}"
+        f"model {ref!r} could not be found locally or on the Hugging Face hub ({why}); it is not "
+        f"an offline pack, a .gguf file or an existing directory, so it was taken as a hub id"
     ) from error
 
 
@@ -296,7 +317,7 @@ def load_tokenizer(ref: str, progress: bool = True) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     res = resolve(ref, progress=progress)
-    with _hf_quiet(not progress):
+    with _hf_quiet(True):  # transformers' own load bars are noise once a model is prepared
         if res.kind == "hub":
             return _hub_load(AutoTokenizer, ref)
         return _dir_load(AutoTokenizer, res)
@@ -311,7 +332,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     res = resolve(ref, progress=progress)
-    with _hf_quiet(not progress):
+    with _hf_quiet(True):  # transformers' own load bars are noise once a model is prepared
         if res.kind == "hub":
             tokenizer = _hub_load(AutoTokenizer, ref)
             model = _hub_load(AutoModelForCausalLM, ref, dtype=torch_dtype, **dev_kwargs)

@@ -103,9 +103,9 @@ class LiveView:
 class PlainView:
     """Writes only the generated text, as it is accepted (for pipes and ``--quiet``)."""
 
-    def __init__(self, tokenizer: Any, out: TextIO = sys.stdout) -> None:
+    def __init__(self, tokenizer: Any, out: TextIO | None = None) -> None:
         self.detok = Detokenizer(tokenizer)
-        self.out = out
+        self.out = out or sys.stdout
 
     def __enter__(self) -> PlainView:
         return self

