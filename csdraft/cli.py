@@ -126,7 +126,7 @@ def generate(
 # --- bench (owned by csdraft/bench) ---
 
 
-@app.command(no_args_is_help=True)
+@app.command()
 def bench(
     dataset: Annotated[
         str | None,
@@ -207,7 +207,9 @@ def bench(
         run_compare(compare[0], compare[1], as_json=as_json)
         return
     if dataset is None:
-        raise UsageError("which dataset? pass gsm8k, mmlu or a JSON-lines file")
+        raise UsageError(
+            "which dataset? pass gsm8k, mmlu or a JSON-lines file (see csdraft bench --help)"
+        )
     results = run_bench(
         dataset,
         data=data,
@@ -235,6 +237,146 @@ def bench(
 
 # --- tune and inspect (owned by csdraft/tune.py, csdraft/inspect.py) ---
 
+tune_app = typer.Typer(
+    help="Tune a ladder for this machine: measure, predict, verify, write.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(tune_app, name="tune")
+
+
+@tune_app.command("k-matrix", no_args_is_help=True)
+def tune_k_matrix(
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            "-d",
+            help="gsm8k, mmlu, or a FILE of prompts (JSON lines with a 'prompt' field, or "
+            "plain text with one prompt per line).",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[NAME]",
+            help="With --write: the new ladder's name (default <ladder>-tuned; -2, -3, ... "
+            "is added when the name is taken).",
+            show_default=False,
+        ),
+    ] = None,
+    ladder: LadderOpt = None,
+    config: ConfigOpt = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="Calibration prompts (drawn with --seed).")
+    ] = 8,
+    budget: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds for the real, interleaved runs (0: predictions only)."),
+    ] = 600.0,
+    write: Annotated[
+        bool,
+        typer.Option(
+            "--write",
+            help="Store the winner as a new ladder in --config (or your user config); never "
+            "overwrites a ladder.",
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed for drawing the calibration prompts.")] = 0,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="Greedy tokens per calibration prompt.")
+    ] = 128,
+) -> None:
+    """Find the fastest k-matrix and lenience for a ladder on this machine.
+
+    1. Measures each model's forward cost by block length, runs the target greedily on the
+    calibration prompts, and records (one teacher-forced pass per model) how often each rung's
+    greedy token matches every other's and Max-Gram's, by position.
+    2. Predicts every k-matrix of a grid (entries 0-12) with the EWIF cost model extended to
+    the cascade, then replays the engine over the recorded continuations with the measured
+    costs for the best of them, their neighbours and lenience values.
+    3. Runs the most promising for real, interleaved per prompt with the ladder's current
+    settings and plain ar, within --budget; reports predicted vs measured speedup and checks
+    every output against ar's (identical outputs: N/N).
+    4. Prints the winner and answers: best vertical-only, horizontal-only and combined
+    settings, and whether dropping a rung is faster. --write [NAME] stores the winner.
+
+    [bold]The k-matrix.[/] With D drafting rungs below the target (the neural drafters,
+    largest first, then Max-Gram) it is D x D and upper-triangular: row r belongs to reviewer
+    r (row 0 is the target), column c to drafter c + 1. Reviewer r's block is filled left to
+    right by cumulative counts: drafter r + 1 drafts until the block holds the diagonal entry
+    (r, r) of tokens, then drafter r + 2 extends it until it holds (r, r) + (r, r + 1), and so
+    on. A neural drafter writes its segment by reviewing blocks built the same way from its
+    own row (vertical cascade); a drafter whose row is all zeros or missing decodes
+    autoregressively. So [[4, 2], [0, 6]] (one drafter plus Max-Gram): the target reviews
+    blocks of 6, tokens 1-4 from the drafter and 5-6 from Max-Gram, and the drafter writes
+    its tokens by reviewing blocks of 6 from Max-Gram.
+
+    Lenience (>= 1) loosens only inner reviews, so greedy output stays identical.
+
+    [cyan]csdraft tune k-matrix --ladder qwen-coder --data gsm8k --limit 8 --write[/]
+    """
+    from csdraft.tune import run_tune
+
+    raise typer.Exit(
+        run_tune(
+            ladder=ladder,
+            data=data,
+            limit=limit,
+            budget=budget,
+            write=write,
+            write_name=name,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            config=config,
+        )
+    )
+
+
+@app.command("inspect")
+def inspect_ladder(
+    ladder: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[LADDER]", help="Ladder name (default: the first).", show_default=False
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    sample: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Prompts for the measured costs, the acceptance matrix and the prediction "
+            "(0: skip all measurements).",
+        ),
+    ] = 2,
+    trace: Annotated[
+        Path | None,
+        typer.Option(help="Replay a trace saved by `generate --save-trace FILE` instead."),
+    ] = None,
+    speed: Annotated[
+        float,
+        typer.Option(min=0, help="Trace replay speed: 2 is twice as fast as recorded, 0 instant."),
+    ] = 1.0,
+) -> None:
+    """Show what a ladder is made of and how well its rungs agree.
+
+    Each model's source, cache path, parameters, dtype, device and memory; whether the
+    tokenizers match; the k-matrix in words; forward costs at blocks of 1 and 8 tokens; the
+    greedy agreement between every pair of rungs (and Max-Gram's hit rate) on a few short
+    prompts; and the speedup the cost model predicts for the ladder's k-matrix.
+
+    With --trace FILE, replays a saved generation with the live per-token view, paced by the
+    recorded times.
+    """
+    from csdraft.inspect import replay_trace, run_inspect
+
+    if trace is not None:
+        raise typer.Exit(replay_trace(trace, ladder=ladder, config=config, speed=speed))
+    raise typer.Exit(run_inspect(ladder, config, sample))
+
+
 # --- end tune and inspect ---
 
 
@@ -255,11 +397,12 @@ def main() -> None:
     except typer.Abort:
         print("\ncsdraft: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors and anything unforeseen
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
+    except Exception as e:  # click usage errors (typer bundles its own click) and the unforeseen
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
+            if type(e).__name__ == "NoArgsIsHelpError":
+                e.show()  # prints the help
+            else:
+                print(f"csdraft: error: {e.format_message()} (see --help)", file=sys.stderr)
             sys.exit(e.exit_code)
         if _state["debug"]:
             traceback.print_exc()

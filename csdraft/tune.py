@@ -25,11 +25,11 @@ Four steps, one function each:
      leaves the reference path (tokens the target rejects anyway) the recorded statistics at
      the same position stand in. Every forward pass costs the measured curve at the number
      of tokens the rung really feeds (block plus catch-up after rejections, the prompt on the
-     first pass), plus a per-review engine overhead measured on the reference runs, plus
-     Max-Gram's own measured time, plus (lenient settings only) the full-vocabulary softmax
-     the lenient review needs. With greedy decoding a Monte Carlo over the recorded match
-     sequences has no randomness left to sample, so one replay per prompt is the whole
-     simulation.
+     first pass); the engine's own work (blocks, reviews, Max-Gram, events) costs what it
+     costs in the replay itself, which runs that very code, timed; and each review adds the
+     measured full-vocabulary argmax (lenient settings: and softmax) that the replay's compact
+     vocabulary skips. With greedy decoding a Monte Carlo over the recorded match sequences
+     has no randomness left to sample, so one replay per prompt is the whole simulation.
 
 3. **Verify** (``measure_candidates``): run the most promising candidates for real through
    ``LoadedLadder.cascade``, interleaved per prompt with the ladder's current settings and
@@ -93,20 +93,6 @@ COST_LENGTHS = (1, 2, 4, 8, 12, 16, 24)
 """Block lengths (new tokens fed in one forward pass) whose cost ``calibrate`` measures."""
 GRID_LIMIT = 20000
 """Most grid points the analytic model ranks."""
-
-K_MATRIX_WORDS = (
-    "The k-matrix: with D drafting rungs below the target (the neural drafters, largest "
-    "first, then Max-Gram) it is D x D and upper-triangular, row r belongs to reviewer r "
-    "(row 0 is the target), column c to drafter c + 1. Reviewer r's block is filled left to "
-    "right by cumulative counts: drafter r + 1 drafts until the block holds k[r][r] tokens, "
-    "then drafter r + 2 extends it until it holds k[r][r] + k[r][r + 1], and so on. A neural "
-    "drafter writes its segment by reviewing blocks built the same way from its own row "
-    "(vertical cascade); a drafter whose row is all zeros (or missing) decodes "
-    "autoregressively. Example, one drafter plus Max-Gram: [[4, 2], [0, 6]] means the target "
-    "reviews blocks of 6, tokens 1-4 from the drafter and 5-6 from Max-Gram, and the drafter "
-    "writes its tokens by reviewing blocks of 6 from Max-Gram."
-)
-"""The k-matrix semantics in words (from ``csdraft.engine.cascade``), for ``--help``."""
 
 
 # ---------------------------------------------------------------------------- cost curves
@@ -180,8 +166,8 @@ def measure_cost(
 ) -> CostCurve:
     """Time a model's forward pass over 1..n new tokens after ``context``, exactly as the engine
     calls it (``HFRung.score``: cache cropped back to the context, the block fed in one pass),
-    median of ``repeats`` after a warm-up; with ``prefill``, the first pass over the whole
-    context too (the cost of a generation's first review)."""
+    median of ``repeats`` after a warm-up, made non-decreasing (``monotone``); with
+    ``prefill``, the first pass over the whole context too (a generation's first review)."""
     rung = HFRung(model, "cost")
     ctx = np.asarray(context, dtype=np.int64)
     pad = [int(t) for t in continuation] or [int(t) for t in context]
@@ -202,16 +188,39 @@ def measure_cost(
         seq = np.concatenate([ctx, np.asarray(pad[: n - 1], dtype=np.int64)])
         points[n] = _median_time(lambda seq=seq: rung.score(seq, len(ctx)), repeats)
     rung.reset()
-    return CostCurve(list(points), list(points.values()), len(ctx) if prefill else None)
+    return monotone(CostCurve(list(points), list(points.values()), len(ctx) if prefill else None))
 
 
-def measure_softmax(vocab: int, lengths: Sequence[int] = (1, 8, 16), repeats: int = 3) -> CostCurve:
-    """Time a softmax over ``n`` rows of a full vocabulary (what a lenient review adds)."""
+def monotone(curve: CostCurve) -> CostCurve:
+    """The curve made non-decreasing by a running minimum from the longest block down: feeding
+    fewer tokens never costs more, and timing noise (other processes) only ever adds time."""
+    seconds = list(curve.seconds)
+    for i in range(len(seconds) - 2, -1, -1):
+        seconds[i] = min(seconds[i], seconds[i + 1])
+    return CostCurve(list(curve.lengths), seconds, curve.prefill)
+
+
+def measure_vocab_op(
+    op: Callable[[torch.Tensor], object],
+    vocab: int,
+    lengths: Sequence[int] = (1, 8, 16),
+    repeats: int = 3,
+) -> CostCurve:
+    """Time ``op`` over ``n`` rows of full-vocabulary logits (a review's argmax, a lenient
+    review's softmax): what a review costs beyond the forward pass and the replay's own."""
     points = {}
     for n in lengths:
         logits = torch.randn(n, vocab)
-        points[n] = _median_time(lambda x=logits: torch.softmax(x.float(), -1), repeats)
-    return CostCurve(list(points), list(points.values()))
+        points[n] = _median_time(lambda x=logits: op(x), repeats)
+    return monotone(CostCurve(list(points), list(points.values())))
+
+
+def _argmax(x: torch.Tensor) -> object:
+    return x.argmax(-1)
+
+
+def _softmax(x: torch.Tensor) -> object:
+    return torch.softmax(x.float(), -1)
 
 
 # ---------------------------------------------------------------------------- calibration
@@ -254,6 +263,7 @@ class Calibration:
     maxgram: MaxGramSpec | None
     bigram: dict[int, int] | None
     costs: list[CostCurve]
+    argmax: CostCurve
     softmax: CostCurve
     overhead_s: float
     maxgram_s: float
@@ -405,7 +415,8 @@ def calibrate(
         costs.append(measure_cost(model, context, cont, lengths, repeats))
         step()
     vocab = int(loaded.models[0].model.config.vocab_size)
-    softmax = measure_softmax(vocab, repeats=repeats)
+    argmax = measure_vocab_op(_argmax, vocab, repeats=repeats)
+    softmax = measure_vocab_op(_softmax, vocab, repeats=repeats)
     step()
     outside = sum(r.ar_wall_s - r.ar_forward_s for r in records)
     n_reviews = sum(r.ar_reviews for r in records)
@@ -415,6 +426,7 @@ def calibrate(
         maxgram=spec.maxgram,
         bigram=loaded.bigram,
         costs=costs,
+        argmax=argmax,
         softmax=softmax,
         overhead_s=max(0.0, outside / n_reviews) if n_reviews else 0.0,
         maxgram_s=maxgram_s,
@@ -682,6 +694,7 @@ class ReplayRung:
         self.table = table
         self.prompt_len = prompt_len
         self.fed: list[int] = []
+        self.seconds = 0.0  # spent in ``score`` itself (not part of the engine's overhead)
         self.tokens = np.empty(0, dtype=np.int64)
         self._fresh = True
 
@@ -689,35 +702,17 @@ class ReplayRung:
         self.tokens = np.empty(0, dtype=np.int64)
         self._fresh = True
         self.fed = []
+        self.seconds = 0.0
 
     def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
+        began = time.perf_counter()
         keep = 0 if self._fresh else min(common_prefix(self.tokens, seq), start - 1)
         self._fresh = False
         self.fed.append(len(seq) - keep)
         self.tokens = seq
         first = start - self.prompt_len
-        return self.table[first : len(seq) - self.prompt_len + 1]
-
-
-class _TimedMaxGram(MaxGram):
-    """Max-Gram that adds up the seconds it spends (its cost in the replay is its real cost)."""
-
-    seconds = 0.0
-
-    def reset(self, prompt: Sequence[int]) -> None:
-        start = time.perf_counter()
-        super().reset(prompt)
-        self.seconds += time.perf_counter() - start
-
-    def extend(self, tokens: Iterable[int]) -> None:
-        start = time.perf_counter()
-        super().extend(tokens)
-        self.seconds += time.perf_counter() - start
-
-    def propose(self, context: np.ndarray | Sequence[int], n: int) -> list[int]:
-        start = time.perf_counter()
-        out = super().propose(context, n)
-        self.seconds += time.perf_counter() - start
+        out = self.table[first : len(seq) - self.prompt_len + 1]
+        self.seconds += time.perf_counter() - began
         return out
 
 
@@ -750,7 +745,7 @@ def _replay_table(
 @dataclass
 class _ReplayPrompt:
     rungs: list[ReplayRung]
-    maxgram: _TimedMaxGram | None
+    maxgram: MaxGram | None
     prompt: list[int]
     ref: list[int]
     eos: list[int]
@@ -791,7 +786,7 @@ class Replay:
         mag = None
         if cal.maxgram:
             compact = {index[a]: index[b] for a, b in bigram.items() if a in index and b in index}
-            mag = _TimedMaxGram(cal.maxgram.max_ngram, cal.maxgram.min_ngram, compact)
+            mag = MaxGram(cal.maxgram.max_ngram, cal.maxgram.min_ngram, compact)
         return _ReplayPrompt(
             rungs,
             mag,
@@ -801,7 +796,13 @@ class Replay:
         )
 
     def _run(self, p: _ReplayPrompt, k: Sequence[Sequence[int]], lenience: Lenience) -> tuple:
-        """Replay one prompt: (predicted seconds, target reviews, output equals reference)."""
+        """Replay one prompt: (predicted seconds, target reviews, output equals reference).
+
+        Predicted seconds = the measured forward cost of every pass at the tokens it feeds +
+        the replay's own wall time outside the replayed forwards (the engine's Python: blocks,
+        reviews, Max-Gram, events) + the full-vocabulary argmax (and, lenient, softmax) that a
+        real review adds over the replay's compact vocabulary.
+        """
         cal = self.cal
         full = len(k) > 0
         rungs = p.rungs if full else p.rungs[:1]
@@ -809,22 +810,20 @@ class Replay:
         inner = len(rungs) - 1
         len_ = lenience if isinstance(lenience, int | float) else tuple(lenience)[:inner]
         cascade = Cascade(rungs, mag, k, len_, Sampling(), 0)
-        if mag is not None:
-            mag.seconds = 0.0
-        out: list[int] = []
-        target_reviews, softmax_s, reviews = 0, 0.0, 0
         lenient = any(v > 1 for v in cascade.lenience)
+        out: list[int] = []
+        target_reviews, vocab_s = 0, 0.0
+        began = time.perf_counter()
         for event in cascade.generate(p.prompt, cal.max_new_tokens, p.eos):
             if isinstance(event, Review):
-                reviews += 1
                 target_reviews += event.reviewer == 0
-                if lenient:
-                    softmax_s += cal.softmax(len(event.proposed) + 1)
+                rows = len(event.proposed) + 1
+                vocab_s += cal.argmax(rows) + (cal.softmax(rows) if lenient else 0.0)
             elif isinstance(event, Commit):
                 out += event.tokens
+        engine_s = time.perf_counter() - began - sum(r.seconds for r in rungs)
         seconds = sum(cal.costs[r](n) for r, rung in enumerate(rungs) for n in rung.fed)
-        seconds += reviews * cal.overhead_s + softmax_s + (mag.seconds if mag else 0.0)
-        return seconds, target_reviews, out == p.ref
+        return seconds + max(0.0, engine_s) + vocab_s, target_reviews, out == p.ref
 
     def ar_seconds(self) -> list[float]:
         """Predicted seconds of plain autoregressive decoding per prompt."""
@@ -1419,35 +1418,36 @@ def candidates_table(
     ranked: Sequence[Candidate], shown: Sequence[Candidate], ar: Measured, names: Sequence[str]
 ) -> Any:
     """The rich comparison: predictions (analytic and replay) and measurements side by side."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="candidates: predicted vs measured", title_style="bold")
+    table = Table(
+        title="candidates: predicted vs measured", title_style="bold", box=box.SIMPLE_HEAD
+    )
     for col, just in (
         ("#", "right"),
         ("setting", "left"),
-        ("family", "left"),
         ("rungs", "left"),
         ("k-matrix", "left"),
-        ("len.", "right"),
-        ("EWIF model", "right"),
+        ("l", "right"),
+        ("EWIF", "right"),
         ("replay", "right"),
-        ("tok/review", "right"),
+        ("tok/rev", "right"),
         ("measured", "right"),
         ("error", "right"),
         ("tok/s", "right"),
         ("tok/fwd", "right"),
-        ("identical", "right"),
+        ("same", "right"),
     ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+        table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     rank = {c.key: i + 1 for i, c in enumerate(ranked)}
     n_ar = len(ar.walls)
     table.add_row(
         "",
         "ar",
-        "-",
         names[0],
         "-",
-        "-",
+        "",
         "1.00x",
         "1.00x",
         "1.00",
@@ -1464,8 +1464,7 @@ def candidates_table(
         err = (pred - got) / got if (got and pred) else None
         table.add_row(
             str(rank.get(c.key, "")),
-            c.label or "",
-            family(c.k),
+            f"{c.label} ({family(c.k)})" if c.label else family(c.k),
             _rungs_text(c.k, names),
             k_text(c.k),
             _lenience_text(c.lenience),
@@ -1479,12 +1478,21 @@ def candidates_table(
             f"{m.identical}/{len(m.walls)}" if m and m.walls else "-",
         )
     table.caption = (
-        "EWIF model: the analytic recursive expected-cost model; replay: the engine replayed over "
-        "the recorded continuations with measured costs (tune's predictor). measured: wall-time "
-        "speedup over ar on the prompts run; error: replay prediction on those prompts vs "
-        "measured."
+        "#: rank by replay prediction. l: lenience. EWIF: the analytic cascade model. replay: "
+        "the engine replayed over the recorded continuations with measured costs (tune's "
+        "predictor), tok/rev its tokens per target review. measured: wall-time speedup over "
+        "ar on the prompts run (tok/fwd: tokens per target forward); error: the replay's "
+        "prediction on those prompts vs measured; same: outputs identical to ar's."
     )
     return table
+
+
+def report_console() -> Console:
+    """stdout: the terminal's width on a terminal, a wide page when piped (tables stay whole)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=150)
 
 
 def answers(
@@ -1590,7 +1598,7 @@ def run_tune(
 
     if write_name is not None and not write:
         raise UsageError(f"the name {write_name!r} is only used with --write; add --write")
-    out = Console()
+    out = report_console()
     err = Console(stderr=True)
     spec = get_ladder(ladder, config)
     if spec.drafting_rungs == 0:
@@ -1651,6 +1659,13 @@ def run_tune(
         f"  {len(cal.records)} prompts, {sum(len(r.ref) for r in cal.records)} reference tokens "
         f"(max {max_new_tokens} new each); replay reproduced the reference outputs: "
         f"{'yes' if exact else 'NO (report this)'}"
+    )
+    ar_pred, ar_real = sum(replay.ar_seconds()), sum(r.ar_wall_s for r in cal.records)
+    out.print(
+        f"  ar replayed: {ar_pred:.2f} s predicted vs {ar_real:.2f} s measured on the reference "
+        f"runs ({100 * (ar_pred - ar_real) / ar_real:+.1f}%)"
+        if ar_real > 0
+        else ""
     )
     if budget > 0:
         out.print(

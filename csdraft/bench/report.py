@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -46,30 +47,38 @@ def bar(value: float, scale: float, width: int) -> str:
 
 def title(results: Mapping[str, Any]) -> str:
     """One line naming the dataset, ladder and generation settings."""
-    s, lad = results["settings"], results["ladder"]
+    s, lad, n = results["settings"], results["ladder"], len(results["prompts"])
     mode = "greedy" if not s["temperature"] else f"temperature {s['temperature']}"
     return (
-        f"csdraft bench · {s['dataset']} · {len(results['prompts'])} prompts · ladder "
+        f"csdraft bench · {s['dataset']} · {n} prompt{'' if n == 1 else 's'} · ladder "
         f"{lad['name']} ({' > '.join(lad['rungs'])}, {lad['dtype']}) · {s['max_new_tokens']} "
         f"new tokens · {mode}"
     )
 
 
+def _table(title_text: str) -> Table:
+    """A borderless table with a rule under the header: fits 80 columns."""
+    return Table(
+        title=title_text,
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+
+
 def results_table(results: Mapping[str, Any]) -> Table:
-    """Speed per method: speedup over ar (median, mean, range), tok/s, tokens per target
+    """Speed per method: speedup over ar (median, min-max, mean), tok/s, tokens per target
     forward, SWI with parameter-count and measured costs, accuracy, output mismatches."""
     summary = results["summary"]
-    table = Table(title=title(results), title_style="bold", show_edge=False, pad_edge=False)
-    table.add_column("method")
-    table.add_column("speedup\nmedian", justify="right")
-    table.add_column("speedup\nmean", justify="right")
-    table.add_column("speedup\nmin-max", justify="right")
-    table.add_column("tok/s", justify="right")
-    table.add_column("tok per\ntarget fwd", justify="right")
-    table.add_column("SWI\nparams", justify="right")
-    table.add_column("SWI\nmeasured", justify="right")
-    table.add_column("accuracy", justify="right")
-    table.add_column("output\n≠ ar", justify="right")
+    table = _table(title(results))
+    table.add_column("method", no_wrap=True)
+    for header in ("speedup\nmedian", "\nmin-max", "\nmean", "\ntok/s", "tok/\nfwd"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for header in ("SWI\nparam", "SWI\ntime", "\nacc", "out\n≠ar"):
+        table.add_column(header, justify="right", no_wrap=True)
     greedy = not results["settings"]["temperature"]
     for name in results["methods"]:
         s = summary.get(name)
@@ -80,9 +89,9 @@ def results_table(results: Mapping[str, Any]) -> Table:
         table.add_row(
             Text(name, style="bold" if name == "csd" else ("dim" if name.startswith(_HF) else "")),
             Text(fx(sp["median"]), style=_speed_style(sp["median"])),
-            fx(sp["mean"]),
             "-" if sp["min"] is None else f"{sp['min']:.2f}-{sp['max']:.2f}",
-            num(s["tokens_per_s"]),
+            fx(sp["mean"]),
+            num(s["tokens_per_s"], 2 if s["tokens_per_s"] < 100 else 1),
             num(s["tokens_per_target_forward"]),
             num(s["swi_params"]),
             num(s["swi_measured"]),
@@ -92,15 +101,17 @@ def results_table(results: Mapping[str, Any]) -> Table:
             else Text("-", style="dim"),
         )
     table.caption = (
-        "speedup: per-prompt tok/s over ar's on the same prompt. SWI: ar's cost of the tokens "
-        "over the forwards spent, each forward costed by parameter count (Max-Gram 0) or by its "
-        "measured mean time here. output ≠ ar: prompts whose tokens differ from ar's."
+        "speedup: tok/s over ar's on each prompt. tok/fwd: tokens per target forward. SWI: "
+        "ar's cost over the forwards spent, a forward costed by parameter count (Max-Gram 0) or "
+        "by its mean time here. out ≠ar: prompts whose output differs from ar's."
     )
+    table.caption_justify = "left"
     return table
 
 
-def acceptance_table(results: Mapping[str, Any], positions: int = 8) -> Table | None:
-    """Acceptance by reviewing rung and the target's acceptance by draft position."""
+def acceptance_table(results: Mapping[str, Any], width: int = 80) -> Table | None:
+    """Acceptance by reviewing rung and the target's acceptance by draft position (as many
+    positions as fit in ``width`` columns, at most 8)."""
     summary = results["summary"]
     rows = [
         (n, summary[n])
@@ -110,21 +121,18 @@ def acceptance_table(results: Mapping[str, Any], positions: int = 8) -> Table | 
     ]
     if not rows:
         return None
-    width = min(positions, max(len(s["target_acceptance_by_position"]) for _, s in rows))
-    table = Table(
-        title="acceptance: by reviewing rung, and the target's by draft position",
-        title_style="bold",
-        show_edge=False,
-        pad_edge=False,
-    )
-    table.add_column("method")
-    table.add_column("kept by reviewer")
-    for i in range(width):
-        table.add_column(f"pos {i + 1}", justify="right")
+    kept = {n: "  ".join(f"{r} {pct(a)}" for r, a in s["acceptance"].items()) for n, s in rows}
+    used = max(len(n) for n, _ in rows) + max(len(v) for v in kept.values()) + 4
+    fit = max(1, (width - used) // 7)  # "pos 8" and its padding
+    n_pos = min(8, fit, max(len(s["target_acceptance_by_position"]) for _, s in rows))
+    table = _table("acceptance: by reviewing rung, and the target's by draft position")
+    table.add_column("method", no_wrap=True)
+    table.add_column("kept by reviewer", no_wrap=True)
+    for i in range(n_pos):
+        table.add_column(f"pos {i + 1}", justify="right", no_wrap=True)
     for name, s in rows:
-        by_rung = "  ".join(f"{r} {pct(a)}" for r, a in s["acceptance"].items())
-        by_pos = s["target_acceptance_by_position"][:width]
-        table.add_row(name, by_rung, *map(pct, by_pos), *["" for _ in range(width - len(by_pos))])
+        by_pos = s["target_acceptance_by_position"][:n_pos]
+        table.add_row(name, kept[name], *map(pct, by_pos), *[""] * (n_pos - len(by_pos)))
     return table
 
 
@@ -195,7 +203,7 @@ def print_report(console: Console, results: Mapping[str, Any], files: Sequence[P
     """Everything a finished bench shows: tables, chart, speed bar, notes, files written."""
     console.print(results_table(results))
     console.print()
-    if (acc := acceptance_table(results)) is not None:
+    if (acc := acceptance_table(results, console.width)) is not None:
         console.print(acc)
         console.print()
     console.print(speed_chart(results))
@@ -225,6 +233,7 @@ def write_png(results: Mapping[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     summary = results["summary"]
     names = [n for n in results["methods"] if n in summary and summary[n]["speedup"]["n"]]
@@ -254,6 +263,7 @@ def write_png(results: Mapping[str, Any], path: Path) -> None:
         if rates:
             right.plot(range(1, len(rates) + 1), rates, marker="o", markersize=3, label=n)
             plotted += 1
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_xlabel("draft position in the target's block")
     right.set_ylabel("target acceptance")
     right.set_ylim(0, 1.02)
@@ -300,11 +310,13 @@ def _settings_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str
         return {
             "created": str(r.get("created")),
             "dataset": f"{s['dataset']} ({len(r['prompts'])} prompts)",
-            "ladder": f"{lad['name']} {lad['rungs']} k={lad['k_matrix']} {lad['dtype']}",
+            "ladder": f"{lad['name']}: {' > '.join(lad['rungs'])}, {lad['dtype']}",
+            "k_matrix": str(lad["k_matrix"]),
             "max_new_tokens": str(s["max_new_tokens"]),
             "temperature": str(s["temperature"]),
             "blocks": f"sd {s['sd_block']}, pld {s['pld_block']}",
-            "machine": f"{m['platform']}, {m['cpus_usable']} CPUs, {m['torch_threads']} threads",
+            "machine": f"{m['processor']}, {m['cpus_usable']} CPUs, {m['torch_threads']} threads",
+            "platform": m["platform"],
             "versions": f"torch {m['torch']}, transformers {m['transformers']}",
         }
 
@@ -315,8 +327,9 @@ def _settings_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str
 def compare_report(
     console: Console, a: Mapping[str, Any], b: Mapping[str, Any], name_a: str, name_b: str
 ) -> None:
-    """Two results files side by side: their settings, then each method's numbers and b/a."""
-    head = Table(title="settings", title_style="bold", show_edge=False, pad_edge=False)
+    """Two results files side by side: their settings (differences in yellow), then each
+    method's median speedup, tok/s and B/A, tokens per target forward, output mismatches."""
+    head = _table("settings")
     head.add_column("")
     head.add_column(f"A: {name_a}")
     head.add_column(f"B: {name_b}")
@@ -324,32 +337,28 @@ def compare_report(
         head.add_row(key, va, Text(vb, style="" if va == vb else "yellow"))
     console.print(head)
     console.print()
-    table = Table(title=f"A: {name_a}  vs  B: {name_b}", title_style="bold", show_edge=False)
-    table.add_column("method")
-    for label in ("speedup", "tok/s", "tok/fwd", "SWI measured"):
-        table.add_column(f"{label}\nA", justify="right")
-        table.add_column(f"{label}\nB", justify="right")
-    table.add_column("tok/s\nB / A", justify="right")
-    table.add_column("output ≠ ar\nA / B", justify="right")
+    table = _table(f"A: {name_a}  vs  B: {name_b}")
+    table.add_column("method", no_wrap=True)
+    for header in ("speedup\nA", "\nB", "tok/s\nA", "\nB", "\nB/A", "tok/fwd\nA", "\nB"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("out ≠ar\nA / B", justify="right", no_wrap=True)
     for r in compare_rows(a, b):
         ta, tb = r["tokens_per_s_a"], r["tokens_per_s_b"]
         ratio = tb / ta if ta and tb else None
-        mism = f"{'-' if r['mismatches_a'] is None else r['mismatches_a']} / " + (
-            "-" if r["mismatches_b"] is None else str(r["mismatches_b"])
-        )
+        ma, mb = r["mismatches_a"], r["mismatches_b"]
         table.add_row(
             r["method"],
             fx(r["speedup_a"]),
             Text(fx(r["speedup_b"]), style=_speed_style(r["speedup_b"])),
             num(ta),
             num(tb),
+            Text(fx(ratio), style=_speed_style(ratio)),
             num(r["tokens_per_target_forward_a"]),
             num(r["tokens_per_target_forward_b"]),
-            num(r["swi_measured_a"]),
-            num(r["swi_measured_b"]),
-            Text(fx(ratio), style=_speed_style(ratio)),
-            mism,
+            f"{'-' if ma is None else ma} / {'-' if mb is None else mb}",
         )
+    table.caption = "speedup: median per prompt over each file's own ar. B/A: tok/s of B over A."
+    table.caption_justify = "left"
     console.print(table)
     for tag, res in (("A", a), ("B", b)):
         fails = [c["check"] for c in res.get("speed_bar", []) if c["pass"] is False]

@@ -144,32 +144,90 @@ def run_bench(
     chosen = [n for n in names if n not in skipped]
 
     err = Console(stderr=True, highlight=False)
-    report_console = Console(stderr=as_json, highlight=False)
     loaded = LoadedLadder.load(spec, progress=not quiet)
     prompt_ids = [loaded.encode(e.prompt) for e in ds.examples]
     for ids in prompt_ids:
         loaded.check_length(ids, max_new_tokens)
+    results = _skeleton(ds, loaded, settings, chosen, skipped)
+    results["settings"].update(
+        field=field if ds.kind == "file" else None,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        warmup=warmup,
+        warmup_tokens=min(WARMUP_TOKENS, max_new_tokens),
+    )
     runners = {n: METHODS[n].runner(loaded, settings) for n in chosen}
-    target = loaded.models[0].model
-    dtype = str(next(target.parameters()).dtype).removeprefix("torch.")
+    progress = _progress(err, disable=quiet or not err.is_terminal)
+    with progress:
+        n_warm = min(warmup, len(prompt_ids))
+        if n_warm:
+            task = progress.add_task("warm-up", total=n_warm * len(chosen))
+            for ids in prompt_ids[:n_warm]:
+                for name in chosen:
+                    progress.update(task, description=f"warm-up · {name}")
+                    runners[name](ids, results["settings"]["warmup_tokens"])
+                    progress.advance(task)
+            progress.remove_task(task)
+        task = progress.add_task("bench", total=len(prompt_ids) * len(chosen))
+        n = len(prompt_ids)
+        try:
+            for i, (example, ids) in enumerate(zip(ds.examples, prompt_ids, strict=True)):
+                outcomes: dict[str, Outcome] = {}
+                for name in _rotate(chosen, i):  # interleaved, in a rotated order
+                    progress.update(task, description=f"prompt {i + 1}/{n} · {name}")
+                    outcomes[name] = runners[name](ids, max_new_tokens)
+                    progress.advance(task)
+                outcomes = {m: outcomes[m] for m in chosen}
+                entry = _prompt_entry(i, example, ids, outcomes, ds, loaded, settings)
+                results["prompts"].append(entry)
+                if not quiet:
+                    progress.console.print(_prompt_line(i, n, entry["results"]), soft_wrap=True)
+        except KeyboardInterrupt:
+            if not results["prompts"]:
+                raise
+            results["interrupted"] = True
+            err.print(f"csdraft: interrupted; reporting the {len(results['prompts'])} finished")
 
-    results: dict[str, Any] = {
+    _finish(results, settings)
+    png = None if no_plot else (plot or _plot_path(out))
+    results["plot"] = None if png is None else str(png)
+    if out is not None:
+        write_results(results, out)
+    if png is not None:
+        from csdraft.bench.report import write_png
+
+        write_png(results, png)
+    if as_json:
+        sys.stdout.write(json.dumps(results) + "\n")
+        sys.stdout.flush()
+    from csdraft.bench.report import print_report
+
+    print_report(
+        Console(stderr=as_json, highlight=False),
+        results,
+        files=[p for p in (out, png) if p is not None],
+    )
+    return results
+
+
+def _skeleton(
+    ds: Dataset, loaded: Any, settings: Settings, chosen: list[str], skipped: dict[str, str]
+) -> dict[str, Any]:
+    """The results dict before any prompt ran: machine, settings, ladder, methods, costs."""
+    spec = loaded.spec
+    first = next(loaded.models[0].model.parameters())
+    return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine_info(), "device": str(next(target.parameters()).device)},
+        "machine": {**machine_info(), "device": str(first.device)},
         "settings": {
             "dataset": ds.name,
             "kind": ds.kind,
             "source": ds.source,
-            "field": field if ds.kind == "file" else None,
             "template": ds.template,
-            "limit": limit,
-            "max_new_tokens": max_new_tokens,
-            "warmup": warmup,
-            "warmup_tokens": min(WARMUP_TOKENS, max_new_tokens),
-            "sd_block": sd_block,
-            "pld_block": pld_block,
-            "temperature": temperature,
+            "sd_block": settings.sd_block,
+            "pld_block": settings.pld_block,
+            "temperature": settings.temperature,
             "seed": settings.seed,
             "order": "interleaved: every method on each prompt, order rotated per prompt",
             "speedup": "per prompt: tok/s over ar tok/s (the wall-time ratio for equal output)",
@@ -179,7 +237,7 @@ def run_bench(
             "rungs": spec.rung_names,
             "k_matrix": [list(r) for r in spec.k_matrix],
             "lenience": list(spec.lenience),
-            "dtype": dtype,
+            "dtype": str(first.dtype).removeprefix("torch."),
             "models": {m.name: m.ref for m in (spec.target, *spec.drafters)},
         },
         "methods": chosen,
@@ -190,8 +248,8 @@ def run_bench(
         "skipped": skipped,
         "costs": {
             "params": {
-                spec.rung_names[i]: sum(p.numel() for p in m.model.parameters())
-                for i, m in enumerate(loaded.models)
+                name: sum(p.numel() for p in m.model.parameters())
+                for name, m in zip(spec.rung_names, loaded.models, strict=False)
             }
             | ({"max-gram": 0} if spec.maxgram else {}),
             "measured_s": {},
@@ -201,58 +259,15 @@ def run_bench(
         "interrupted": False,
     }
 
-    progress = _progress(err, disable=quiet or not err.is_terminal)
-    with progress:
-        n_warm = min(warmup, len(prompt_ids))
-        if n_warm:
-            task = progress.add_task("warm-up", total=n_warm * len(chosen))
-            for i in range(n_warm):
-                for name in chosen:
-                    progress.update(task, description=f"warm-up · {name}")
-                    runners[name](prompt_ids[i], results["settings"]["warmup_tokens"])
-                    progress.advance(task)
-            progress.remove_task(task)
-        task = progress.add_task("bench", total=len(prompt_ids) * len(chosen))
-        try:
-            for i, (example, ids) in enumerate(zip(ds.examples, prompt_ids, strict=True)):
-                outcomes: dict[str, Outcome] = {}
-                for name in _rotate(chosen, i):
-                    progress.update(task, description=f"prompt {i + 1}/{len(ds.examples)} · {name}")
-                    outcomes[name] = runners[name](ids, max_new_tokens)
-                    progress.advance(task)
-                outcomes = {n: outcomes[n] for n in chosen}
-                entry = _prompt_entry(i, example, ids, outcomes, ds, loaded, settings, dtype)
-                results["prompts"].append(entry)
-                if not quiet:
-                    progress.console.print(
-                        _prompt_line(i, len(ds.examples), entry["results"]), soft_wrap=True
-                    )
-        except KeyboardInterrupt:
-            if not results["prompts"]:
-                raise
-            results["interrupted"] = True
-            err.print(
-                f"csdraft: interrupted; reporting the {len(results['prompts'])} prompts finished"
-            )
 
-    _finish(results, settings)
-    if out is not None:
-        write_results(results, out)
-    png = (
-        None if no_plot else (plot or (Path(out).with_suffix(".png") if out else Path("bench.png")))
+def _plot_path(out: Path | None) -> Path:
+    """The PNG's default place: next to the results file, else ``bench.png``."""
+    if out is None:
+        return Path("bench.png")
+    out = Path(out)
+    return (
+        out.with_name(out.stem + "-plot.png") if out.suffix == ".png" else out.with_suffix(".png")
     )
-    if png is not None:
-        from csdraft.bench.report import write_png
-
-        write_png(results, png)
-        results["plot"] = str(png)
-    if as_json:
-        sys.stdout.write(json.dumps(results) + "\n")
-        sys.stdout.flush()
-    from csdraft.bench.report import print_report
-
-    print_report(report_console, results, files=[p for p in (out, png) if p is not None])
-    return results
 
 
 def _prompt_entry(
@@ -263,10 +278,12 @@ def _prompt_entry(
     ds: Dataset,
     loaded: Any,
     settings: Settings,
-    dtype: str,
 ) -> dict[str, Any]:
-    """The per-prompt part of the results: each method's record, answer and output check."""
+    """The per-prompt part of the results: each method's record, answer and output check
+    (with the target's top-2 logit margin at a divergence)."""
     ar_ids = outcomes["ar"].ids
+    target = loaded.models[0].model
+    near_tie = NEAR_TIE.get(str(next(target.parameters()).dtype).removeprefix("torch."), 0.5)
     tok = loaded.tokenizer
     margins: dict[int, float] = {}
     records = {}
@@ -279,13 +296,13 @@ def _prompt_entry(
             pos = metrics.first_divergence(outcome.ids, ar_ids)
             if pos is not None:
                 if pos not in margins:
-                    margins[pos] = top2_margin(loaded.models[0].model, ids + ar_ids[:pos])
+                    margins[pos] = top2_margin(target, ids + ar_ids[:pos])
                 rec["mismatch"] = {
                     "position": pos,
                     "got": outcome.ids[pos] if pos < len(outcome.ids) else None,
                     "want": ar_ids[pos] if pos < len(ar_ids) else None,
                     "margin": margins[pos],
-                    "near_tie": margins[pos] < NEAR_TIE.get(dtype, 0.5),
+                    "near_tie": margins[pos] < near_tie,
                     "ids": outcome.ids,
                 }
         records[name] = rec

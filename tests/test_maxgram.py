@@ -1,0 +1,229 @@
+"""Max-Gram: longest earlier match, prompt first, bigram fallback, incremental index.
+
+The property tests compare against a brute-force oracle written from the documented rules:
+the longest suffix (max_ngram down to min_ngram) that occurred earlier with a continuation;
+among its occurrences, one whose continuation lies in the prompt wins (the earliest of them),
+otherwise the most recent; proposals copy what followed the match and match again once the copy
+runs out; with no match, the bigram table proposes one token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from csdraft.engine import MaxGram, learn_bigram
+
+
+def oracle_match(tokens, prompt_len, suffix, max_ngram, min_ngram):
+    """End position of the chosen earlier occurrence of the longest matching suffix."""
+    for n in range(min(max_ngram, len(suffix)), min_ngram - 1, -1):
+        key = list(suffix[len(suffix) - n :])
+        ends = [e for e in range(n - 1, len(tokens) - 1) if tokens[e - n + 1 : e + 1] == key]
+        if ends:
+            in_prompt = [e for e in ends if e < prompt_len - 1]
+            return in_prompt[0] if in_prompt else ends[-1]
+    return None
+
+
+def oracle_propose(tokens, prompt_len, context, n, max_ngram, min_ngram, bigram):
+    tail = list(context)
+    out: list[int] = []
+    while len(out) < n:
+        end = oracle_match(tokens, prompt_len, tail, max_ngram, min_ngram)
+        if end is not None:
+            run = tokens[end + 1 : end + 1 + n - len(out)]
+        elif tail and tail[-1] in bigram:
+            run = [bigram[tail[-1]]]
+        else:
+            break
+        out += run
+        tail += run
+    return out
+
+
+def oracle_index(tokens, prompt_len, max_ngram):
+    """Every n-gram with a continuation, mapped to the end of its chosen occurrence."""
+    index = {}
+    for end in range(len(tokens) - 1):
+        for n in range(1, min(max_ngram, end + 1) + 1):
+            key = tuple(tokens[end - n + 1 : end + 1])
+            index.setdefault(key, [])
+            index[key].append(end)
+    chosen = {}
+    for key, ends in index.items():
+        in_prompt = [e for e in ends if e < prompt_len - 1]
+        chosen[key] = in_prompt[0] if in_prompt else ends[-1]
+    return chosen
+
+
+def test_proposes_what_followed_the_longest_match():
+    # "1 2 3" occurred before, followed by 9 4; "2 3" alone occurred first, followed by 7.
+    prompt = [5, 2, 3, 7, 1, 2, 3, 9, 4, 6, 1, 2, 3]
+    mg = MaxGram(max_ngram=4)
+    mg.reset(prompt)
+    assert mg.propose(prompt, 2) == [9, 4]
+    short = MaxGram(max_ngram=2)  # cannot see the 3-gram: the first "2 3" wins
+    short.reset(prompt)
+    assert short.propose(prompt, 2) == [7, 1]
+
+
+def test_min_ngram_ignores_short_matches():
+    prompt = [1, 2, 8, 3, 4, 2]
+    mg = MaxGram(max_ngram=3, min_ngram=2)
+    mg.reset(prompt)
+    assert mg.propose(prompt, 3) == []  # only the 1-gram "2" matches
+    assert MaxGram(max_ngram=3, min_ngram=1, bigram=None).propose([], 3) == []
+    loose = MaxGram(max_ngram=3, min_ngram=1)
+    loose.reset(prompt)
+    assert loose.propose(prompt, 3)[:1] == [8]
+
+
+def test_copy_continues_past_the_match_and_rematches():
+    prompt = [1, 2, 3, 4, 5, 1, 2]
+    mg = MaxGram()
+    mg.reset(prompt)
+    # Copies 3 4 5 1 2 (up to the end of the context), then matches "1 2" again: 3 4 ...
+    assert mg.propose(prompt, 9) == [3, 4, 5, 1, 2, 3, 4, 5, 1]
+
+
+def test_prompt_match_beats_generated_match():
+    prompt = [0, 1, 2, 7]
+    generated = [0, 1, 2, 8, 0, 1, 2, 9, 5, 0, 1, 2]
+    mg = MaxGram()
+    mg.reset(prompt)
+    mg.extend(generated)
+    # "0 1 2" is the longest match; its more recent generated occurrences lose to the prompt's.
+    assert mg.propose(prompt + generated, 1) == [7]
+
+
+def test_longer_generated_match_beats_shorter_prompt_match():
+    prompt = [1, 2, 7, 0]
+    generated = [1, 2, 8, 0, 1, 2, 9, 0, 1, 2]
+    mg = MaxGram()
+    mg.reset(prompt)
+    mg.extend(generated)
+    # The prompt has "1 2" but the generated text has the longer "0 1 2" (then 8, then 9).
+    assert mg.propose(prompt + generated, 1) == [9]
+
+
+def test_most_recent_generated_match_wins():
+    prompt = [4, 4]
+    mg = MaxGram()
+    mg.reset(prompt)
+    generated = [1, 2, 8, 0, 1, 2, 9, 0, 1, 2]
+    mg.extend(generated)
+    assert mg.propose(prompt + generated, 1) == [9]
+
+
+def test_prompt_continuation_into_generated_text_is_a_generated_match():
+    # The only "3" in the prompt is its last token: what followed it was generated.
+    prompt = [1, 2, 3]
+    mg = MaxGram()
+    mg.reset(prompt)
+    mg.extend([5, 3, 6, 3])
+    assert mg.propose(prompt + [5, 3, 6, 3], 1) == [6]
+
+
+def test_no_match_and_no_bigram_proposes_nothing():
+    prompt = [1, 2, 3, 4]
+    mg = MaxGram()
+    mg.reset(prompt)
+    assert mg.propose(prompt, 5) == []
+    assert mg.propose(prompt + [42], 5) == []  # uncommitted context token, never seen
+
+
+def test_bigram_fallback():
+    prompt = [1, 2, 3, 4]
+    mg = MaxGram(bigram={4: 10, 10: 11, 11: 2})
+    mg.reset(prompt)
+    # No match for 4, 10 or 11: the bigram chain proposes them; "2" then matches the prompt.
+    assert mg.propose(prompt, 6) == [10, 11, 2, 3, 4, 10]
+    assert mg.propose(prompt, 2) == [10, 11]
+    assert MaxGram(bigram={7: 8}).propose([7], 3) == [8]  # works on an empty index too
+
+
+def test_learn_bigram():
+    table = learn_bigram([[1, 2, 1, 2, 1, 3], [3, 4], [5], [], np.array([3, 4, 3, 5, 3, 4])])
+    assert table == {1: 2, 2: 1, 3: 4, 4: 3, 5: 3}
+    assert learn_bigram([]) == {}
+    assert learn_bigram([[9]]) == {}
+    # Counts add up across texts.
+    assert learn_bigram([[0, 1], [0, 2], [0, 2]]) == {0: 2}
+
+
+def test_invalid_ngram_sizes():
+    with pytest.raises(ValueError):
+        MaxGram(max_ngram=2, min_ngram=3)
+    with pytest.raises(ValueError):
+        MaxGram(max_ngram=3, min_ngram=0)
+
+
+def test_reset_forgets_the_previous_context():
+    mg = MaxGram()
+    mg.reset([1, 2, 3, 1, 2, 3])
+    mg.extend([1, 2])
+    mg.reset([7, 8, 9])
+    fresh = MaxGram()
+    fresh.reset([7, 8, 9])
+    assert mg._index == fresh._index and mg.tokens == fresh.tokens
+    assert mg.propose([7, 8, 9, 1, 2], 3) == []
+
+
+small_tokens = st.lists(st.integers(0, 5), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    prompt=st.lists(st.integers(0, 5), min_size=1, max_size=25),
+    generated=small_tokens,
+    max_ngram=st.integers(1, 5),
+    cuts=st.lists(st.integers(0, 40), max_size=5),
+)
+def test_incremental_extension_builds_the_same_index(prompt, generated, max_ngram, cuts):
+    whole = MaxGram(max_ngram=max_ngram)
+    whole.reset(prompt)
+    whole.extend(generated)
+    pieces = MaxGram(max_ngram=max_ngram)
+    pieces.reset(prompt)
+    bounds = [0, *sorted(c for c in cuts if c <= len(generated)), len(generated)]
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        pieces.extend(np.asarray(generated[a:b], dtype=np.int64))  # any iterable of ids
+    single = MaxGram(max_ngram=max_ngram)
+    single.reset(prompt)
+    for t in generated:
+        single.extend([t])
+    assert whole.tokens == pieces.tokens == single.tokens == prompt + generated
+    assert whole._index == pieces._index == single._index
+    assert whole._index == oracle_index(prompt + generated, len(prompt), max_ngram)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    prompt=st.lists(st.integers(0, 5), min_size=1, max_size=25),
+    generated=small_tokens,
+    pending=st.lists(st.integers(0, 6), max_size=4),
+    n=st.integers(0, 12),
+    max_ngram=st.integers(1, 5),
+    min_ngram=st.integers(1, 5),
+    bigram=st.dictionaries(st.integers(0, 6), st.integers(0, 6), max_size=4),
+)
+def test_propose_matches_the_oracle(prompt, generated, pending, n, max_ngram, min_ngram, bigram):
+    min_ngram = min(min_ngram, max_ngram)
+    mg = MaxGram(max_ngram=max_ngram, min_ngram=min_ngram, bigram=dict(bigram))
+    mg.reset(prompt)
+    mg.extend(generated)
+    committed = prompt + generated
+    context = np.asarray(committed + pending, dtype=np.int64)  # pending: drafted, not committed
+    got = mg.propose(context, n)
+    assert len(got) <= n
+    assert all(isinstance(t, int) for t in got)
+    want = oracle_propose(
+        committed, len(prompt), committed + pending, n, max_ngram, min_ngram, bigram
+    )
+    assert got == want
+    # Proposing does not change the index.
+    assert mg.tokens == committed
+    assert mg.propose(list(context), n) == got

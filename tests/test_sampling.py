@@ -1,0 +1,457 @@
+"""Exact sampling through the cascade.
+
+What the target accepts must follow the target's own sampling distribution (temperature, then
+top-k, then top-p, as transformers' warpers define them), whatever drafts it. The main tests
+enumerate that distribution exactly on tiny models (vocab 12): the joint law of the first two
+generated tokens, p(x1) p(x2 | x1), and the marginal laws of the later ones, then run the
+cascade many times and compare.
+
+The statistical check (``distribution_check``): Pearson chi-square goodness of fit of the
+empirical counts against the exact probabilities, with cells whose expected count is below 5
+pooled into one cell, and an immediate failure if any run produced an outcome of exact
+probability zero (outside top-k / top-p). The check passes when every p-value is above 1e-4.
+Every run is seeded (each Cascade owns a torch.Generator seeded from ``seed``), so the tests are
+deterministic; with a correct engine a fresh seed would fail one chi-square check with
+probability 1e-4, so changes to how the engine consumes random numbers will not make the suite
+flaky. The teeth tests run the same check, with fewer runs, on deliberately wrong reviews; their
+p-values must sit below 1e-6, far under the threshold. (A review that treats every proposal as
+one-hot is not among them: accepting x with probability p(x) and otherwise drawing from p
+without x is lossless whatever x's real law, only slower, and the check rightly passes it.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_VOCAB, build_model, perturb
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from csdraft.engine import Block, Cascade, HFRung, MaxGram, Sampling
+from csdraft.engine.review import SamplingReview, lenient_output
+from csdraft.trace import Commit, Review, Stats
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+V = 12
+PROMPT = [1, 2, 3, 4, 1, 2, 3, 4, 1, 2]  # repetitive, so Max-Gram proposes
+P_THRESHOLD = 1e-4
+RUNS = 1500  # per correct ladder
+WRONG_RUNS = 600  # per deliberately wrong review
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling.probs against transformers' warpers
+
+
+def hf_warpers(sampling: Sampling) -> LogitsProcessorList:
+    """The warpers transformers' generate() builds for these settings, in its order."""
+    warpers = LogitsProcessorList()
+    if sampling.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_k > 0:
+        warpers.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    return warpers
+
+
+def hf_probs(sampling: Sampling, logits: torch.Tensor) -> torch.Tensor:
+    scores = hf_warpers(sampling)(torch.zeros(logits.shape[0], 1, dtype=torch.long), logits)
+    return torch.softmax(scores, dim=-1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    vocab=st.integers(2, 40),
+    rows=st.integers(1, 4),
+    temperature=st.floats(0.05, 3.0),
+    top_k=st.integers(0, 45),
+    top_p=st.one_of(st.just(1.0), st.floats(0.01, 1.0)),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_probs_equal_transformers_warpers(vocab, rows, temperature, top_k, top_p, ties, seed):
+    gen = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(rows, vocab, generator=gen)
+    if ties:  # few distinct values: top-k and top-p must treat ties as transformers does
+        logits = logits.round()
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    got = sampling.probs(logits)
+    torch.testing.assert_close(got, hf_probs(sampling, logits), atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.sum(-1), torch.ones(rows), atol=1e-5, rtol=0)
+
+
+def test_probs_greedy_is_softmax():
+    logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    greedy = Sampling(temperature=0.0, top_k=2, top_p=0.5)
+    assert greedy.greedy
+    torch.testing.assert_close(greedy.probs(logits), torch.softmax(logits, -1))
+
+
+# ---------------------------------------------------------------------------------------------
+# lenient_output
+
+
+def distributions(vocab: int, gen: torch.Generator, sparse: bool) -> torch.Tensor:
+    x = torch.rand(vocab, generator=gen) ** 3
+    if sparse:
+        x[torch.rand(vocab, generator=gen) < 0.4] = 0
+        x[int(torch.randint(vocab, (1,), generator=gen))] += 0.1
+    return x / x.sum()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    vocab=st.integers(1, 30),
+    lenience=st.floats(1.0, 10.0),
+    sparse_p=st.booleans(),
+    q_kind=st.sampled_from(["dense", "sparse", "one-hot", "equal"]),
+    seed=st.integers(0, 2**16),
+)
+def test_lenient_output_is_a_distribution(vocab, lenience, sparse_p, q_kind, seed):
+    gen = torch.Generator().manual_seed(seed)
+    p = distributions(vocab, gen, sparse_p)
+    if q_kind == "one-hot":
+        q = torch.nn.functional.one_hot(torch.tensor(seed % vocab), vocab).float()
+    elif q_kind == "equal":
+        q = p.clone()
+    else:
+        q = distributions(vocab, gen, q_kind == "sparse")
+    out = lenient_output(q, p, lenience)
+    assert out.shape == p.shape
+    assert (out >= 0).all()
+    assert abs(float(out.sum()) - 1) < 1e-5
+    torch.testing.assert_close(lenient_output(q, p, 1.0), p, atol=1e-6, rtol=0)
+    # Batched rows give the same as one row at a time.
+    batched = lenient_output(torch.stack([q, p]), torch.stack([p, q]), lenience)
+    torch.testing.assert_close(batched[0], out)
+
+
+def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5) -> float:
+    """Pearson chi-square goodness-of-fit p-value; cells expected below ``min_expected`` are
+    pooled; any count in a cell of probability zero gives 0."""
+    counts = counts.flatten().double()
+    probs = probs.flatten().double()
+    if (counts[probs <= 0] > 0).any():
+        return 0.0
+    expected = probs / probs.sum() * counts.sum()
+    big = expected >= min_expected
+    obs, exp = [counts[big]], [expected[big]]
+    if (~big).any() and expected[~big].sum() > 0:
+        obs.append(counts[~big].sum()[None])
+        exp.append(expected[~big].sum()[None])
+    obs, exp = torch.cat(obs), torch.cat(exp)
+    dof = len(obs) - 1
+    if dof < 1:
+        return 1.0
+    stat = ((obs - exp) ** 2 / exp).sum()
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), stat / 2))
+
+
+def simulate_lenient(q, p, lenience, n, gen) -> torch.Tensor:
+    """The lenient review done by hand, vectorised: x ~ q, keep it with probability
+    min(1, l p(x) / q(x)), otherwise draw from normalise(max(0, p - q))."""
+    x = torch.multinomial(q, n, replacement=True, generator=gen)
+    keep = torch.rand(n, generator=gen) < (lenience * p[x] / q[x]).clamp(max=1)
+    residual = (p - q).clamp_min(0)
+    residual = residual / residual.sum() if residual.sum() > 0 else p
+    y = torch.multinomial(residual, n, replacement=True, generator=gen)
+    return torch.where(keep, x, y)
+
+
+LENIENT_CASES = [
+    ("dense q", 1.0, False, "dense"),
+    ("dense q", 1.7, False, "dense"),
+    ("dense q", 4.0, False, "dense"),
+    ("sparse p and q", 2.5, True, "sparse"),
+    ("one-hot q (Max-Gram)", 3.0, False, "one-hot"),
+    ("one-hot q on p's zero", 3.0, True, "one-hot-zero"),
+]
+
+
+def lenient_case(lenience, sparse_p, q_kind, vocab=7, seed=11):
+    gen = torch.Generator().manual_seed(seed)
+    p = distributions(vocab, gen, sparse_p)
+    if q_kind == "one-hot":
+        q = torch.nn.functional.one_hot(p.argmax(), vocab).float()
+    elif q_kind == "one-hot-zero":
+        p[0] = 0
+        p = p / p.sum()
+        q = torch.nn.functional.one_hot(torch.tensor(0), vocab).float()
+    else:
+        q = distributions(vocab, gen, q_kind == "sparse")
+    return p, q
+
+
+@pytest.mark.parametrize("name, lenience, sparse_p, q_kind", LENIENT_CASES)
+def test_lenient_output_matches_simulated_procedure(name, lenience, sparse_p, q_kind):
+    p, q = lenient_case(lenience, sparse_p, q_kind)
+    n = 200_000
+    draws = simulate_lenient(q, p, lenience, n, torch.Generator().manual_seed(5))
+    counts = torch.bincount(draws, minlength=len(p))
+    want = lenient_output(q, p, lenience)
+    assert chi_square_pvalue(counts, want) > P_THRESHOLD, (counts / n, want)
+    assert (counts / n - want).abs().max() < 0.01
+    if lenience > 1 and q_kind != "one-hot-zero":
+        # Lenience really changes the output: it is not p any more (so p cannot be handed on).
+        assert (want - p).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("name, lenience, sparse_p, q_kind", LENIENT_CASES)
+def test_sampling_review_hands_on_what_it_outputs(name, lenience, sparse_p, q_kind):
+    """Drive SamplingReview itself: the distribution it hands on for its output token must be
+    the distribution that token really follows."""
+    p, q = lenient_case(lenience, sparse_p, q_kind)
+    gen = torch.Generator().manual_seed(9)
+    review = SamplingReview(Sampling(temperature=1.0), gen)
+    logits = torch.log(torch.stack([p, p]))  # softmax(log p) = p at both positions
+    proposals = torch.multinomial(q, 6000, replacement=True, generator=gen).tolist()
+    counts = torch.zeros(len(p))
+    q_block = None if q_kind.startswith("one-hot") else q
+    for x in proposals:
+        verdict = review(logits, Block([x], [2], [q_block]), lenience)
+        out = x if verdict.accepted == 1 else verdict.token
+        counts[out] += 1
+        handed = verdict.q[0]
+    torch.testing.assert_close(handed, lenient_output(q, p, lenience), atol=1e-6, rtol=0)
+    assert chi_square_pvalue(counts, handed) > P_THRESHOLD, (counts / counts.sum(), handed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cascade's output distribution, exactly
+
+
+@pytest.fixture(scope="module")
+def models():
+    target = build_model("llama", V, hidden=16, layers=1, seed=0)
+    return {
+        "target": target,
+        "near": perturb(target, 0.03, seed=1),  # accepted most of the time
+        "far": perturb(target, 0.15, seed=2),  # TV about 0.5 from the target
+        "qwen2": build_model("qwen2", V, seed=3),
+        "gpt2": build_model("gpt2", V, seed=4),
+    }
+
+
+@torch.inference_mode()
+def exact_law(model, prompt, sampling: Sampling, depth: int) -> torch.Tensor:
+    """P(x1 .. x_depth) under the model's sampling distribution, as a [V] * depth tensor,
+    by enumerating every continuation (full forward passes, transformers' own warpers)."""
+    joint = torch.ones((), dtype=torch.float64)
+    for d in range(depth):
+        n = V**d
+        tails = np.stack(np.unravel_index(np.arange(n), (V,) * d), -1) if d else np.zeros((1, 0))
+        seqs = torch.cat(
+            [torch.tensor([prompt]).expand(n, -1), torch.as_tensor(tails, dtype=torch.long)], 1
+        )
+        logits = model(seqs).logits[:, -1].float()
+        step = hf_probs(sampling, logits).double()  # [n, V]
+        joint = (joint.reshape(n, 1) * step).reshape((V,) * (d + 1))
+    return joint
+
+
+def sample_runs(cascade: Cascade, prompt, max_new_tokens: int, runs: int) -> np.ndarray:
+    """Generated ids of ``runs`` generations, one row each (the generator keeps drawing)."""
+    out = np.empty((runs, max_new_tokens), dtype=np.int64)
+    for i in range(runs):
+        ids = [
+            t
+            for e in cascade.generate(prompt, max_new_tokens)
+            if isinstance(e, Commit)
+            for t in e.tokens
+        ]
+        assert len(ids) == max_new_tokens
+        out[i] = ids
+    return out
+
+
+def distribution_check(cascade, target, sampling, max_new_tokens, runs, prompt=PROMPT):
+    """p-values of: the joint law of (x1, x2), and the marginal law of each later token."""
+    law = exact_law(target, prompt, sampling, max_new_tokens)
+    draws = torch.from_numpy(sample_runs(cascade, prompt, max_new_tokens, runs))
+    pairs = torch.bincount(draws[:, 0] * V + draws[:, 1], minlength=V * V)
+    pair_law = law.sum(dim=tuple(range(2, max_new_tokens)))
+    results = {"x1,x2": chi_square_pvalue(pairs, pair_law)}
+    tv = 0.5 * float((pairs / runs - pair_law.flatten()).abs().sum())
+    for j in range(2, max_new_tokens):
+        marginal = law.sum(dim=tuple(i for i in range(max_new_tokens) if i != j))
+        results[f"x{j + 1}"] = chi_square_pvalue(torch.bincount(draws[:, j], minlength=V), marginal)
+    return results, tv
+
+
+def passes(results: dict[str, float]) -> bool:
+    return min(results.values()) > P_THRESHOLD
+
+
+def rungs(models, *names):
+    return [HFRung(models[n], n) for n in ("target", *names)]
+
+
+LADDERS = {
+    # target + one drafter: plain speculative sampling.
+    "one drafter": dict(
+        drafters=("far",), maxgram=False, k=[[2]], lenience=1.0,
+        sampling=Sampling(1.0), max_new_tokens=3,
+    ),
+    # target + Max-Gram: one-hot proposals; top-k makes some of them impossible for the target.
+    "max-gram, top-k": dict(
+        drafters=(), maxgram=True, k=[[3]], lenience=1.0,
+        sampling=Sampling(1.0, top_k=5), max_new_tokens=3,
+    ),
+    # Full cascade: two drafters + Max-Gram, lenient inner rungs, temperature, top-k and top-p.
+    # max_new_tokens=4 lets every rung review a block of at least one proposal.
+    "two drafters + max-gram, lenient, top-k, top-p": dict(
+        drafters=("near", "qwen2"), maxgram=True, k=[[3, 1, 1], [0, 2, 1], [0, 0, 2]],
+        lenience=[2.0, 4.0], sampling=Sampling(0.8, top_k=6, top_p=0.9), max_new_tokens=4,
+    ),
+    # A drafter of another architecture reviewing Max-Gram leniently, under top-p.
+    "gpt2 drafter + max-gram, lenient, top-p": dict(
+        drafters=("gpt2",), maxgram=True, k=[[2, 1], [0, 2]], lenience=3.0,
+        sampling=Sampling(1.3, top_p=0.8), max_new_tokens=4,
+    ),
+}  # fmt: skip
+
+
+def make_cascade(models, spec, seed):
+    return Cascade(
+        rungs(models, *spec["drafters"]),
+        MaxGram() if spec["maxgram"] else None,
+        spec["k"],
+        lenience=spec["lenience"],
+        sampling=spec["sampling"],
+        seed=seed,
+    )
+
+
+@pytest.mark.parametrize("name", list(LADDERS))
+def test_cascade_samples_the_target_distribution(models, name):
+    spec = LADDERS[name]
+    cascade = make_cascade(models, spec, seed=1234)
+    results, tv = distribution_check(
+        cascade, models["target"], spec["sampling"], spec["max_new_tokens"], RUNS
+    )
+    assert passes(results), f"{name}: chi-square p-values {results}, TV(x1,x2) {tv:.3f}"
+
+
+# Deliberately wrong reviews: the same check must reject each of them.
+
+
+class ResampleFromP(SamplingReview):
+    """Wrong: after a rejection draws from p instead of normalise(max(0, p - q))."""
+
+    def __call__(self, logits, block, lenience):
+        verdict = super().__call__(logits, block, lenience)
+        if verdict.accepted < len(block):
+            p = self.sampling.probs(logits)[verdict.accepted]
+            verdict.token = int(torch.multinomial(p, 1, generator=self.generator))
+        return verdict
+
+
+class LenientTarget(SamplingReview):
+    """Wrong: the target's review is lenient too."""
+
+    def __call__(self, logits, block, lenience):
+        return super().__call__(logits, block, 3.0 if lenience == 1 else lenience)
+
+
+class HandsOnP(SamplingReview):
+    """Wrong: a lenient inner review hands on p instead of the distribution it really output."""
+
+    def __call__(self, logits, block, lenience):
+        verdict = super().__call__(logits, block, lenience)
+        if lenience > 1:
+            p = self.sampling.probs(logits)
+            verdict.q = [p[j] for j in range(verdict.accepted + 1)]
+        return verdict
+
+
+WRONG = {
+    "resample from p": (ResampleFromP, "one drafter"),
+    "lenient target": (LenientTarget, "one drafter"),
+    "hands on p from lenient rungs": (HandsOnP, "two drafters + max-gram, lenient, top-k, top-p"),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+def test_check_rejects_a_wrong_review(models, name):
+    wrong, ladder = WRONG[name]
+    spec = LADDERS[ladder]
+    cascade = make_cascade(models, spec, seed=1234)
+    cascade.review = wrong(cascade.sampling, cascade.generator)
+    results, tv = distribution_check(
+        cascade, models["target"], spec["sampling"], spec["max_new_tokens"], WRONG_RUNS
+    )
+    assert not passes(results), f"{name} went unnoticed: p-values {results}, TV {tv:.3f}"
+    assert min(results.values()) < 1e-6, results  # not a near miss
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds, temperature 0, stats
+
+
+def ids_of(events) -> list[int]:
+    return [t for e in events if isinstance(e, Commit) for t in e.tokens]
+
+
+def test_same_seed_same_ids(models):
+    spec = LADDERS["two drafters + max-gram, lenient, top-k, top-p"]
+    runs = []
+    for _ in range(2):
+        cascade = make_cascade(models, spec, seed=7)
+        runs.append([ids_of(cascade.generate(PROMPT, 16)) for _ in range(3)])
+    assert runs[0] == runs[1]
+    assert len({tuple(r) for r in runs[0]}) > 1  # the generator moves on between generations
+    others = {tuple(ids_of(make_cascade(models, spec, s).generate(PROMPT, 16))) for s in range(6)}
+    assert len(others) > 1, "different seeds gave identical samples"
+
+
+def test_temperature_zero_is_greedy(zoo):
+    target = zoo.model("llama", SMALL_VOCAB)
+    drafters = [zoo.noisy(target, 0.3), zoo.model("qwen2", SMALL_VOCAB, seed=7)]
+    cascade = Cascade(
+        [HFRung(target, "t"), *(HFRung(d, f"d{i}") for i, d in enumerate(drafters))],
+        MaxGram(),
+        [[3, 2, 1], [0, 2, 2], [0, 0, 3]],
+        lenience=[2.0, 3.0],
+        sampling=Sampling(temperature=0.0, top_k=3, top_p=0.5),
+        seed=99,
+    )
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6]
+    got = ids_of(cascade.generate(prompt, 20))
+    want = zoo.reference(target, prompt, 20)
+    assert got == want, zoo.divergence(target, prompt, got, want)
+
+
+@pytest.mark.parametrize("drafter, low, high", [("target", 0.99, 1.0), ("far", 0.05, 0.95)])
+def test_stats_report_sampling_acceptance(models, drafter, low, high):
+    cascade = Cascade(
+        [HFRung(models["target"], "t"), HFRung(models[drafter], "d")],
+        None,
+        [[4]],
+        sampling=Sampling(1.0),
+        seed=3,
+    )
+    events = []
+    for _ in range(10):
+        events += list(cascade.generate(PROMPT, 20))
+    stats = Stats.of(events)
+    assert stats.new_tokens == 200
+    assert stats.proposed[0] > 0
+    assert low <= stats.acceptance(0) <= high
+    assert stats.target_forwards == sum(isinstance(e, Review) and e.reviewer == 0 for e in events)
+    assert stats.tokens_per_forward > 1
+    reached, kept = stats.by_position[0]
+    nonempty = sum(isinstance(e, Review) and e.reviewer == 0 and e.proposed != [] for e in events)
+    assert reached == nonempty and 0 < kept <= reached
+    summary = Stats.of(cascade.generate(PROMPT, 20)).as_dict()
+    assert summary["new_tokens"] == 20
+    assert low <= summary["reviews"]["t"]["acceptance"] <= high
+    assert summary["reviews"]["t"]["proposed"] > 0

@@ -1,0 +1,124 @@
+"""The event stream: JSON-lines round trip and the Stats arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import SMALL_VOCAB
+
+from csdraft.engine import Cascade, HFRung, MaxGram
+from csdraft.trace import Commit, Finish, Review, Start, Stats, from_dict, load, save, to_dict
+
+# A cascade of target (0), drafter (1) and Max-Gram (2), generating 7 tokens in 3 target passes.
+EVENTS = [
+    Start(["target", "drafter", "max-gram"], 5, t=0.0),
+    Review(1, [11, 12, 13], [2, 2, 2], 2, 20, forward_s=0.01, t=0.1),
+    Review(1, [], [], 0, 21, forward_s=0.02, t=0.2),
+    Review(0, [11, 12, 20, 21], [2, 2, 1, 1], 2, 30, forward_s=0.5, t=0.7),
+    Commit([11, 12, 30], [2, 2, 0], [20, 21], [1, 1], t=0.7),
+    Review(0, [31, 32], [1, 2], 2, 33, forward_s=0.4, t=1.2),
+    Commit([31, 32, 33], [1, 2, 0], [], [], t=1.2),
+    Review(0, [], [], 0, 34, forward_s=0.3, t=1.6),
+    Commit([34], [0], t=1.6),
+    Finish("length", t=2.0),
+]
+
+
+def test_stats_arithmetic():
+    stats = Stats.of(EVENTS)
+    assert stats.rungs == ["target", "drafter", "max-gram"]
+    assert stats.new_tokens == 7
+    assert stats.target_forwards == 3
+    assert stats.tokens_per_forward == pytest.approx(7 / 3)
+    assert stats.wall_s == 2.0
+    assert stats.tokens_per_s == pytest.approx(3.5)
+    assert stats.finish == "length"
+    assert stats.forwards == {0: 3, 1: 2}
+    assert stats.forward_s == pytest.approx({0: 1.2, 1: 0.03})
+    assert stats.proposed == {0: 6, 1: 3}
+    assert stats.accepted == {0: 4, 1: 2}
+    assert stats.acceptance(0) == pytest.approx(4 / 6)
+    assert stats.acceptance(1) == pytest.approx(2 / 3)
+    assert stats.acceptance(2) == 0.0  # Max-Gram never reviews
+    # Final tokens by the rung that drafted them.
+    assert stats.drafted == {2: 3, 0: 3, 1: 1}
+    # Target acceptance by draft position: the first pass reached positions 0-2 (kept 0, 1,
+    # refused 2), the second kept both of its 2, the third proposed nothing.
+    assert stats.by_position == [[2, 2], [2, 2], [1, 0]]
+
+
+def test_stats_as_dict_names_the_rungs():
+    summary = Stats.of(EVENTS).as_dict()
+    assert summary["new_tokens"] == 7
+    assert summary["target_forwards"] == 3
+    assert summary["tokens_per_target_forward"] == pytest.approx(2.3333)
+    assert summary["finish"] == "length"
+    assert summary["reviews"]["target"] == {
+        "forwards": 3,
+        "proposed": 6,
+        "accepted": 4,
+        "acceptance": pytest.approx(0.6667),
+        "forward_s": pytest.approx(1.2),
+    }
+    assert summary["reviews"]["drafter"]["forwards"] == 2
+    assert "max-gram" not in summary["reviews"]
+    assert summary["drafted"] == {"target": 3, "drafter": 1, "max-gram": 3}
+    assert summary["target_acceptance_by_position"] == [1.0, 1.0, 0.0]
+    json.dumps(summary)
+
+
+def test_stats_of_nothing():
+    stats = Stats.of([])
+    assert stats.new_tokens == 0
+    assert stats.tokens_per_forward == 0.0
+    assert stats.tokens_per_s == 0.0
+    assert stats.acceptance(0) == 0.0
+    assert stats.by_position == []
+
+
+def test_stats_add_is_incremental():
+    stats = Stats(rungs=[])
+    for event in EVENTS:
+        stats.add(event)
+    assert stats == Stats.of(EVENTS)
+    assert Stats.of(EVENTS[:5]).new_tokens == 3
+
+
+def test_event_dict_round_trip():
+    for event in EVENTS:
+        data = to_dict(event)
+        assert data["event"] == type(event).__name__
+        assert from_dict(json.loads(json.dumps(data))) == event
+        assert "event" in data  # from_dict does not consume its argument
+    with pytest.raises(KeyError):
+        from_dict({"event": "Nonsense"})
+
+
+@pytest.mark.parametrize("header", [None, {"model": "tiny", "k": [[2, 1], [0, 3]], "seed": 0}])
+def test_save_load_round_trip(tmp_path, header):
+    path = tmp_path / "trace.jsonl"
+    save(EVENTS, path, header=header)
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(EVENTS) + (header is not None)
+    assert all(json.loads(line)["event"] for line in lines)
+    got_header, got = load(path)
+    assert got_header == (header or {})
+    assert got == EVENTS
+    assert Stats.of(got) == Stats.of(EVENTS)
+
+
+def test_save_load_round_trip_of_a_real_generation(tmp_path, zoo, one_thread):
+    target = zoo.model("llama", SMALL_VOCAB)
+    drafter = zoo.noisy(target, 0.3)
+    cascade = Cascade(
+        [HFRung(target, "target"), HFRung(drafter, "drafter")], MaxGram(), [[3, 2], [0, 2]]
+    )
+    events = list(cascade.generate([1, 2, 3, 1, 2, 3, 1], 12))
+    path = tmp_path / "real.jsonl"
+    save(iter(events), path)  # any iterable
+    _, got = load(path)
+    assert got == events
+    stats = Stats.of(got)
+    assert stats.new_tokens == 12
+    assert stats.rungs == ["target", "drafter", "max-gram"]
