@@ -16,7 +16,7 @@ app = typer.Typer(
     "Face causal LMs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 _state = {"debug": False}
@@ -183,10 +183,10 @@ def bench(
     Each prompt runs every method in turn, the order rotated per prompt, after
     a short warm-up, so drift hits all alike. Methods:
 
-    [bold]ar[/]: the target alone. [bold]sd[/]: the largest drafter, fixed block.
-    [bold]pld[/]: Max-Gram prompt lookup. [bold]csd-vertical[/], [bold]csd-horizontal[/],
-    [bold]csd[/]: the full ladder with the k-matrix's diagonal, first row, or all.
-    [bold]hf-generate[/], [bold]hf-assisted[/], [bold]hf-lookup[/]: transformers' own greedy,
+    **ar**: the target alone. **sd**: the largest drafter, fixed block.
+    **pld**: Max-Gram prompt lookup. **csd-vertical**, **csd-horizontal**,
+    **csd**: the full ladder with the k-matrix's diagonal, first row, or all.
+    **hf-generate**, **hf-assisted**, **hf-lookup**: transformers' own greedy,
     assisted and prompt-lookup generate on the same loaded models.
 
     Reported: speedup over ar per prompt (median, mean, range), tok/s, tokens
@@ -195,9 +195,11 @@ def bench(
     Speed bar: csd >= 1.8x ar, csd >= 1.3x hf-assisted, ar within 5% of
     hf-generate, 0 mismatches.
 
-    [cyan]csdraft bench gsm8k --limit 10 --out gsm8k.json[/]
-    [cyan]csdraft bench prompts.jsonl --field text --methods ar,csd[/]
-    [cyan]csdraft bench --compare before.json after.json[/]
+    Examples:
+
+    * `csdraft bench gsm8k --limit 10 --out gsm8k.json`
+    * `csdraft bench prompts.jsonl --field text --methods ar,csd`
+    * `csdraft bench --compare before.json after.json`
     """
     from csdraft.bench import run_bench, run_compare
 
@@ -235,12 +237,12 @@ def bench(
 
 # --- end bench ---
 
-# --- tune and inspect (owned by csdraft/tune.py, csdraft/inspect.py) ---
+# --- tune and inspect (owned by csdraft/tune.py, csdraft/inspector.py) ---
 
 tune_app = typer.Typer(
     help="Tune a ladder for this machine: measure, predict, verify, write.",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 app.add_typer(tune_app, name="tune")
 
@@ -260,7 +262,7 @@ def tune_k_matrix(
     name: Annotated[
         str | None,
         typer.Argument(
-            metavar="[NAME]",
+            metavar="NAME",
             help="With --write: the new ladder's name (default <ladder>-tuned; -2, -3, ... "
             "is added when the name is taken).",
             show_default=False,
@@ -302,7 +304,7 @@ def tune_k_matrix(
     4. Prints the winner and answers: best vertical-only, horizontal-only and combined
     settings, and whether dropping a rung is faster. --write [NAME] stores the winner.
 
-    [bold]The k-matrix.[/] With D drafting rungs below the target (the neural drafters,
+    **The k-matrix.** With D drafting rungs below the target (the neural drafters,
     largest first, then Max-Gram) it is D x D and upper-triangular: row r belongs to reviewer
     r (row 0 is the target), column c to drafter c + 1. Reviewer r's block is filled left to
     right by cumulative counts: drafter r + 1 drafts until the block holds the diagonal entry
@@ -315,7 +317,7 @@ def tune_k_matrix(
 
     Lenience (>= 1) loosens only inner reviews, so greedy output stays identical.
 
-    [cyan]csdraft tune k-matrix --ladder qwen-coder --data gsm8k --limit 8 --write[/]
+    `csdraft tune k-matrix --ladder qwen-coder --data gsm8k --limit 8 --write`
     """
     from csdraft.tune import run_tune
 
@@ -339,7 +341,7 @@ def inspect_ladder(
     ladder: Annotated[
         str | None,
         typer.Argument(
-            metavar="[LADDER]", help="Ladder name (default: the first).", show_default=False
+            metavar="LADDER", help="Ladder name (default: the first).", show_default=False
         ),
     ] = None,
     config: ConfigOpt = None,
@@ -370,7 +372,7 @@ def inspect_ladder(
     With --trace FILE, replays a saved generation with the live per-token view, paced by the
     recorded times.
     """
-    from csdraft.inspect import replay_trace, run_inspect
+    from csdraft.inspector import replay_trace, run_inspect
 
     if trace is not None:
         raise typer.Exit(replay_trace(trace, ladder=ladder, config=config, speed=speed))

@@ -7,7 +7,7 @@ greedy decoding (``model.generate(do_sample=False)``), token for token, in float
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -70,6 +70,7 @@ class Case:
     max_new_tokens: int
     eos_at: int | None = None  # the token the target emits at this index becomes eos
     stop_at: int | None = None  # a stop callable keeps exactly this many tokens in all
+    echo: bool = False  # prompt + the target's own continuation + prompt: Max-Gram will match
 
 
 @st.composite
@@ -93,7 +94,7 @@ def k_matrices(draw, size: int) -> list[list[int]]:
 @st.composite
 def cases(draw) -> Case:
     target = draw(st.sampled_from(TARGETS))
-    drafters = draw(st.lists(st.sampled_from(DRAFTER_KINDS), max_size=2))
+    drafters = draw(st.lists(st.sampled_from(DRAFTER_KINDS + ("near",)), max_size=2))
     maxgram = draw(st.booleans())
     max_ngram = draw(st.integers(1, 5))
     return Case(
@@ -109,6 +110,7 @@ def cases(draw) -> Case:
         max_new_tokens=draw(st.integers(1, 32)),
         eos_at=draw(st.one_of(st.none(), st.integers(0, 31))),
         stop_at=draw(st.one_of(st.none(), st.integers(0, 32))),
+        echo=draw(st.booleans()),
     )
 
 
@@ -124,6 +126,28 @@ def build_cascade(zoo, case: Case, seed: int = 0) -> Cascade:
             bigram = learn_bigram([rng.integers(0, case.target[1], 200).tolist()])
         mg = MaxGram(case.max_ngram, case.min_ngram, bigram)
     return Cascade(rungs, mg, case.k, lenience=case.lenience, seed=seed)
+
+
+def check_segments(review: Review, case: Case) -> None:
+    """The k-matrix row of the reviewer says which drafter fills which part of its block: in
+    ladder order, drafter c + 1 fills positions up to k[r][r] + ... + k[r][c]. A neural
+    drafter's segment ends with a token of its own (the last of its own reviews); its other
+    tokens come from it or from rungs below it. Only Max-Gram, last, may come up short."""
+    r, n_neural = review.reviewer, len(case.drafters)
+    start = cumulative = 0
+    for col in range(r, len(case.k)):
+        cumulative += case.k[r][col]
+        end = min(cumulative, len(review.proposed))
+        drafter = col + 1
+        segment = review.origins[start:end]
+        if drafter <= n_neural:
+            assert all(o >= drafter for o in segment), (review, case.k)
+            if segment:
+                assert segment[-1] == drafter, (review, case.k)
+        else:
+            assert all(o == drafter for o in segment), (review, case.k)
+        start = end
+    assert start == len(review.proposed)
 
 
 def check_stream(events, case: Case) -> None:
@@ -146,6 +170,7 @@ def check_stream(events, case: Case) -> None:
             assert 0 <= e.accepted <= len(e.proposed)
             if e.reviewer < drafting:
                 assert len(e.proposed) <= sum(case.k[e.reviewer])
+                check_segments(e, case)
             else:
                 assert e.proposed == []  # nothing below: autoregressive
             if e.reviewer == 0:
@@ -185,6 +210,9 @@ def check_stream(events, case: Case) -> None:
 @given(case=cases())
 def test_cascade_equals_target_greedy(zoo, case):
     target = target_of(zoo, case.target)
+    if case.echo:
+        seed = case.prompt
+        case = replace(case, prompt=seed + zoo.reference(target, seed, 12) + seed, echo=False)
     plain = zoo.reference(target, case.prompt, case.max_new_tokens)
     # What the target alone would give, after eos and the stop callable cut it.
     length, reason, eos_ids, stop = case.max_new_tokens, "length", (), None
@@ -451,3 +479,23 @@ def test_lenient_inner_rungs_stay_exact_greedy(zoo):
     assert got == want, zoo.divergence(target, REPETITIVE, got, want)
     inner = [e for e in events if isinstance(e, Review) and e.reviewer > 0 and e.proposed]
     assert inner, "the inner rungs reviewed nothing"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_vertical_cascade_every_rung_contributes(zoo, arch):
+    """Two drafters and Max-Gram on a prompt that already holds the target's continuation:
+    inner reviews keep proposals from below, and the target commits tokens of every rung."""
+    cascade, target = ladder(
+        zoo, arch, drafters=("near", "same"), maxgram=True, k=[[4, 2, 2], [0, 3, 2], [0, 0, 3]]
+    )
+    seed = [2, 7, 1, 8]
+    prompt = seed + zoo.reference(target, seed, 24) + seed
+    events = list(cascade.generate(prompt, 24))
+    got = ids_of(events)
+    want = zoo.reference(target, prompt, 24)
+    assert got == want, zoo.divergence(target, prompt, got, want)
+    stats = Stats.of(events)
+    assert stats.accepted.get(1, 0) > 0 and stats.accepted.get(2, 0) > 0
+    assert stats.drafted.get(3, 0) > 0  # Max-Gram tokens made it to the output
+    assert stats.drafted.get(1, 0) + stats.drafted.get(2, 0) > 0
+    assert stats.tokens_per_forward > 1

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from csdraft import trace
 from csdraft.cli import app
 from csdraft.errors import UsageError
-from csdraft.inspect import replay_trace
+from csdraft.inspector import replay_trace
 
 
 @pytest.fixture(autouse=True)

@@ -2,14 +2,15 @@
 
 What the target accepts must follow the target's own sampling distribution (temperature, then
 top-k, then top-p, as transformers' warpers define them), whatever drafts it. The main tests
-enumerate that distribution exactly on tiny models (vocab 12): the joint law of the first two
-generated tokens, p(x1) p(x2 | x1), and the marginal laws of the later ones, then run the
-cascade many times and compare.
+enumerate that distribution exactly on tiny models (vocab 12): p(x1) p(x2 | x1) p(x3 | x1, x2)
+..., then run the cascade many times and compare the joint laws of neighbouring pairs, the
+marginal laws of the later tokens and the joint law of the first three.
 
 The statistical check (``distribution_check``): Pearson chi-square goodness of fit of the
 empirical counts against the exact probabilities, with cells whose expected count is below 5
 pooled into one cell, and an immediate failure if any run produced an outcome of exact
-probability zero (outside top-k / top-p). The check passes when every p-value is above 1e-4.
+probability zero (outside top-k / top-p). The check passes when every p-value is above 1e-4
+(at most 6 p-values per ladder, so a correct engine fails a ladder with probability < 6e-4).
 Every run is seeded (each Cascade owns a torch.Generator seeded from ``seed``), so the tests are
 deterministic; with a correct engine a fresh seed would fail one chi-square check with
 probability 1e-4, so changes to how the engine consumes random numbers will not make the suite
@@ -274,16 +275,27 @@ def sample_runs(cascade: Cascade, prompt, max_new_tokens: int, runs: int) -> np.
 
 
 def distribution_check(cascade, target, sampling, max_new_tokens, runs, prompt=PROMPT):
-    """p-values of: the joint law of (x1, x2), and the marginal law of each later token."""
-    law = exact_law(target, prompt, sampling, max_new_tokens)
-    draws = torch.from_numpy(sample_runs(cascade, prompt, max_new_tokens, runs))
-    pairs = torch.bincount(draws[:, 0] * V + draws[:, 1], minlength=V * V)
-    pair_law = law.sum(dim=tuple(range(2, max_new_tokens)))
-    results = {"x1,x2": chi_square_pvalue(pairs, pair_law)}
-    tv = 0.5 * float((pairs / runs - pair_law.flatten()).abs().sum())
-    for j in range(2, max_new_tokens):
-        marginal = law.sum(dim=tuple(i for i in range(max_new_tokens) if i != j))
-        results[f"x{j + 1}"] = chi_square_pvalue(torch.bincount(draws[:, j], minlength=V), marginal)
+    """p-values of: the joint law of each pair of neighbours (x1, x2), (x2, x3) ..., the
+    marginal law of each token after the second, and the joint law of (x1, x2, x3)."""
+    n = max_new_tokens
+    law = exact_law(target, prompt, sampling, n)
+    draws = torch.from_numpy(sample_runs(cascade, prompt, n, runs))
+
+    def law_of(*keep: int) -> torch.Tensor:
+        return law.sum(dim=tuple(i for i in range(n) if i not in keep)) if len(keep) < n else law
+
+    def counts_of(*keep: int) -> torch.Tensor:
+        cells = sum(draws[:, j] * V ** (len(keep) - 1 - i) for i, j in enumerate(keep))
+        return torch.bincount(cells, minlength=V ** len(keep))
+
+    results = {}
+    for j in range(n - 1):
+        results[f"x{j + 1},x{j + 2}"] = chi_square_pvalue(counts_of(j, j + 1), law_of(j, j + 1))
+    for j in range(2, n):
+        results[f"x{j + 1}"] = chi_square_pvalue(counts_of(j), law_of(j))
+    if n >= 3:
+        results["x1,x2,x3"] = chi_square_pvalue(counts_of(0, 1, 2), law_of(0, 1, 2))
+    tv = 0.5 * float((counts_of(0, 1) / runs - law_of(0, 1).flatten()).abs().sum())
     return results, tv
 
 

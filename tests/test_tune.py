@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tiny_ladder import make_tiny_ladder
 from typer.testing import CliRunner
 
@@ -366,3 +367,11 @@ def test_cli_tune_name_needs_write(tiny):
         app, ["tune", "k-matrix", "--config", str(cfg), "--data", str(prompts), "mine"]
     )
     assert isinstance(result.exception, UsageError)
+
+
+def test_divergence_reports_the_margin():
+    rec = tune.PromptRecord([1], [5, 6, 7], "length", 0, 0, 3, margin=np.array([3.0, 0.0, 2.0]))
+    text = tune.divergence([5, 9, 7], [5, 6, 7], rec, tie=0.125)
+    assert "token 1" in text and "margin there 0" in text and "near-tie" in text
+    assert "a bug" in tune.divergence([8, 6, 7], [5, 6, 7], rec, tie=0.125)
+    assert tune.near_tie(torch.bfloat16) > tune.near_tie(torch.float32)

@@ -63,14 +63,14 @@ def model_facts(model: Any) -> dict[str, Any]:
 
 
 def models_table(loaded: Any) -> Table:
-    """One row per rung: role, reference and source, cache path, size, dtype, device, memory,
-    tokenizer fingerprint (and whether it equals the target's)."""
+    """One row per rung: role, source (the model reference resolved), cache path, size, dtype,
+    device, memory, tokenizer fingerprint (and whether it equals the target's)."""
     from csdraft.models import tokenizer_fingerprint
 
     spec = loaded.spec
     table = Table(title=f"ladder {spec.name}", title_style="bold")
     table.add_column("rung", no_wrap=True)
-    for col in ("role", "model", "source", "cache path", "params", "dtype", "device"):
+    for col in ("role", "source", "cache path", "params", "dtype", "device"):
         table.add_column(col, overflow="fold")
     table.add_column("memory", justify="right", no_wrap=True)
     table.add_column("tokenizer", no_wrap=True)
@@ -83,7 +83,6 @@ def models_table(loaded: Any) -> Table:
         table.add_row(
             names[i],
             "target" if i == 0 else f"drafter {i}",
-            m.ref,
             m.source,
             str(m.path) if m.path else "Hugging Face cache",
             _human_count(facts["params"]),
@@ -98,8 +97,10 @@ def models_table(loaded: Any) -> Table:
         table.add_row(
             "max-gram",
             f"drafter {len(loaded.models)}",
-            f"n-grams {mg.min_ngram}..{mg.max_ngram}",
-            f"bigram fallback from {mg.bigram_text}" if mg.bigram_text else "no bigram fallback",
+            f"n-grams {mg.min_ngram}..{mg.max_ngram}, "
+            + (
+                f"bigram fallback from {mg.bigram_text}" if mg.bigram_text else "no bigram fallback"
+            ),
             "-",
             f"{bigram} bigrams" if bigram else "-",
             "-",
