@@ -143,6 +143,7 @@ class LoadedLadder:
         lenience: float | Sequence[float] | None = None,
         sampling: Sampling | None = None,
         seed: int = 0,
+        min_confidence: float | Sequence[float] | None = None,
     ) -> Cascade:
         """A cascade over this ladder, or over a sub-ladder (``drafters``: which neural drafters
         to keep, 1-based; ``maxgram``: keep Max-Gram) for baselines such as bench's."""
@@ -159,8 +160,12 @@ class LoadedLadder:
             k_matrix = spec.k_matrix
         if lenience is None:
             lenience = [spec.lenience[i - 1] for i in keep]
+        if min_confidence is None:
+            min_confidence = [spec.min_confidence[i - 1] for i in keep]
         try:
-            return Cascade(rungs, mag, k_matrix, lenience, sampling or Sampling(), seed)
+            return Cascade(
+                rungs, mag, k_matrix, lenience, sampling or Sampling(), seed, min_confidence
+            )
         except ValueError as e:
             raise UsageError(f"ladder '{spec.name}': {e}") from None
 

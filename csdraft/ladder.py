@@ -13,7 +13,7 @@ import yaml
 
 from csdraft.errors import CsdraftError, UsageError
 
-DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = ("bfloat16", "float16", "float32", "int8")
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,16 @@ class LadderSpec:
     maxgram: MaxGramSpec | None = None
     k_matrix: tuple[tuple[int, ...], ...] = ()
     lenience: tuple[float, ...] = ()
+    min_confidence: tuple[float, ...] = ()
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     description: str = ""
+
+    def __post_init__(self) -> None:
+        # Per-drafter settings left empty mean the neutral value for every drafter.
+        if not self.lenience:
+            object.__setattr__(self, "lenience", (1.0,) * len(self.drafters))
+        if not self.min_confidence:
+            object.__setattr__(self, "min_confidence", (0.0,) * len(self.drafters))
 
     @property
     def rung_names(self) -> list[str]:
@@ -77,6 +85,7 @@ class LadderSpec:
         k_matrix: Any = None,
         lenience: Any = None,
         name: str | None = None,
+        min_confidence: Any = None,
         where: str = "command line",
     ) -> LadderSpec:
         """A copy with another k-matrix and/or lenience, validated like the YAML."""
@@ -85,6 +94,9 @@ class LadderSpec:
             spec = replace(spec, k_matrix=check_k_matrix(k_matrix, self, where))
         if lenience is not None:
             spec = replace(spec, lenience=check_lenience(lenience, len(self.drafters), where))
+        if min_confidence is not None:
+            floors = check_min_confidence(min_confidence, len(self.drafters), where)
+            spec = replace(spec, min_confidence=floors)
         return replace(spec, name=name) if name else spec
 
     def explain_k_matrix(self) -> list[str]:
@@ -163,18 +175,29 @@ def parse_k_matrix(text: str, where: str = "--k-matrix") -> list[list[int]]:
 
 def check_lenience(value: Any, drafters: int, where: str) -> tuple[float, ...]:
     """Lenience for inner reviews: one number for all, or one per neural drafter, each >= 1."""
+    return _per_drafter(value, drafters, where, "lenience", lambda v: v >= 1, "numbers >= 1")
+
+
+def check_min_confidence(value: Any, drafters: int, where: str) -> tuple[float, ...]:
+    """Per neural drafter: its draft ends after a token it gave less than this probability."""
+    return _per_drafter(
+        value, drafters, where, "min_confidence", lambda v: 0 <= v < 1, "numbers in [0, 1)"
+    )
+
+
+def _per_drafter(
+    value: Any, drafters: int, where: str, key: str, valid: Any, expect: str
+) -> tuple[float, ...]:
     values = value if isinstance(value, list | tuple) else [value] * drafters
     if len(values) != drafters:
         raise UsageError(
-            f"{where}: lenience: expected one number or a list of {drafters} (one per neural "
+            f"{where}: {key}: expected one number or a list of {drafters} (one per neural "
             f"drafter), got {value!r}"
         )
-    out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 1:
-            raise UsageError(f"{where}: lenience: expected numbers >= 1, got {v!r}")
-        out.append(float(v))
-    return tuple(out)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not valid(v):
+            raise UsageError(f"{where}: {key}: expected {expect}, got {v!r}")
+    return tuple(float(v) for v in values)
 
 
 def _model(value: Any, where: str, dtype: str, device: str) -> ModelSpec:
@@ -200,6 +223,7 @@ def _model(value: Any, where: str, dtype: str, device: str) -> ModelSpec:
 
 _LADDER_KEYS = {
     "description", "target", "drafters", "maxgram", "k_matrix", "lenience", "dtype", "device",
+    "min_confidence",
     "generation",
 }  # fmt: skip
 
@@ -270,6 +294,9 @@ def parse_ladder(name: str, raw: Any) -> LadderSpec:
         spec,
         k_matrix=check_k_matrix(k_raw, spec, f"ladder '{name}'"),
         lenience=check_lenience(raw.get("lenience", 1.0), len(drafters), f"ladder '{name}'"),
+        min_confidence=check_min_confidence(
+            raw.get("min_confidence", 0.0), len(drafters), f"ladder '{name}'"
+        ),
         generation=gen,
     )
 
@@ -361,6 +388,7 @@ def ladder_to_yaml(spec: LadderSpec) -> dict:
     )
     out["k_matrix"] = [list(r) for r in spec.k_matrix]
     out["lenience"] = list(spec.lenience)
+    out["min_confidence"] = list(spec.min_confidence)
     g = spec.generation
     out["generation"] = {**vars(g), "stop": list(g.stop)}
     return out

@@ -1312,6 +1312,7 @@ def tuned_spec(spec: LadderSpec, cand: Candidate, name: str, description: str = 
         maxgram=spec.maxgram if use_mag else None,
         k_matrix=(),
         lenience=(),
+        min_confidence=tuple(spec.min_confidence[d - 1] for d in kept),
         description=description or spec.description,
     )
     where = f"ladder '{name}'"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 import torch
-from conftest import ARCHS, LARGE_VOCAB, SMALL_VOCAB
+from conftest import ARCHS, LARGE_VOCAB, SMALL_VOCAB, reference_greedy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,6 +70,7 @@ class Case:
     max_new_tokens: int
     eos_at: int | None = None  # the token the target emits at this index becomes eos
     stop_at: int | None = None  # a stop callable keeps exactly this many tokens in all
+    min_confidence: list[float] | None = None  # per drafter; None: never stop drafting early
     echo: bool = False  # prompt + the target's own continuation + prompt: Max-Gram will match
 
 
@@ -110,6 +111,12 @@ def cases(draw) -> Case:
         max_new_tokens=draw(st.integers(1, 32)),
         eos_at=draw(st.one_of(st.none(), st.integers(0, 31))),
         stop_at=draw(st.one_of(st.none(), st.integers(0, 32))),
+        min_confidence=draw(
+            st.one_of(
+                st.none(),
+                st.lists(st.floats(0.0, 0.99), min_size=len(drafters), max_size=len(drafters)),
+            )
+        ),  # fmt: skip
         echo=draw(st.booleans()),
     )
 
@@ -125,7 +132,8 @@ def build_cascade(zoo, case: Case, seed: int = 0) -> Cascade:
             rng = np.random.default_rng(len(case.prompt))
             bigram = learn_bigram([rng.integers(0, case.target[1], 200).tolist()])
         mg = MaxGram(case.max_ngram, case.min_ngram, bigram)
-    return Cascade(rungs, mg, case.k, lenience=case.lenience, seed=seed)
+    floors = case.min_confidence or 0.0
+    return Cascade(rungs, mg, case.k, lenience=case.lenience, seed=seed, min_confidence=floors)
 
 
 def check_segments(review: Review, case: Case) -> None:
@@ -176,7 +184,7 @@ def check_stream(events, case: Case) -> None:
             if e.reviewer == 0:
                 room = case.max_new_tokens - produced - 1
                 want = min(sum(case.k[0]), room) if drafting else 0
-                if case.maxgram:  # Max-Gram may come up short
+                if case.maxgram or case.min_confidence:  # may come up short
                     assert len(e.proposed) <= want
                 else:
                     assert len(e.proposed) == want
@@ -499,3 +507,24 @@ def test_vertical_cascade_every_rung_contributes(zoo, arch):
     assert stats.drafted.get(3, 0) > 0  # Max-Gram tokens made it to the output
     assert stats.drafted.get(1, 0) + stats.drafted.get(2, 0) > 0
     assert stats.tokens_per_forward > 1
+
+
+def test_min_confidence_shortens_drafts_but_not_output(zoo):
+    """A drafter that stops after an unsure token proposes fewer tokens; the output stays the
+    target's greedy decoding."""
+    cascade, target = ladder(zoo, drafters=("far",), maxgram=True, k=[[6, 2], [0, 3]])
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    eager = list(cascade.generate(prompt, 24))
+    wary = cascade.__class__(
+        cascade.rungs, cascade.maxgram, cascade.k, min_confidence=[0.99], seed=0
+    )
+    careful = list(wary.generate(prompt, 24))
+
+    def ids(events):
+        return [t for e in events if isinstance(e, Commit) for t in e.tokens]
+
+    def proposed(events):
+        return sum(len(e.proposed) for e in events if isinstance(e, Review) and e.reviewer == 0)
+
+    assert ids(careful) == ids(eager) == reference_greedy(target, prompt, 24)
+    assert proposed(careful) < proposed(eager)

@@ -218,10 +218,21 @@ def test_dtypes(tiny_dir, dtype):
     assert lm.model.dtype == getattr(torch, dtype)
 
 
+def test_int8_quantizes_every_linear(tiny_dir):
+    lm = load_model(str(tiny_dir), dtype="int8", progress=False)
+    linears = [m for m in lm.model.modules() if type(m) is torch.nn.Linear]
+    assert linears == []
+    ids = torch.tensor([[3, 4, 5]])
+    ref = load_model(str(tiny_dir), dtype="float32", progress=False).model(ids).logits
+    out = lm.model(ids).logits
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=0.05)  # close, not equal: a drafter may round
+
+
 def test_bad_dtype_and_device(tiny_dir):
     with pytest.raises(UsageError) as err:
-        load_model(str(tiny_dir), dtype="int8")
-    assert err.value.exit_code == 2 and "int8" in str(err.value)
+        load_model(str(tiny_dir), dtype="int4")
+    assert err.value.exit_code == 2 and "int4" in str(err.value)
     with pytest.raises(UsageError):
         load_model(str(tiny_dir), device="gpu-please")
     if not torch.cuda.is_available():

@@ -40,6 +40,7 @@ class Cascade:
         lenience: float | Sequence[float] = 1.0,
         sampling: Sampling | None = None,
         seed: int = 0,
+        min_confidence: float | Sequence[float] = 0.0,
     ) -> None:
         self.rungs = list(rungs)
         self.maxgram = maxgram
@@ -55,6 +56,14 @@ class Cascade:
         if len(inner) != len(self.rungs) - 1 or any(v < 1 for v in inner):
             raise ValueError("lenience needs one value >= 1 per neural drafter")
         self.lenience = [1.0, *map(float, inner)]  # the target's review is never lenient
+        floors = (
+            [min_confidence] * (len(self.rungs) - 1)
+            if np.isscalar(min_confidence)
+            else list(min_confidence)
+        )
+        if len(floors) != len(self.rungs) - 1 or any(not 0 <= v < 1 for v in floors):
+            raise ValueError("min_confidence needs one value in [0, 1) per neural drafter")
+        self.min_confidence = [0.0, *map(float, floors)]
         self.sampling = sampling or Sampling()
         self.generator = torch.Generator().manual_seed(seed)
         if self.sampling.greedy:
@@ -63,6 +72,7 @@ class Cascade:
             self.review = SamplingReview(self.sampling, self.generator)
         self._events: list[Event] = []
         self._t0 = 0.0
+        self._confidence = 1.0  # the last review's probability of its own token
 
     def generate(
         self,
@@ -135,15 +145,21 @@ class Cascade:
                 tokens = self.maxgram.propose(ctx, need)
                 block.extend(Block(tokens, [drafter] * len(tokens), [None] * len(tokens)))
             else:
-                block.extend(self._draft(drafter, ctx, need))
+                segment = self._draft(drafter, ctx, need)
+                block.extend(segment)
+                if len(segment) < need:
+                    break  # the drafter lost confidence: later tokens would be refused too
         return block
 
     def _draft(self, rung: int, seq: np.ndarray, n: int) -> Block:
-        """Rung ``rung`` writes ``n`` tokens by reviewing blocks from the rungs below it."""
+        """Rung ``rung`` writes ``n`` tokens by reviewing blocks from the rungs below it; it
+        stops early after a token it gave less than its ``min_confidence``."""
         out = Block()
         while len(out) < n:
             ctx = np.concatenate([seq, np.asarray(out.tokens, dtype=np.int64)])
             out.extend(self._review(rung, ctx, self._block(rung, ctx, n - len(out) - 1)))
+            if self._confidence < self.min_confidence[rung]:
+                break
         return out
 
     def _review(self, reviewer: int, seq: np.ndarray, block: Block) -> Block:
@@ -153,6 +169,7 @@ class Cascade:
         logits = self.rungs[reviewer].score(full, len(seq))
         forward_s = time.perf_counter() - start
         verdict = self.review(logits, block, self.lenience[reviewer])
+        self._confidence = verdict.confidence
         a = verdict.accepted
         self._events.append(
             Review(reviewer, block.tokens, block.origins, a, verdict.token, forward_s, self._now())

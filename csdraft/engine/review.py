@@ -69,12 +69,14 @@ class Sampling:
 
 @dataclass
 class Verdict:
-    """A review's outcome: proposals kept, the reviewer's own token, and the distribution each
-    output token (kept proposals, then the own token) is handed on with."""
+    """A review's outcome: proposals kept, the reviewer's own token, the distribution each
+    output token (kept proposals, then the own token) is handed on with, and the reviewer's
+    probability of its own token (how sure it was; drafting may stop when it is unsure)."""
 
     accepted: int
     token: int
     q: list[torch.Tensor | None]
+    confidence: float = 1.0
 
 
 def _proposal_probs(block: Block, vocab: int) -> torch.Tensor:
@@ -137,7 +139,9 @@ class GreedyReview:
             ok |= px > qx / lenience
         accepted = _first_false(ok)
         handed = list(probs[: accepted + 1]) if self.hand_on_probs else [None] * (accepted + 1)
-        return Verdict(accepted, int(best[accepted]), handed)
+        row = logits[accepted].float()
+        confidence = float(torch.exp(row.max() - torch.logsumexp(row, -1)))
+        return Verdict(accepted, int(best[accepted]), handed, confidence)
 
 
 class SamplingReview:
@@ -171,4 +175,4 @@ class SamplingReview:
             handed.append(
                 lenient_output(q[accepted], p[accepted], lenience) if accepted < m else p[m]
             )
-        return Verdict(accepted, token, handed)
+        return Verdict(accepted, token, handed, float(p[accepted, token]))
