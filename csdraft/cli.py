@@ -39,14 +39,14 @@ def _root(
     _state["debug"] = debug
 
 
-def parse_lenience(text: str | None) -> list[float] | float | None:
-    """'1.5' -> 1.5; '1.5,2' -> [1.5, 2.0]."""
+def parse_numbers(text: str | None, option: str) -> list[float] | float | None:
+    """'1.5' -> 1.5; '1.5,2' -> [1.5, 2.0] (one value per drafter)."""
     if text is None:
         return None
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise UsageError(f"--lenience: expected a number or a comma list, got {text!r}") from None
+        raise UsageError(f"{option}: expected a number or a comma list, got {text!r}") from None
     return values[0] if len(values) == 1 else values
 
 
@@ -77,6 +77,13 @@ def generate(
     ] = None,
     lenience: Annotated[
         str | None, typer.Option(help="Lenience for inner reviews (>= 1): one value or a list.")
+    ] = None,
+    min_confidence: Annotated[
+        str | None,
+        typer.Option(
+            help="A drafter ends its draft after a token it gives less than this probability "
+            "(0: never): one value or one per drafter."
+        ),
     ] = None,
     temperature: Annotated[float | None, typer.Option(help="0 is greedy.")] = None,
     top_k: Annotated[
@@ -109,7 +116,8 @@ def generate(
         config=config,
         max_new_tokens=max_new_tokens,
         k_matrix=k_matrix,
-        lenience=parse_lenience(lenience),
+        lenience=parse_numbers(lenience, "--lenience"),
+        min_confidence=parse_numbers(min_confidence, "--min-confidence"),
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,

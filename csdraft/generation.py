@@ -191,6 +191,7 @@ def run_generate(
     max_new_tokens: int | None = None,
     k_matrix: str | None = None,
     lenience: float | list[float] | None = None,
+    min_confidence: float | list[float] | None = None,
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -212,7 +213,9 @@ def run_generate(
     from csdraft.trace import Finish, Stats
     from csdraft.viz import LiveView, PlainView, summary_table
 
-    spec = get_ladder(ladder, config).with_settings(k_matrix=k_matrix, lenience=lenience)
+    spec = get_ladder(ladder, config).with_settings(
+        k_matrix=k_matrix, lenience=lenience, min_confidence=min_confidence
+    )
     sampling = sampling_for(spec, temperature, top_k, top_p)
     gen = spec.generation
     n_new = max_new_tokens or gen.max_new_tokens

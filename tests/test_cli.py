@@ -157,6 +157,8 @@ def write_config(tmp_path, ladder_dir, **changes):
         (["--k-matrix", "1,-1;0,1"], 2, "k_matrix[0][1] = -1"),
         (["--k-matrix", "[[1,2],[3,4]]"], 2, "below the diagonal"),
         (["--lenience", "0.5"], 2, "lenience"),
+        (["--lenience", "nan"], 2, "lenience"),
+        (["--min-confidence", "1.5"], 2, "min_confidence"),
         (["--temperature", "-1"], 2, "temperature"),
         (["--top-p", "0"], 2, "top_p"),
     ],

@@ -53,7 +53,7 @@ class Cascade:
             raise ValueError("k-matrix entries must be non-negative")
         self.k = k
         inner = [lenience] * (len(self.rungs) - 1) if np.isscalar(lenience) else list(lenience)
-        if len(inner) != len(self.rungs) - 1 or any(v < 1 for v in inner):
+        if len(inner) != len(self.rungs) - 1 or not all(v >= 1 for v in inner):  # NaN too
             raise ValueError("lenience needs one value >= 1 per neural drafter")
         self.lenience = [1.0, *map(float, inner)]  # the target's review is never lenient
         floors = (
@@ -61,7 +61,7 @@ class Cascade:
             if np.isscalar(min_confidence)
             else list(min_confidence)
         )
-        if len(floors) != len(self.rungs) - 1 or any(not 0 <= v < 1 for v in floors):
+        if len(floors) != len(self.rungs) - 1 or not all(0 <= v < 1 for v in floors):
             raise ValueError("min_confidence needs one value in [0, 1) per neural drafter")
         self.min_confidence = [0.0, *map(float, floors)]
         self.sampling = sampling or Sampling()
@@ -82,6 +82,8 @@ class Cascade:
         stop: StopCheck | None = None,
     ) -> Iterator[Event]:
         """Yield the events of one generation; ``Commit`` events carry the final tokens."""
+        if len(prompt) == 0:
+            raise ValueError("the prompt must hold at least one token")
         self._t0 = time.perf_counter()
         for rung in self.rungs:
             rung.reset()
@@ -101,7 +103,7 @@ class Cascade:
                     keep, reason = i + 1, "eos"
                     break
             if stop is not None and (cut := stop(out.tokens[:keep])) is not None:
-                keep, reason = cut, "stop"
+                keep, reason = min(max(cut, 0), keep), "stop"
             yield from self._flush()
             accepted = len(out) - 1
             yield Commit(
