@@ -206,6 +206,18 @@ def _check_prepared(path: Path) -> None:
         raise bad from exc
 
 
+NEAR_TIE = {"float32": 1e-3, "bfloat16": 0.25, "float16": 0.25}
+"""The widest gap between a target's two best logits that counts as a floating-point near-tie
+at a divergence (a wider one points at a bug). bfloat16 logits of size 10-30 are spaced
+0.06-0.125 apart, and the same position's logits from a block forward pass and a one-token pass
+were seen to differ by up to 0.25."""
+
+
+def near_tie(dtype: torch.dtype | str) -> float:
+    """``NEAR_TIE`` for a torch dtype or its name (float32's for anything else)."""
+    return NEAR_TIE.get(str(dtype).removeprefix("torch."), NEAR_TIE["float32"])
+
+
 def _torch_dtype(dtype: str) -> torch.dtype:
     """The dtype to load weights in (int8 models load in bfloat16, then get quantized)."""
     if dtype not in _DTYPES:

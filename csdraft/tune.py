@@ -68,6 +68,7 @@ from csdraft.ladder import (
     parse_config,
     user_config_path,
 )
+from csdraft.models import near_tie
 from csdraft.trace import Commit, Finish, Review, Stats
 
 if TYPE_CHECKING:
@@ -1191,12 +1192,6 @@ def pick_for_measurement(
             break
         wanted.pop()
     return wanted
-
-
-def near_tie(dtype: torch.dtype) -> float:
-    """The largest top-2 logit gap counted as a near-tie: one bf16/fp16 step at logits of
-    16-32 for half-precision targets, 1e-3 otherwise."""
-    return 0.125 if dtype in (torch.bfloat16, torch.float16) else 1e-3
 
 
 def divergence(got: list[int], want: list[int], rec: PromptRecord | None, tie: float = 1e-3) -> str:

@@ -483,6 +483,7 @@ def test_mismatch_reported_with_margin(tiny_config, gsm8k_file, tmp_path, monkey
         quiet=True,
     )
     assert results["summary"]["flip"]["mismatches"] == 2
+    assert results["summary"]["flip"]["mismatches_beyond_ties"] == 2  # not hidden as ties
     first = results["mismatches"][0]
     assert first["method"] == "flip" and first["position"] == 3
     assert first["margin"] > 0 and first["near_tie"] is False

@@ -19,14 +19,10 @@ from csdraft.bench import metrics
 from csdraft.bench.data import Dataset, load_dataset
 from csdraft.bench.methods import METHODS, Outcome, Settings, parse_methods, top2_margin
 from csdraft.errors import UsageError
+from csdraft.models import near_tie
 
 WARMUP_TOKENS = 16
 """Warm-up generations are this short (or ``max_new_tokens`` if smaller)."""
-
-NEAR_TIE = {"float32": 1e-3, "bfloat16": 0.5, "float16": 0.1}
-"""A divergence where the target's two best logits are closer than this (by the target's dtype)
-is reported as a floating-point near-tie; a wider margin points at a bug. Heuristic: half
-precision logits of size 10-30 are spaced 0.06-0.125 apart in bfloat16."""
 
 SCHEMA = "csdraft-bench/1"
 
@@ -283,7 +279,7 @@ def _prompt_entry(
     (with the target's top-2 logit margin at a divergence)."""
     ar_ids = outcomes["ar"].ids
     target = loaded.models[0].model
-    near_tie = NEAR_TIE.get(str(next(target.parameters()).dtype).removeprefix("torch."), 0.5)
+    tie = near_tie(next(target.parameters()).dtype)
     tok = loaded.tokenizer
     margins: dict[int, float] = {}
     records = {}
@@ -302,7 +298,7 @@ def _prompt_entry(
                     "got": outcome.ids[pos] if pos < len(outcome.ids) else None,
                     "want": ar_ids[pos] if pos < len(ar_ids) else None,
                     "margin": margins[pos],
-                    "near_tie": margins[pos] < near_tie,
+                    "near_tie": margins[pos] <= tie,
                     "ids": outcome.ids,
                 }
         records[name] = rec
