@@ -228,25 +228,29 @@ def _torch_dtype(dtype: str) -> torch.dtype:
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace every linear layer by a dynamic int8 one (per-channel weight scales), one layer
-    at a time so memory never holds a float32 copy of the whole model; the rest runs in float32.
-    """
+    """Replace every linear layer by a dynamic int8 one with symmetric per-channel weight
+    scales, one layer at a time so memory never holds a float32 copy of the whole model; the
+    rest of the model runs in float32."""
     import warnings
 
     import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
     linears = [(name, mod) for name, mod in model.named_modules() if type(mod) is torch.nn.Linear]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch's deprecation notices for quantized tensors
         for name, linear in linears:
+            weight = linear.weight.float()
+            scale = (weight.abs().amax(dim=1).clamp_min(1e-8) / 127.5).double()
+            zero = torch.zeros(len(scale), dtype=torch.long)
+            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+            bias = None if linear.bias is None else linear.bias.float()
+            quantized = DynamicInt8Linear(
+                linear.in_features, linear.out_features, bias_=bias is not None, dtype=torch.qint8
+            )
+            quantized.set_weight_bias(qweight, bias)
             parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            wrapped = torch.nn.Sequential(linear.float())
-            quantized = torch.ao.quantization.quantize_dynamic(
-                wrapped, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
-            )[0]
-            setattr(parent, attr, quantized)
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, quantized)
     return model.float()
 
 
