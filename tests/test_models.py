@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_ladder import tiny_tokenizer
 
 from csdraft import models
 from csdraft.errors import CsdraftError, UsageError
@@ -35,19 +36,7 @@ def _home(tmp_path, monkeypatch):
 
 
 def _tokenizer(words=WORDS):
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<eos>": 1, "<pad>": 2}
-    for w in words:
-        vocab[w] = len(vocab)
-    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<pad>"
-    )
+    return tiny_tokenizer(words)
 
 
 @pytest.fixture(scope="module")
