@@ -243,7 +243,7 @@ def run_generate(
                     view.add(event)
         except KeyboardInterrupt:
             interrupted = True
-            events.append(Finish("interrupted", t=cascade._now()))
+            events.append(Finish("interrupted", t=cascade.elapsed()))
     stats = Stats.of(events)
     token_ids = [t for e in events if isinstance(e, trace.Commit) for t in e.tokens]
     if save_trace:

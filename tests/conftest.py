@@ -43,8 +43,12 @@ def build_model(
 ) -> torch.nn.Module:
     """A tiny random causal LM of one architecture, with no eos/bos/pad token configured."""
     special = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    if arch == "llama":
-        config = LlamaConfig(
+    if arch in ("llama", "qwen2"):
+        config_cls, cls = {
+            "llama": (LlamaConfig, LlamaForCausalLM),
+            "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        }[arch]
+        config = config_cls(
             vocab_size=vocab,
             hidden_size=hidden,
             intermediate_size=2 * hidden,
@@ -55,20 +59,6 @@ def build_model(
             initializer_range=init_range,
             **special,
         )
-        cls = LlamaForCausalLM
-    elif arch == "qwen2":
-        config = Qwen2Config(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=512,
-            initializer_range=init_range,
-            **special,
-        )
-        cls = Qwen2ForCausalLM
     elif arch == "gpt2":
         config = GPT2Config(
             vocab_size=vocab,

@@ -111,18 +111,19 @@ class Cascade:
                 out.origins[:keep],
                 block.tokens[accepted:],
                 block.origins[accepted:],
-                t=self._now(),
+                t=self.elapsed(),
             )
             seq = np.concatenate([seq, np.asarray(out.tokens[:keep], dtype=np.int64)])
             if self.maxgram:
                 self.maxgram.extend(out.tokens[:keep])
             produced += keep
             if reason:
-                yield Finish(reason, t=self._now())
+                yield Finish(reason, t=self.elapsed())
                 return
-        yield Finish("length", t=self._now())
+        yield Finish("length", t=self.elapsed())
 
-    def _now(self) -> float:
+    def elapsed(self) -> float:
+        """Seconds since the current generation started (the clock events are stamped with)."""
         return time.perf_counter() - self._t0
 
     def _flush(self) -> Iterator[Event]:
@@ -174,6 +175,8 @@ class Cascade:
         self._confidence = verdict.confidence
         a = verdict.accepted
         self._events.append(
-            Review(reviewer, block.tokens, block.origins, a, verdict.token, forward_s, self._now())
+            Review(
+                reviewer, block.tokens, block.origins, a, verdict.token, forward_s, self.elapsed()
+            )
         )
         return Block(block.tokens[:a] + [verdict.token], block.origins[:a] + [reviewer], verdict.q)
