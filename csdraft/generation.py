@@ -73,13 +73,17 @@ class LoadedLadder:
         """Load every neural rung (preparing offline packs once) and check tokenizers match."""
         from csdraft.models import load_model, tokenizer_fingerprint
 
-        def load(m: ModelSpec) -> Any:
-            return load_model(m.ref, dtype=m.dtype, device=m.device, progress=progress)
+        def load(m: ModelSpec, share: Any = None) -> Any:
+            return load_model(m.ref, m.dtype, m.device, progress, share_tokenizer=share)
 
         models = [load(spec.target)]
-        target_print = tokenizer_fingerprint(models[0].tokenizer)
+        target_print = None  # computed only if some drafter's tokenizer files differ
         for d in spec.drafters:
-            loaded = load(d)
+            loaded = load(d, share=models[0])
+            if loaded.tokenizer is models[0].tokenizer:
+                models.append(loaded)
+                continue
+            target_print = target_print or tokenizer_fingerprint(models[0].tokenizer)
             if tokenizer_fingerprint(loaded.tokenizer) != target_print:
                 raise CsdraftError(
                     f"ladder '{spec.name}': drafter '{d.name}' ({d.ref}) uses a different "

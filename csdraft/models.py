@@ -44,6 +44,7 @@ __all__ = [
     "prepare_gguf",
     "prepare_pack",
     "resolve",
+    "tokenizer_files_digest",
     "tokenizer_fingerprint",
 ]
 
@@ -227,31 +228,24 @@ def _torch_dtype(dtype: str) -> torch.dtype:
     return torch.bfloat16 if dtype == "int8" else getattr(torch, dtype)
 
 
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace every linear layer by a dynamic int8 one with symmetric per-channel weight
-    scales, one layer at a time so memory never holds a float32 copy of the whole model; the
-    rest of the model runs in float32."""
-    import warnings
+def _int8_cache(res: _Resolved) -> Path | None:
+    """Where the int8 weights of ``res`` are kept: keyed by its weight files' paths, sizes and
+    modification times, so changed weights never meet stale int8 ones. None when the model's
+    files cannot be found (a hub id missing from the local cache)."""
+    folder = res.path
+    if folder is None:
+        from huggingface_hub import try_to_load_from_cache
 
-    import torch
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
-
-    linears = [(name, mod) for name, mod in model.named_modules() if type(mod) is torch.nn.Linear]
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # torch's deprecation notices for quantized tensors
-        for name, linear in linears:
-            weight = linear.weight.float()
-            scale = (weight.abs().amax(dim=1).clamp_min(1e-8) / 127.5).double()
-            zero = torch.zeros(len(scale), dtype=torch.long)
-            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
-            bias = None if linear.bias is None else linear.bias.float()
-            quantized = DynamicInt8Linear(
-                linear.in_features, linear.out_features, bias_=bias is not None, dtype=torch.qint8
-            )
-            quantized.set_weight_bias(qweight, bias)
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, quantized)
-    return model.float()
+        config = try_to_load_from_cache(res.ref, "config.json")
+        folder = Path(config).parent if isinstance(config, str) else None
+    if folder is None:
+        return None
+    weights = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin"))
+    if not weights:
+        return None
+    stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in weights]
+    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:24]
+    return cache_dir() / "int8" / f"{key}.safetensors"
 
 
 def _device_kwargs(device: str) -> tuple[dict[str, Any], str | None]:
@@ -367,27 +361,41 @@ def load_tokenizer(ref: str, progress: bool = True) -> PreTrainedTokenizerBase:
 
 
 def load_model(
-    ref: str, dtype: str = "bfloat16", device: str = "cpu", progress: bool = True
+    ref: str,
+    dtype: str = "bfloat16",
+    device: str = "cpu",
+    progress: bool = True,
+    share_tokenizer: LoadedModel | None = None,
 ) -> LoadedModel:
-    """Load model and tokenizer for ``ref`` in eval mode with the requested dtype and device."""
+    """Load model and tokenizer for ``ref`` in eval mode with the requested dtype and device.
+
+    ``share_tokenizer``: a model (the target) whose tokenizer object is reused when both
+    models' tokenizer files are byte-identical, skipping a second load."""
     torch_dtype = _torch_dtype(dtype)
     dev_kwargs, move_to = _device_kwargs(device)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     res = resolve(ref, progress=progress)
+    tokenizer = None
+    if share_tokenizer is not None:
+        digest = tokenizer_files_digest(res.path)
+        if digest is not None and digest == tokenizer_files_digest(share_tokenizer.path):
+            tokenizer = share_tokenizer.tokenizer
     with _hf_quiet(True):  # transformers' own load bars are noise once a model is prepared
         if res.kind == "hub":
-            tokenizer = _hub_load(AutoTokenizer, ref)
+            tokenizer = tokenizer or _hub_load(AutoTokenizer, ref)
             model = _hub_load(AutoModelForCausalLM, ref, dtype=torch_dtype, **dev_kwargs)
         else:
-            tokenizer = _dir_load(AutoTokenizer, res)
+            tokenizer = tokenizer or _dir_load(AutoTokenizer, res)
             model = _dir_load(AutoModelForCausalLM, res, dtype=torch_dtype, **dev_kwargs)
     if move_to is not None:
         model = model.to(move_to)
     if dtype == "int8":
         if next(model.parameters()).device.type != "cpu":
             raise UsageError(f"{ref}: dtype int8 (dynamic quantization) runs on the CPU only")
-        model = quantize_int8(model)
+        from csdraft.int8 import quantize_int8
+
+        model = quantize_int8(model, _int8_cache(res))
     model.eval()
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
@@ -570,12 +578,13 @@ def _convert(
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         config.dtype = torch.bfloat16
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        with torch.device("meta"):  # no second copy of the weights: they are assigned below
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         state = loaded.state_dict()
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         model.tie_weights()
         got = model.state_dict()
-        bad = [k for k in got if k not in state or not torch.equal(got[k], state[k])]
+        bad = [k for k in got if k not in state or got[k].data_ptr() != state[k].data_ptr()]
         if bad or unexpected:
             raise CsdraftError(
                 f"converting {gguf.name} lost weights (missing {(bad or missing)[:3]}, "
@@ -615,6 +624,32 @@ def _relax_permissions(root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- fingerprints
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
+
+def tokenizer_files_digest(folder: Path | None) -> str | None:
+    """sha256 over a model directory's tokenizer files (None when it has none): two models
+    with equal digests have the same tokenizer, without loading either."""
+    if folder is None:
+        return None
+    digest = hashlib.sha256()
+    found = False
+    for name in TOKENIZER_FILES:
+        path = Path(folder) / name
+        if path.is_file():
+            found = True
+            digest.update(f"\0{name}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest() if found else None
 
 
 def tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> str:

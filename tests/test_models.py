@@ -218,6 +218,43 @@ def test_int8_quantizes_every_linear(tiny_dir):
     assert torch.allclose(out, ref, atol=0.05)  # close, not equal: a drafter may round
 
 
+def test_int8_weights_are_cached(tiny_dir):
+    ids = torch.tensor([[3, 4, 5]])
+    first = load_model(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
+    (cached,) = (cache_dir() / "int8").iterdir()
+    stamp = cached.stat().st_mtime_ns
+    again = load_model(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
+    assert torch.equal(first, again) and cached.stat().st_mtime_ns == stamp  # read, not rewritten
+    cached.write_bytes(b"garbage")  # an unreadable cache is made again, never trusted
+    third = load_model(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
+    assert torch.equal(first, third) and cached.stat().st_size > 100
+
+
+def test_int8_cache_follows_the_weights(tiny_dir, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(tiny_dir, tmp_path / "copy")
+    load_model(str(copy), dtype="int8", progress=False)
+    (copy / "model.safetensors").touch()  # new weights: a new cache entry, not the stale one
+    load_model(str(copy), dtype="int8", progress=False)
+    assert len(list((cache_dir() / "int8").iterdir())) == 2
+
+
+def test_drafter_shares_identical_tokenizer(tiny_dir, tmp_path):
+    import shutil
+
+    target = load_model(str(tiny_dir), dtype="float32", progress=False)
+    twin = load_model(
+        str(shutil.copytree(tiny_dir, tmp_path / "twin")), "float32", share_tokenizer=target
+    )
+    assert twin.tokenizer is target.tokenizer
+    other = shutil.copytree(tiny_dir, tmp_path / "other")
+    _tokenizer(WORDS[:-1] + ["zzz"]).save_pretrained(other)
+    loaded = load_model(str(other), "float32", share_tokenizer=target)
+    assert loaded.tokenizer is not target.tokenizer
+    assert tokenizer_fingerprint(loaded.tokenizer) != tokenizer_fingerprint(target.tokenizer)
+
+
 def test_bad_dtype_and_device(tiny_dir):
     with pytest.raises(UsageError) as err:
         load_model(str(tiny_dir), dtype="int4")

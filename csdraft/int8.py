@@ -1,0 +1,77 @@
+"""int8 drafters: linear layers with int8 weights run by fbgemm's dynamic int8 kernel.
+
+About 2.5x faster than bfloat16 for a 0.5B model on a 2-core CPU. Meant for drafters, whose
+exact numbers never reach the output. The int8 weights are cached on disk, so a later start
+only packs them for the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class Int8Linear(torch.nn.Module):
+    """A linear layer with int8 weights (symmetric, one scale per output channel) run by
+    fbgemm's dynamic int8 kernel: activations are quantized on the fly, the output is float32.
+    The weight is packed for the kernel once, here."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
+        zero = torch.zeros(len(scale), dtype=torch.long)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch deprecates quantized tensors (kept to 2.14)
+            weight = torch._make_per_channel_quantized_tensor(qweight, scale.double(), zero, 0)
+            self.packed = torch.ops.quantized.linear_prepack(weight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, reduce_range=True)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def int8_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 quantization: (int8 weight, float32 scale)."""
+    w = weight.float()
+    scale = w.abs().amax(dim=1).clamp_min(1e-8) / 127
+    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
+
+
+def quantize_int8(model: torch.nn.Module, cache: Path | None = None) -> torch.nn.Module:
+    """Replace every linear layer by an ``Int8Linear``; the rest of the model runs in float32.
+
+    With ``cache`` (a safetensors file), the int8 weights and scales are read from it when it
+    holds every layer, else computed and written there for the next load (atomically)."""
+    linears = [(name, mod) for name, mod in model.named_modules() if type(mod) is torch.nn.Linear]
+    stored: dict[str, torch.Tensor] = {}
+    if cache is not None and cache.is_file():
+        with contextlib.suppress(Exception):  # unreadable or stale: quantize again below
+            stored = load_file(str(cache))
+    fits = all(
+        stored.get(f"{name}.qweight", torch.empty(0)).shape == linear.weight.shape
+        for name, linear in linears
+    )
+    if not fits:
+        stored = {}
+    with torch.no_grad():
+        for name, linear in linears:
+            if not fits:
+                q, s = int8_weights(linear.weight)
+                stored[f"{name}.qweight"], stored[f"{name}.scale"] = q, s
+            bias = None if linear.bias is None else linear.bias.float()
+            layer = Int8Linear(stored[f"{name}.qweight"], stored[f"{name}.scale"], bias)
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, layer)
+    if cache is not None and not fits and linears:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp))
+        os.replace(tmp, cache)
+    return model.float()
