@@ -298,14 +298,14 @@ def tune_k_matrix(
         int, typer.Option("--max-new-tokens", min=1, help="Greedy tokens per calibration prompt.")
     ] = 128,
 ) -> None:
-    """Find the fastest k-matrix and lenience for a ladder on this machine.
+    """Find the fastest k-matrix, min_confidence and lenience for a ladder on this machine.
 
     1. Measures each model's forward cost by block length, runs the target greedily on the
     calibration prompts, and records (one teacher-forced pass per model) how often each rung's
     greedy token matches every other's and Max-Gram's, by position.
     2. Predicts every k-matrix of a grid (entries 0-12) with the EWIF cost model extended to
     the cascade, then replays the engine over the recorded continuations with the measured
-    costs for the best of them, their neighbours and lenience values.
+    costs for the best of them, min_confidence values, their neighbours, and lenience values.
     3. Runs the most promising for real, interleaved per prompt with the ladder's current
     settings and plain ar, within --budget; reports predicted vs measured speedup and checks
     every output against ar's (identical outputs: N/N).
@@ -323,7 +323,9 @@ def tune_k_matrix(
     blocks of 6, tokens 1-4 from the drafter and 5-6 from Max-Gram, and the drafter writes
     its tokens by reviewing blocks of 6 from Max-Gram.
 
-    Lenience (>= 1) loosens only inner reviews, so greedy output stays identical.
+    Lenience (>= 1) loosens only inner reviews, and min_confidence only ends drafts early
+    (after a token the drafter gives less than that probability), so greedy output stays
+    identical whatever tune picks.
 
     `csdraft tune k-matrix --ladder qwen-coder --data gsm8k --limit 8 --write`
     """

@@ -1,4 +1,5 @@
-"""``csdraft tune k-matrix``: choose a ladder's k-matrix and lenience for this machine.
+"""``csdraft tune k-matrix``: choose a ladder's k-matrix, min_confidence and lenience for this
+machine.
 
 Four steps, one function each:
 
@@ -28,8 +29,10 @@ Four steps, one function each:
      first pass); the engine's own work (blocks, reviews, Max-Gram, events) costs what it
      costs in the replay itself, which runs that very code, timed; and each review adds the
      measured full-vocabulary argmax (lenient settings: and softmax) that the replay's compact
-     vocabulary skips. With greedy decoding a Monte Carlo over the recorded match sequences
-     has no randomness left to sample, so one replay per prompt is the whole simulation.
+     vocabulary skips. A drafter's confidence in its own token (what min_confidence acts on)
+     is its recorded probability at that position. With greedy decoding a Monte Carlo over
+     the recorded match sequences has no randomness left to sample, so one replay per prompt
+     is the whole simulation.
 
 3. **Verify** (``measure_candidates``): run the most promising candidates for real through
    ``LoadedLadder.cascade``, interleaved per prompt with the ladder's current settings and
@@ -64,6 +67,7 @@ from csdraft.ladder import (
     add_ladder,
     check_k_matrix,
     check_lenience,
+    check_min_confidence,
     load_ladders,
     parse_config,
     user_config_path,
@@ -78,7 +82,9 @@ if TYPE_CHECKING:
     from csdraft.generation import LoadedLadder
 
 KMatrix = tuple[tuple[int, ...], ...]
-Lenience = float | tuple[float, ...]
+PerDrafter = float | tuple[float, ...]
+"""A per-drafter setting (lenience, min_confidence): one value for every drafter, or one each."""
+Lenience = PerDrafter
 
 K_TOP = 8
 """Top tokens kept per position and rung from the teacher-forced pass (for lenient reviews)."""
@@ -90,6 +96,8 @@ SMALL_GRID = (0, 1, 2, 4, 8)
 """The grid for ladders with many drafting rungs, where the full grid is too large."""
 LENIENCES = (1.0, 1.5, 2.0, 3.0, 5.0)
 """Lenience values tried for the best k-matrices with inner reviews."""
+MIN_CONFIDENCES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+"""min_confidence values tried for the best k-matrices that use a neural drafter."""
 COST_LENGTHS = (1, 2, 4, 8, 12, 16, 24)
 """Block lengths (new tokens fed in one forward pass) whose cost ``calibrate`` measures."""
 GRID_LIMIT = 20000
@@ -798,7 +806,9 @@ class Replay:
             [index[t] for t in cal.eos_ids if t in index],
         )
 
-    def _run(self, p: _ReplayPrompt, k: Sequence[Sequence[int]], lenience: Lenience) -> tuple:
+    def _run(
+        self, p: _ReplayPrompt, k: Sequence[Sequence[int]], lenience: Lenience, floor: PerDrafter
+    ) -> tuple:
         """Replay one prompt: (predicted seconds, target reviews, output equals reference).
 
         Predicted seconds = the measured forward cost of every pass at the tokens it feeds +
@@ -812,7 +822,8 @@ class Replay:
         mag = p.maxgram if full else None
         inner = len(rungs) - 1
         len_ = lenience if isinstance(lenience, int | float) else tuple(lenience)[:inner]
-        cascade = Cascade(rungs, mag, k, len_, Sampling(), 0)
+        floor_ = floor if isinstance(floor, int | float) else tuple(floor)[:inner]
+        cascade = Cascade(rungs, mag, k, len_, Sampling(), 0, floor_)
         lenient = any(v > 1 for v in cascade.lenience)
         out: list[int] = []
         target_reviews, vocab_s = 0, 0.0
@@ -831,14 +842,17 @@ class Replay:
     def ar_seconds(self) -> list[float]:
         """Predicted seconds of plain autoregressive decoding per prompt."""
         if self._ar is None:
-            self._ar = [self._run(p, [], 1.0)[0] for p in self.prompts]
+            self._ar = [self._run(p, [], 1.0, 0.0)[0] for p in self.prompts]
         return self._ar
 
-    def predict(self, k: Sequence[Sequence[int]], lenience: Lenience = 1.0) -> Prediction:
+    def predict(
+        self, k: Sequence[Sequence[int]], lenience: Lenience = 1.0, floor: PerDrafter = 0.0
+    ) -> Prediction:
         """Predicted speedup over ``ar`` (ratio of summed seconds) and tokens per target
-        review of ``k`` with ``lenience``, over all calibration prompts."""
+        review of ``k`` with ``lenience`` and min_confidence ``floor``, over all calibration
+        prompts."""
         ar = self.ar_seconds()
-        runs = [self._run(p, k, lenience) for p in self.prompts]
+        runs = [self._run(p, k, lenience, floor) for p in self.prompts]
         seconds = [r[0] for r in runs]
         tokens = sum(len(p.ref) for p in self.prompts)
         reviews = sum(r[1] for r in runs)
@@ -1008,10 +1022,11 @@ class Measured:
 @dataclass
 class Candidate:
     """One setting: k-matrix (over the full ladder; unused rungs have zero columns), lenience,
-    its predictions and, if it ran, its measurements."""
+    min_confidence (``floor``), its predictions and, if it ran, its measurements."""
 
     k: KMatrix
     lenience: Lenience = 1.0
+    floor: PerDrafter = 0.0
     label: str = ""
     analytic: float | None = None
     pred: Prediction | None = None
@@ -1019,7 +1034,7 @@ class Candidate:
 
     @property
     def key(self) -> tuple:
-        return (self.k, self.lenience)
+        return (self.k, self.lenience, self.floor)
 
     @property
     def speedup(self) -> float:
@@ -1035,16 +1050,50 @@ class Candidate:
         return sum(ar.walls[:n]) / mine if mine > 0 else None
 
 
-def _lenience_text(lenience: Lenience) -> str:
-    if isinstance(lenience, int | float):
-        return f"{lenience:g}"
-    values = set(lenience)
-    return f"{next(iter(values)):g}" if len(values) == 1 else ",".join(f"{v:g}" for v in lenience)
+def _per_drafter_text(value: PerDrafter) -> str:
+    if isinstance(value, int | float):
+        return f"{value:g}"
+    values = set(value)
+    return f"{next(iter(values)):g}" if len(values) == 1 else ",".join(f"{v:g}" for v in value)
+
+
+def _kept(value: PerDrafter, kept: Sequence[int]) -> PerDrafter | list[float]:
+    """A full-ladder per-drafter setting for the sub-ladder of drafters ``kept`` (1-based)."""
+    return value if isinstance(value, int | float) else [value[d - 1] for d in kept]
+
+
+def _spec_value(values: Sequence[float], neutral: float) -> PerDrafter:
+    """A ladder's per-drafter setting as a candidate holds it: one number when all agree."""
+    if not values or len(set(values)) == 1:
+        return float(values[0]) if values else neutral
+    return tuple(float(v) for v in values)
 
 
 def _has_inner_reviews(k: KMatrix, n_neural: int) -> bool:
     """Whether some neural drafter reviews drafts (where lenience acts)."""
     return any(any(k[r]) for r in range(1, min(len(k), n_neural)))
+
+
+def _uses_neural_drafter(k: KMatrix, n_neural: int) -> bool:
+    """Whether some neural drafter drafts (where min_confidence acts)."""
+    return any(d < n_neural for d in used_rungs(k))
+
+
+def setting_key(k: KMatrix, lenience: Lenience, floor: PerDrafter, n_neural: int) -> tuple:
+    """(k, lenience, floor) with the settings that cannot act on ``k`` made neutral: lenience
+    without inner reviews, min_confidence without a neural drafter."""
+    if not _has_inner_reviews(k, n_neural):
+        lenience = 1.0
+    if not _uses_neural_drafter(k, n_neural):
+        floor = 0.0
+    return (k, lenience, floor)
+
+
+def current_setting(spec: LadderSpec) -> tuple:
+    """The ladder's own (k-matrix, lenience, min_confidence), as ``setting_key`` keys it."""
+    k = canonical(spec.k_matrix)
+    lenience, floor = _spec_value(spec.lenience, 1.0), _spec_value(spec.min_confidence, 0.0)
+    return setting_key(k, lenience, floor, len(spec.drafters) + 1) if k else (None, 1.0, 0.0)
 
 
 def search(
@@ -1056,9 +1105,10 @@ def search(
     pool_size: int = 40,
     progress: Progress | None = None,
 ) -> list[Candidate]:
-    """Rank the grid with the analytic model, replay the best of it (and the best of each
-    family and rung subset, and the ladder's current k-matrix), refine around the replay's
-    best by hill climbing, try lenience values; return candidates, best predicted first."""
+    """Rank the grid with the analytic model and replay the best of it (and the best of each
+    family and rung subset, and the ladder's current setting); try min_confidence values on
+    the best; refine around the replay's best by hill climbing over k-matrix entries and
+    min_confidence; try lenience values. Return candidates, best predicted first."""
     d = spec.drafting_rungs
     grid = candidate_grid(d, seed=seed)
     tid = (
@@ -1088,59 +1138,70 @@ def search(
     pool = list(dict.fromkeys(pool))
 
     out: dict[tuple, Candidate] = {}
+    n = cal.n_neural
 
-    def evaluate(k: KMatrix, lenience: Lenience = 1.0) -> Candidate:
-        key = (k, lenience)
+    def evaluate(k: KMatrix, lenience: Lenience = 1.0, floor: PerDrafter = 0.0) -> Candidate:
+        key = setting_key(k, lenience, floor, n)
+        k, lenience, floor = key
         if key not in out:
             if k not in analytic:
                 analytic[k] = model.predict(k).speedup
-            out[key] = Candidate(
-                k, lenience, analytic=analytic[k], pred=replay.predict(k, lenience)
-            )
+            pred = replay.predict(k, lenience, floor)
+            out[key] = Candidate(k, lenience, floor, analytic=analytic[k], pred=pred)
         return out[key]
 
-    tid = progress.add_task("replaying candidates", total=len(pool)) if progress else None
-    for k in pool:
-        evaluate(k)
-        if progress is not None:
-            progress.advance(tid)
-    budget = 80  # replays spent refining
-    if progress is not None:
-        tid = progress.add_task("refining around the best", total=budget)
-    frontier = sorted(out.values(), key=lambda c: -c.speedup)[:3]
+    def best(count: int, keep: Callable[[Candidate], bool] = lambda c: True) -> list[Candidate]:
+        return [c for c in sorted(out.values(), key=lambda c: -c.speedup) if keep(c)][:count]
+
+    def stage(label: str, settings: Sequence[tuple]) -> None:
+        tid = progress.add_task(label, total=len(settings)) if progress else None
+        for setting in settings:
+            evaluate(*setting)
+            if progress is not None:
+                progress.advance(tid)
+
+    stage("replaying candidates", [(k,) for k in pool])
+    if current is not None:
+        evaluate(*current_setting(spec))
+    neural = best(6, lambda c: _uses_neural_drafter(c.k, n))
+    stage("trying min_confidence", [(c.k, 1.0, f) for c in neural for f in MIN_CONFIDENCES])
+
+    budget = 120  # replays spent refining
+    tid = progress.add_task("refining around the best", total=budget) if progress else None
+    frontier = best(3)
     while frontier and budget > 0:
         improved = []
         for cand in frontier:
-            for nb in neighbours(cand.k):
+            for setting in _nearby(cand):
                 if budget <= 0:
                     break
-                if (nb, 1.0) in out:
+                if setting in out:
                     continue
                 budget -= 1
-                new = evaluate(nb)
+                new = evaluate(*setting)
                 if progress is not None:
                     progress.advance(tid)
                 if new.speedup > cand.speedup:
                     improved.append(new)
         frontier = sorted(improved, key=lambda c: -c.speedup)[:3]
     if progress is not None:
-        progress.update(tid, completed=80)
-    lenient_base = [
-        c
-        for c in sorted(out.values(), key=lambda c: -c.speedup)
-        if _has_inner_reviews(c.k, cal.n_neural)
-    ][:4]
-    if spec.lenience and any(v != 1 for v in spec.lenience) and current is not None:
-        evaluate(current, tuple(spec.lenience))
-    if lenient_base:
-        n = len(lenient_base) * (len(LENIENCES) - 1)
-        tid = progress.add_task("trying lenience", total=n) if progress else None
-        for cand in lenient_base:
-            for lenience in LENIENCES[1:]:
-                evaluate(cand.k, lenience)
-                if progress is not None:
-                    progress.advance(tid)
+        progress.update(tid, completed=120)
+
+    lenient = best(4, lambda c: _has_inner_reviews(c.k, n) and c.lenience == 1.0)
+    stage("trying lenience", [(c.k, v, c.floor) for c in lenient for v in LENIENCES[1:]])
     return sorted(out.values(), key=lambda c: (-c.speedup, _lenience_rank(c.lenience)))
+
+
+def _nearby(cand: Candidate) -> list[tuple]:
+    """Settings one step from ``cand``: a k-matrix neighbour, or the next min_confidence up or
+    down (when it is one of ``MIN_CONFIDENCES``)."""
+    out = [(k, cand.lenience, cand.floor) for k in neighbours(cand.k)]
+    if isinstance(cand.floor, int | float) and cand.floor in MIN_CONFIDENCES:
+        i = MIN_CONFIDENCES.index(cand.floor)
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(MIN_CONFIDENCES):
+                out.append((cand.k, cand.lenience, MIN_CONFIDENCES[j]))
+    return out
 
 
 def _lenience_rank(lenience: Lenience) -> float:
@@ -1160,9 +1221,10 @@ def pick_for_measurement(
     most: int = 6,
 ) -> list[Candidate]:
     """The settings to run for real, in priority order: the best predicted, the current one,
-    the next best, the best vertical-only and horizontal-only, the best without the smallest
-    neural drafter or without Max-Gram; as many as one round over one prompt fits in the
-    budget (at least the best and the current)."""
+    the best with the current k-matrix (what min_confidence and lenience alone bring), the
+    best vertical-only and horizontal-only, the best without the smallest neural drafter or
+    without Max-Gram; as many as one round over one prompt fits in the budget (at least the
+    best and the current)."""
     by_speed = [c for c in ranked if c.pred]
     wanted: list[Candidate] = []
 
@@ -1175,7 +1237,7 @@ def pick_for_measurement(
 
     add(by_speed[0] if by_speed else None)
     add(current)
-    add(by_speed[1] if len(by_speed) > 1 else None)
+    add(best(lambda c: current is not None and c.k == current.k))
     add(best(lambda c: is_vertical(c.k) and family(c.k) != "single"))
     add(best(lambda c: is_horizontal(c.k) and family(c.k) != "single"))
     d = len(by_speed[0].k) if by_speed else 0
@@ -1237,11 +1299,13 @@ def measure_candidates(
     ]
     for cand in chosen:
         kept, use_mag, sub = reduce(cand.k, len(spec.drafters), spec.maxgram is not None)
-        lenience = cand.lenience
-        if not isinstance(lenience, int | float):
-            lenience = [lenience[d - 1] for d in kept]
         cascade = loaded.cascade(
-            drafters=kept, maxgram=use_mag, k_matrix=sub, lenience=lenience, sampling=Sampling()
+            drafters=kept,
+            maxgram=use_mag,
+            k_matrix=sub,
+            lenience=_kept(cand.lenience, kept),
+            min_confidence=_kept(cand.floor, kept),
+            sampling=Sampling(),
         )
         cand.measured = Measured()
         runners.append((cand.measured, cascade, cand))
@@ -1295,11 +1359,8 @@ def unique_name(base: str, taken: Iterable[str]) -> str:
 
 def tuned_spec(spec: LadderSpec, cand: Candidate, name: str, description: str = "") -> LadderSpec:
     """The ladder a candidate describes: only the rungs its k-matrix uses, its k-matrix over
-    them and its lenience, under a new name."""
+    them, its lenience and min_confidence, under a new name."""
     kept, use_mag, sub = reduce(cand.k, len(spec.drafters), spec.maxgram is not None)
-    lenience = cand.lenience
-    if not isinstance(lenience, int | float):
-        lenience = [lenience[d - 1] for d in kept]
     new = replace(
         spec,
         name=name,
@@ -1307,14 +1368,15 @@ def tuned_spec(spec: LadderSpec, cand: Candidate, name: str, description: str = 
         maxgram=spec.maxgram if use_mag else None,
         k_matrix=(),
         lenience=(),
-        min_confidence=tuple(spec.min_confidence[d - 1] for d in kept),
+        min_confidence=(),
         description=description or spec.description,
     )
     where = f"ladder '{name}'"
     return replace(
         new,
         k_matrix=check_k_matrix(sub, new, where),
-        lenience=check_lenience(lenience, len(kept), where),
+        lenience=check_lenience(_kept(cand.lenience, kept), len(kept), where),
+        min_confidence=check_min_confidence(_kept(cand.floor, kept), len(kept), where),
     )
 
 
@@ -1445,6 +1507,7 @@ def candidates_table(
         ("rungs", "left"),
         ("k-matrix", "left"),
         ("l", "right"),
+        ("conf", "right"),
         ("EWIF", "right"),
         ("replay", "right"),
         ("tok/rev", "right"),
@@ -1462,6 +1525,7 @@ def candidates_table(
         "ar",
         names[0],
         "-",
+        "",
         "",
         "1.00x",
         "1.00x",
@@ -1482,7 +1546,8 @@ def candidates_table(
             f"{c.label} ({family(c.k)})" if c.label else family(c.k),
             _rungs_text(c.k, names),
             k_text(c.k),
-            _lenience_text(c.lenience),
+            _per_drafter_text(c.lenience),
+            _per_drafter_text(c.floor),
             _x(c.analytic),
             _x(c.speedup if c.pred else None),
             f"{c.pred.tokens_per_review:.2f}" if c.pred else "-",
@@ -1493,7 +1558,8 @@ def candidates_table(
             f"{m.identical}/{len(m.walls)}" if m and m.walls else "-",
         )
     table.caption = (
-        "#: rank by replay prediction. l: lenience. EWIF: the analytic cascade model. replay: "
+        "#: rank by replay prediction. l: lenience. conf: min_confidence. EWIF: the analytic "
+        "cascade model (which ignores lenience and min_confidence). replay: "
         "the engine replayed over the recorded continuations with measured costs (tune's "
         "predictor), tok/rev its tokens per target review. measured: wall-time speedup over "
         "ar on the prompts run (tok/fwd: tokens per target forward); error: the replay's "
@@ -1533,7 +1599,7 @@ def answers(
 
     lines = []
     top = ranked[0] if ranked else None
-    lenience = f", lenience {_lenience_text(top.lenience)}" if top else ""
+    lenience = f", lenience {_per_drafter_text(top.lenience)}" if top else ""
     lines.append(f"best overall: {show(top)}{lenience}")
     n = cal.n_neural
     d = cal.drafting_rungs
@@ -1576,12 +1642,21 @@ def answers(
             f"classic EWIF for {names[r]} alone (a={a:.3f}, c={c_ratio:.2f}): best g={g}, "
             f"{e:.2f}x (constant c, i.i.d. acceptance, no overhead)"
         )
+    floored = [c for c in plain if c.floor != 0.0]
+    if floored:
+        fb = floored[0]
+        base = next((c for c in plain if c.k == fb.k and c.floor == 0.0), None)
+        lines.append(
+            f"min_confidence: best [{k_text(fb.k)}] with {_per_drafter_text(fb.floor)} predicted "
+            f"{_x(fb.speedup)} vs {_x(base.speedup if base else None)} without (drafts end "
+            "after a token the drafter doubts; output unchanged)"
+        )
     lenient = [c for c in ranked if c.pred and c.lenience != 1.0]
     if lenient:
         lb = lenient[0]
         base = next((c for c in plain if c.k == lb.k), None)
         lines.append(
-            f"lenience: best lenient setting [{k_text(lb.k)}] l={_lenience_text(lb.lenience)} "
+            f"lenience: best lenient setting [{k_text(lb.k)}] l={_per_drafter_text(lb.lenience)} "
             f"predicted {_x(lb.speedup)} vs {_x(base.speedup if base else None)} at l=1 "
             "(greedy output stays identical: lenience only acts on inner reviews)"
         )
@@ -1637,11 +1712,7 @@ def run_tune(
         ranked = search(cal, spec, replay, model, seed=seed, progress=progress)
     if not ranked:
         raise CsdraftError("no candidate k-matrix could be evaluated")
-    cur_k = canonical(spec.k_matrix)
-    cur_len: Lenience = (
-        1.0 if not spec.lenience or all(v == 1 for v in spec.lenience) else tuple(spec.lenience)
-    )
-    current = next((c for c in ranked if cur_k is not None and c.key == (cur_k, cur_len)), None)
+    current = next((c for c in ranked if c.key == current_setting(spec)), None)
     for i, c in enumerate(ranked[:3]):
         c.label = f"tuned #{i + 1}"
     if current is not None:
@@ -1715,8 +1786,9 @@ def run_tune(
     kept, use_mag, sub = reduce(winner.k, len(spec.drafters), spec.maxgram is not None)
     out.print(
         f"[bold green]winner[/]: k-matrix {[list(r) for r in sub]} over "
-        f"{_rungs_text(winner.k, cal.names)}, lenience {_lenience_text(winner.lenience)}: "
-        f"predicted {_x(winner.speedup)}" + (f", measured {_x(got)}" if got else ""),
+        f"{_rungs_text(winner.k, cal.names)}, lenience {_per_drafter_text(winner.lenience)}, "
+        f"min_confidence {_per_drafter_text(winner.floor)}: predicted {_x(winner.speedup)}"
+        + (f", measured {_x(got)}" if got else ""),
         highlight=False,
     )
     if got is not None and got < 1.0:

@@ -24,7 +24,7 @@ from csdraft.ladder import (
     get_ladder,
     parse_config,
 )
-from csdraft.trace import Commit, Stats
+from csdraft.trace import Commit, Review, Stats
 from csdraft.tune import CostCurve
 
 
@@ -253,6 +253,22 @@ def test_tuned_spec_drops_unused_rungs():
     assert new.maxgram is not None
     assert new.k_matrix == ((3, 2), (0, 0))
     assert new.lenience == (2.0,)
+    floored = tune.tuned_spec(
+        spec, tune.Candidate(((3, 0, 2), (0, 2, 0), (0, 0, 0)), 1.0, 0.4), "f"
+    )
+    assert floored.min_confidence == (0.4, 0.4)
+
+
+def test_settings_that_cannot_act_are_neutral():
+    # one drafter + Max-Gram: n_neural = 2 (target and drafter)
+    assert tune.setting_key(((0, 5), (0, 0)), 3.0, 0.5, 2) == (((0, 5), (0, 0)), 1.0, 0.0)
+    assert tune.setting_key(((4, 0), (0, 0)), 3.0, 0.5, 2) == (((4, 0), (0, 0)), 1.0, 0.5)
+    assert tune.setting_key(((4, 0), (0, 3)), 3.0, 0.5, 2) == (((4, 0), (0, 3)), 3.0, 0.5)
+    spec = spec_with(1, True).with_settings(k_matrix=[[8, 0], [0, 4]], min_confidence=0.4)
+    assert tune.current_setting(spec) == (((8, 0), (0, 4)), 1.0, 0.4)
+    steps = tune._nearby(tune.Candidate(((8, 0), (0, 4)), 1.0, 0.4))
+    assert (((8, 0), (0, 4)), 1.0, 0.3) in steps and (((8, 0), (0, 4)), 1.0, 0.5) in steps
+    assert (((9, 0), (0, 4)), 1.0, 0.4) in steps
 
 
 # ------------------------------------------------------------------ writing
@@ -302,11 +318,16 @@ def test_replay_matches_the_engine_on_tiny_models(tiny):
     cal = tune.calibrate(loaded, prompts, 20, lengths=(1, 4), repeats=1)
     replay = tune.Replay(cal)
     tokens = sum(len(r.ref) for r in cal.records)
-    for k in ([[3, 3], [0, 3]], [[2, 0], [0, 0]], [[0, 5], [0, 0]], [[1, 4], [0, 6]]):
-        pred = replay.predict(k)
+    settings = [([[3, 3], [0, 3]], 0.0), ([[2, 0], [0, 0]], 0.0), ([[0, 5], [0, 0]], 0.0)]
+    settings += [([[1, 4], [0, 6]], 0.0), ([[6, 0], [0, 3]], 0.3), ([[5, 2], [0, 4]], 0.6)]
+    stopped = 0
+    for k, floor in settings:
+        pred = replay.predict(k, 1.0, floor)
         assert pred.exact
         kept, use_mag, sub = tune.reduce(k, 1, True)
-        cascade = loaded.cascade(drafters=kept, maxgram=use_mag, k_matrix=sub)
+        cascade = loaded.cascade(
+            drafters=kept, maxgram=use_mag, k_matrix=sub, min_confidence=floor if kept else None
+        )
         forwards = 0
         for rec in cal.records:
             events = list(cascade.generate(rec.prompt, 20, loaded.eos_ids))
@@ -315,7 +336,10 @@ def test_replay_matches_the_engine_on_tiny_models(tiny):
             stats = Stats.of(events)
             assert [t for e in events if isinstance(e, Commit) for t in e.tokens] == rec.ref
             forwards += stats.target_forwards
-        assert pred.tokens_per_review == pytest.approx(tokens / forwards), k
+            blocks = [len(e.proposed) for e in events if isinstance(e, Review) and e.reviewer == 0]
+            stopped += floor > 0 and min(blocks) < sum(sub[0])  # a draft ended early
+        assert pred.tokens_per_review == pytest.approx(tokens / forwards), (k, floor)
+    assert stopped  # min_confidence really acted in this test
     agree = tune.agreement(cal)
     assert set(agree.rate) == {(0, 1), (0, 2), (1, 2)}
     assert all(0 <= v <= 1 for v in agree.rate.values())
