@@ -301,8 +301,8 @@ def tune_k_matrix(
     """Find the fastest k-matrix, min_confidence and lenience for a ladder on this machine.
 
     1. Measures each model's forward cost by block length, runs the target greedily on the
-    calibration prompts, and records (one teacher-forced pass per model) how often each rung's
-    greedy token matches every other's and Max-Gram's, by position.
+    calibration prompts, and records (teacher forcing each model along those answers) how
+    often each rung's greedy token matches every other's and Max-Gram's, by position.
     2. Predicts every k-matrix of a grid (entries 0-12) with the EWIF cost model extended to
     the cascade, then replays the engine over the recorded continuations with the measured
     costs for the best of them, min_confidence values, their neighbours, and lenience values.

@@ -15,11 +15,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+LONG_BLOCK = 16
+"""Blocks of at least this many tokens (prompts) are checked for attention sinks."""
+SINK_RATIO = 8.0
+"""A token whose largest activation is this many times the block's median token peak is an
+attention sink (Qwen2.5's first token peaks about 18x above the rest)."""
+
 
 class Int8Linear(torch.nn.Module):
     """A linear layer with int8 weights (symmetric, one scale per output channel) run by
     fbgemm's dynamic int8 kernel: activations are quantized on the fly, the output is float32.
-    The weight is packed for the kernel once, here."""
+    The weight is packed for the kernel once, here.
+
+    The kernel quantizes activations with one scale per pass, so one token with massive
+    activations (an attention sink) would coarsen every other token of its block: in a long
+    block such tokens get a pass of their own."""
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -31,7 +41,21 @@ class Int8Linear(torch.nn.Module):
             self.packed = torch.ops.quantized.linear_prepack(weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, reduce_range=True)
+        x = x.float()
+        rows = x.reshape(-1, x.shape[-1])
+        if len(rows) >= LONG_BLOCK:  # a prompt: attention sinks get a pass of their own
+            peak = rows.abs().amax(-1)
+            sink = peak > SINK_RATIO * peak.median()
+            if sink.any():
+                out = rows.new_empty(len(rows), self.out_features)
+                out[~sink] = self._linear(rows[~sink])
+                for i in sink.nonzero()[:, 0].tolist():
+                    out[i] = self._linear(rows[i : i + 1])[0]
+                return out.reshape(*x.shape[:-1], self.out_features)
+        return self._linear(x)
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"

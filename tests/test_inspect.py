@@ -110,3 +110,17 @@ def test_inspect_trace_unknown_ladder_shows_ids(tmp_path, ladder2, saved_trace):
 def test_inspect_trace_missing_file(tmp_path):
     result = CliRunner().invoke(app, ["inspect", "--trace", str(tmp_path / "none.jsonl")])
     assert isinstance(result.exception, UsageError)
+
+
+def test_model_facts_count_int8_layers(tmp_path):
+    from tiny_ladder import tiny_model_dir, tiny_tokenizer
+
+    from csdraft.inspector import model_facts
+    from csdraft.models import load_model
+
+    path = tiny_model_dir(tmp_path / "m", 0, tiny_tokenizer())
+    full = model_facts(load_model(str(path), "float32", progress=False).model)
+    int8 = model_facts(load_model(str(path), "int8", progress=False).model)
+    assert int8["params"] == full["params"]
+    assert int8["dtype"] == "int8 linears, float32 rest" and full["dtype"] == "float32"
+    assert int8["bytes"] < full["bytes"]

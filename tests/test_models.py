@@ -218,6 +218,24 @@ def test_int8_quantizes_every_linear(tiny_dir):
     assert torch.allclose(out, ref, atol=0.05)  # close, not equal: a drafter may round
 
 
+def test_int8_attention_sink_gets_its_own_pass():
+    from csdraft.int8 import LONG_BLOCK, Int8Linear, int8_weights
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(24, 32, generator=gen)
+    layer = Int8Linear(*int8_weights(weight), None)
+    block = torch.randn(1, LONG_BLOCK + 4, 32, generator=gen)
+    block[0, 0] *= 200  # a first token with massive activations, as Qwen2.5's
+    out = layer(block)
+    # the other tokens come out as if the sink were not in their pass, the sink as if alone
+    assert torch.equal(out[0, 1:], layer._linear(block[0, 1:]))
+    assert torch.equal(out[0, :1], layer._linear(block[0, :1]))
+    # one shared pass quantizes them 200x more coarsely: far from the float result
+    exact = block[0, 1:] @ weight.T
+    shared = layer._linear(block[0])[1:]
+    assert (shared - exact).abs().mean() > 5 * (out[0, 1:] - exact).abs().mean()
+
+
 def test_int8_weights_are_cached(tiny_dir):
     ids = torch.tensor([[3, 4, 5]])
     first = load_model(str(tiny_dir), dtype="int8", progress=False).model(ids).logits

@@ -271,6 +271,26 @@ def test_settings_that_cannot_act_are_neutral():
     assert (((9, 0), (0, 4)), 1.0, 0.4) in steps
 
 
+def test_pick_for_measurement_covers_the_questions():
+    def cand(k, floor, speed):
+        return tune.Candidate(k, 1.0, floor, pred=tune.Prediction(speed, 3.0, [1.0], [2.0]))
+
+    best = cand(((9, 2), (0, 4)), 0.7, 2.3)
+    near = cand(((9, 3), (0, 4)), 0.7, 2.29)  # all but the best: not worth a real run
+    at_current_k = cand(((8, 0), (0, 4)), 0.6, 2.2)
+    current = cand(((8, 0), (0, 4)), 0.4, 2.0)
+    vertical = cand(((6, 0), (0, 3)), 0.4, 1.9)
+    horizontal = cand(((4, 3), (0, 0)), 0.4, 1.8)
+    no_maxgram = cand(((4, 0), (0, 0)), 0.4, 1.7)
+    lookup = cand(((0, 3), (0, 0)), 0.0, 1.3)
+    ranked = [best, near, at_current_k, current, vertical, horizontal, no_maxgram, lookup]
+    picked = tune.pick_for_measurement(ranked, current, 2, True, 1e9, 1.0, most=10)
+    # the best vertical-only setting is at_current_k, already picked
+    assert picked == [best, current, at_current_k, horizontal, lookup, no_maxgram]
+    # a budget that fits one round of only a few keeps the best and the current first
+    assert tune.pick_for_measurement(ranked, current, 2, True, 3.5, 1.0) == [best, current]
+
+
 # ------------------------------------------------------------------ writing
 
 
