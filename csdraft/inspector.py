@@ -51,24 +51,18 @@ def _human_count(n: int) -> str:
 
 
 def model_facts(model: Any) -> dict[str, Any]:
-    """Parameter count, dtype, device and weight bytes of a torch model (int8 linear layers
-    counted with their int8 weights and scales; a tied output head once, though int8 keeps its
-    own copy, which the bytes include)."""
-    from csdraft.int8 import Int8Linear
+    """Parameter count, dtype, device and weight bytes of a torch model (int8 layers counted
+    with their int8 weights and scales; see ``csdraft.int8.parameter_count``)."""
+    from csdraft.int8 import Int8Linear, parameter_count
 
     params = list(model.parameters())
     first = params[0] if params else None
-    int8 = [(name, m) for name, m in model.named_modules() if isinstance(m, Int8Linear)]
-    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-    weights = sum(m.in_features * m.out_features for _, m in int8)
-    head = next((m for name, m in int8 if name == "lm_head"), None)
+    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
     dtype = str(first.dtype).replace("torch.", "") if first is not None else "-"
     return {
-        "params": sum(p.numel() for p in params)
-        + weights
-        - (head.in_features * head.out_features if tied and head is not None else 0),
+        "params": parameter_count(model),
         "bytes": sum(p.numel() * p.element_size() for p in params)
-        + sum(m.in_features * m.out_features + 4 * m.out_features for _, m in int8),
+        + sum(m.in_features * m.out_features + 4 * m.out_features for m in int8),
         "dtype": f"int8 linears, {dtype} rest" if int8 else dtype,
         "device": str(first.device) if first is not None else "-",
     }

@@ -61,6 +61,18 @@ class Int8Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of a model, its ``Int8Linear`` weights included (a tied output head once,
+    though int8 keeps a copy of it)."""
+    int8 = {name: m for name, m in model.named_modules() if isinstance(m, Int8Linear)}
+    count = sum(p.numel() for p in model.parameters())
+    count += sum(m.in_features * m.out_features for m in int8.values())
+    head = int8.get("lm_head")
+    if head is not None and getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        count -= head.in_features * head.out_features
+    return count
+
+
 def int8_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8 quantization: (int8 weight, float32 scale)."""
     w = weight.float()

@@ -17,12 +17,13 @@ from csdraft.bench.methods import (
     Outcome,
     Settings,
     horizontal_k,
+    method,
     parse_methods,
     vertical_k,
 )
 from csdraft.bench.run import read_results, run_bench, run_compare
 from csdraft.errors import UsageError
-from csdraft.ladder import parse_ladder
+from csdraft.ladder import get_ladder, parse_ladder
 from csdraft.trace import Commit, Finish, Review, Start, Stats
 
 GSM8K_ROWS = [
@@ -125,6 +126,18 @@ tiny-lookup:
   target: {{model: {root / "target"}, name: tiny-t}}
   maxgram: true
   k_matrix: [[5]]
+  dtype: float32
+tiny-slow:
+  target: {{model: {root / "target"}, name: tiny-t}}
+  drafters:
+    - {{model: {root / "drafter"}, name: d}}
+  maxgram: {{max_ngram: 4, min_ngram: 1}}
+  k_matrix: [[2, 0], [0, 2]]
+  min_confidence: 0.3
+  dtype: float32
+tiny-swapped:
+  target: {{model: {root / "drafter"}, name: tiny-d}}
+  k_matrix: []
   dtype: float32
 """
     )
@@ -401,8 +414,26 @@ def test_methods_skip_what_does_not_apply():
 def test_parse_methods():
     assert parse_methods(None)[0] == "ar" and "hf-lookup" in parse_methods(None)
     assert parse_methods("csd, sd,csd") == ["ar", "csd", "sd"]
+    assert parse_methods("csd,csd@mine") == ["ar", "csd", "csd@mine"]
     with pytest.raises(UsageError, match="unknown nope"):
         parse_methods("ar,nope")
+
+
+def test_another_ladder_on_the_same_models(tiny_config):
+    spec = get_ladder("tiny", tiny_config)
+    s = Settings()
+    slow = method("csd@tiny-slow", tiny_config)
+    assert slow.skip_reason(spec, s) is None
+    assert slow.config(spec, s) == {
+        "rungs": ["tiny-t", "tiny-d", "max-gram"],
+        "k_matrix": [[2, 0], [0, 2]],
+        "lenience": [1.0],
+        "min_confidence": [0.3],
+    }
+    assert "Max-Gram" in method("csd@tiny-lookup", tiny_config).skip_reason(spec, s)
+    assert "another target" in method("csd@tiny-swapped", tiny_config).skip_reason(spec, s)
+    with pytest.raises(UsageError, match="nope"):
+        method("csd@nope", tiny_config)
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -452,6 +483,21 @@ def test_run_bench_end_to_end(tiny_config, gsm8k_file, tmp_path, capsys):
     assert results["summary"].keys() == saved["summary"].keys()
     shown = capsys.readouterr().out
     assert "speed bar" in shown and "speedup over ar" in shown and "csd-horizontal" in shown
+
+
+def test_bench_compares_another_ladder(tiny_config, gsm8k_file, tmp_path):
+    results = run_bench(
+        "gsm8k", data=gsm8k_file, config=tiny_config, ladder="tiny", max_new_tokens=12,
+        methods="ar,csd,csd@tiny-slow,csd@tiny-lookup", out=tmp_path / "r.json", quiet=True,
+    )  # fmt: skip
+    assert results["methods"] == ["ar", "csd", "csd@tiny-slow"]
+    assert "Max-Gram" in results["skipped"]["csd@tiny-lookup"]
+    assert results["method_configs"]["csd@tiny-slow"]["min_confidence"] == [0.3]
+    slow = results["summary"]["csd@tiny-slow"]
+    assert slow["mismatches"] == 0 and slow["prompts"] == 2
+    # its own k-matrix ran: blocks of at most 2 drafted tokens for the target
+    by_position = slow["target_acceptance_by_position"]
+    assert 0 < len(by_position) <= 2
 
 
 def test_mismatch_reported_with_margin(tiny_config, gsm8k_file, tmp_path, monkeypatch, capsys):

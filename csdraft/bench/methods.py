@@ -2,7 +2,8 @@
 
 Engine methods are sub-ladders of the loaded ladder run through the one engine
 (``LoadedLadder.cascade``); ``hf-*`` methods are transformers' own ``generate`` on the same
-loaded models. Adding a method is one entry in ``METHODS``.
+loaded models. Adding a method is one entry in ``METHODS``; ``csd@LADDER`` runs another ladder's
+settings on the same models.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -100,11 +102,14 @@ def horizontal_k(k: Sequence[Sequence[int]]) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """A sub-ladder: which neural drafters (1-based), Max-Gram or not, and the k-matrix."""
+    """A sub-ladder: which neural drafters (1-based), Max-Gram or not, the k-matrix, and the
+    drafters' lenience and min_confidence (None: the loaded ladder's)."""
 
     drafters: list[int]
     maxgram: bool
     k_matrix: list[list[int]]
+    lenience: list[float] | None = None
+    min_confidence: list[float] | None = None
 
 
 # ------------------------------------------------------------------------------ methods
@@ -135,7 +140,10 @@ class EngineMethod:
         plan = self._configure(spec, settings)
         assert isinstance(plan, EngineConfig)
         names = [spec.target.name] + [spec.drafters[i - 1].name for i in plan.drafters]
-        return {"rungs": names + (["max-gram"] if plan.maxgram else []), "k_matrix": plan.k_matrix}
+        out = {"rungs": names + (["max-gram"] if plan.maxgram else []), "k_matrix": plan.k_matrix}
+        if plan.lenience is not None:
+            out |= {"lenience": plan.lenience, "min_confidence": plan.min_confidence}
+        return out
 
     def runner(self, ladder: LoadedLadder, settings: Settings) -> Runner:
         """Build the cascade once; each call generates one prompt."""
@@ -145,6 +153,8 @@ class EngineMethod:
             drafters=plan.drafters,
             maxgram=plan.maxgram,
             k_matrix=plan.k_matrix,
+            lenience=plan.lenience,
+            min_confidence=plan.min_confidence,
             sampling=Sampling(settings.temperature),
             seed=settings.seed,
         )
@@ -205,6 +215,49 @@ def _full(transform: Callable[[Sequence[Sequence[int]]], list[list[int]]] | None
         return EngineConfig(drafters, bool(spec.maxgram), transform(k) if transform else k)
 
     return configure
+
+
+def _ladder(other: LadderSpec) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
+    """``csd@LADDER``: another ladder's k-matrix, lenience and min_confidence over the same
+    models, which must all be among the loaded ladder's (same reference, dtype and device)."""
+
+    def same(a: Any, b: Any) -> bool:
+        return (a.ref, a.dtype, a.device) == (b.ref, b.dtype, b.device)
+
+    def configure(spec: LadderSpec, s: Settings) -> EngineConfig | str:
+        if not same(other.target, spec.target):
+            return f"ladder '{other.name}' has another target than '{spec.name}'"
+        drafters: list[int] = []
+        for d in other.drafters:
+            i = next(
+                (i for i, m in enumerate(spec.drafters, 1) if same(m, d) and i not in drafters),
+                None,
+            )
+            if i is None:
+                return f"ladder '{other.name}' drafts with {d.ref}, which '{spec.name}' lacks"
+            drafters.append(i)
+        if other.maxgram is not None and other.maxgram != spec.maxgram:
+            return f"ladder '{other.name}' has other Max-Gram settings than '{spec.name}'"
+        return EngineConfig(
+            drafters,
+            other.maxgram is not None,
+            [list(r) for r in other.k_matrix],
+            list(other.lenience),
+            list(other.min_confidence),
+        )
+
+    return configure
+
+
+def method(name: str, config: Path | None = None) -> EngineMethod | HFMethod:
+    """The method named ``name``: one of ``METHODS``, or ``csd@LADDER`` (another ladder of
+    the config run on the loaded ladder's models, to compare settings in one run)."""
+    if name in METHODS:
+        return METHODS[name]
+    from csdraft.ladder import get_ladder
+
+    other = get_ladder(name.removeprefix("csd@"), config)
+    return EngineMethod(name, f"ladder '{other.name}' on the same models", _ladder(other))
 
 
 @contextlib.contextmanager
@@ -321,7 +374,10 @@ METHODS: dict[str, EngineMethod | HFMethod] = {
     for m in (
         EngineMethod("ar", "the target alone, one token per forward pass (the baseline)", _ar),
         EngineMethod(
-            "sd", "speculative decoding: the largest drafter drafts a fixed block (--sd-block)", _sd
+            "sd",
+            "speculative decoding: the largest drafter drafts up to --sd-block tokens "
+            "autoregressively (ending early as the ladder's min_confidence says)",
+            _sd,
         ),
         EngineMethod("pld", "prompt lookup: Max-Gram drafts a fixed block (--pld-block)", _pld),
         EngineMethod(
@@ -361,18 +417,19 @@ def top2_margin(model: torch.nn.Module, context: Sequence[int]) -> float:
 
 
 def parse_methods(text: str | None) -> list[str]:
-    """'sd,csd' -> ['ar', 'sd', 'csd']: names checked against ``METHODS``, duplicates dropped,
-    and ``ar`` added when missing, since every speedup and output check is against it."""
+    """'sd,csd' -> ['ar', 'sd', 'csd']: names checked against ``METHODS`` (or of the form
+    ``csd@LADDER``), duplicates dropped, and ``ar`` added when missing, since every speedup
+    and output check is against it."""
     from csdraft.errors import UsageError
 
     if text is None:
         return list(DEFAULT_METHODS)
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n not in METHODS and not n.startswith("csd@")]
     if unknown or not names:
         raise UsageError(
             f"--methods: unknown {', '.join(unknown) or 'empty list'}; "
-            f"choose from {', '.join(METHODS)}"
+            f"choose from {', '.join(METHODS)}, or csd@LADDER"
         )
     names = list(dict.fromkeys(names))
     return names if "ar" in names else ["ar", *names]

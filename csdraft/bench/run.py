@@ -17,8 +17,9 @@ from rich.console import Console
 
 from csdraft.bench import metrics
 from csdraft.bench.data import Dataset, load_dataset
-from csdraft.bench.methods import METHODS, Outcome, Settings, parse_methods, top2_margin
+from csdraft.bench.methods import Outcome, Settings, method, parse_methods, top2_margin
 from csdraft.errors import UsageError
+from csdraft.int8 import parameter_count
 from csdraft.models import near_tie
 
 WARMUP_TOKENS = 16
@@ -136,7 +137,8 @@ def run_bench(
     ds = load_dataset(dataset, data=data, field=field, limit=limit)
     spec = get_ladder(ladder, config)
     settings = Settings(sd_block, pld_block, temperature, spec.generation.seed)
-    skipped = {n: r for n in names if (r := METHODS[n].skip_reason(spec, settings))}
+    table = {n: method(n, config) for n in names}
+    skipped = {n: r for n, m in table.items() if (r := m.skip_reason(spec, settings))}
     chosen = [n for n in names if n not in skipped]
 
     err = Console(stderr=True, highlight=False)
@@ -144,7 +146,7 @@ def run_bench(
     prompt_ids = [loaded.encode(e.prompt) for e in ds.examples]
     for ids in prompt_ids:
         loaded.check_length(ids, max_new_tokens)
-    results = _skeleton(ds, loaded, settings, chosen, skipped)
+    results = _skeleton(ds, loaded, settings, {n: table[n] for n in chosen}, skipped)
     results["settings"].update(
         field=field if ds.kind == "file" else None,
         limit=limit,
@@ -152,7 +154,7 @@ def run_bench(
         warmup=warmup,
         warmup_tokens=min(WARMUP_TOKENS, max_new_tokens),
     )
-    runners = {n: METHODS[n].runner(loaded, settings) for n in chosen}
+    runners = {n: table[n].runner(loaded, settings) for n in chosen}
     progress = _progress(err, disable=quiet or not err.is_terminal)
     with progress:
         n_warm = min(warmup, len(prompt_ids))
@@ -207,7 +209,7 @@ def run_bench(
 
 
 def _skeleton(
-    ds: Dataset, loaded: Any, settings: Settings, chosen: list[str], skipped: dict[str, str]
+    ds: Dataset, loaded: Any, settings: Settings, chosen: dict[str, Any], skipped: dict[str, str]
 ) -> dict[str, Any]:
     """The results dict before any prompt ran: machine, settings, ladder, methods, costs."""
     spec = loaded.spec
@@ -236,15 +238,14 @@ def _skeleton(
             "dtype": str(first.dtype).removeprefix("torch."),
             "models": {m.name: m.ref for m in (spec.target, *spec.drafters)},
         },
-        "methods": chosen,
+        "methods": list(chosen),
         "method_configs": {
-            n: {"description": METHODS[n].description, **METHODS[n].config(spec, settings)}
-            for n in chosen
+            n: {"description": m.description, **m.config(spec, settings)} for n, m in chosen.items()
         },
         "skipped": skipped,
         "costs": {
             "params": {
-                name: sum(p.numel() for p in m.model.parameters())
+                name: parameter_count(m.model)
                 for name, m in zip(spec.rung_names, loaded.models, strict=False)
             }
             | ({"max-gram": 0} if spec.maxgram else {}),
