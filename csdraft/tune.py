@@ -1188,7 +1188,7 @@ def search(
             for setting in _nearby(cand):
                 if budget <= 0:
                     break
-                if setting in out:
+                if setting_key(*setting, n) in out:
                     continue
                 budget -= 1
                 new = evaluate(*setting)
