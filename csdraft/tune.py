@@ -1231,13 +1231,13 @@ def pick_for_measurement(
     has_maxgram: bool,
     budget_s: float,
     ar_round_s: float,
-    most: int = 6,
+    most: int = 7,
 ) -> list[Candidate]:
     """The settings to run for real, in priority order: the best predicted, the current one,
     the best with the current k-matrix (what min_confidence and lenience alone bring), the
-    best vertical-only and horizontal-only, the best without the smallest neural drafter or
-    without Max-Gram; as many as one round over one prompt fits in the budget (at least the
-    best and the current)."""
+    best lenient one (its outputs checked like every other's), the best vertical-only and
+    horizontal-only, the best without the smallest neural drafter or without Max-Gram; as many
+    as one round over one prompt fits in the budget (at least the best and the current)."""
     by_speed = [c for c in ranked if c.pred]
     wanted: list[Candidate] = []
 
@@ -1251,6 +1251,7 @@ def pick_for_measurement(
     add(by_speed[0] if by_speed else None)
     add(current)
     add(best(lambda c: current is not None and c.k == current.k))
+    add(best(lambda c: c.lenience != 1.0))
     add(best(lambda c: is_vertical(c.k) and family(c.k) != "single"))
     add(best(lambda c: is_horizontal(c.k) and family(c.k) != "single"))
     d = len(by_speed[0].k) if by_speed else 0

@@ -283,10 +283,12 @@ def test_pick_for_measurement_covers_the_questions():
     horizontal = cand(((4, 3), (0, 0)), 0.4, 1.8)
     no_maxgram = cand(((4, 0), (0, 0)), 0.4, 1.7)
     lookup = cand(((0, 3), (0, 0)), 0.0, 1.3)
-    ranked = [best, near, at_current_k, current, vertical, horizontal, no_maxgram, lookup]
+    lenient = cand(((9, 2), (0, 4)), 0.7, 2.28)
+    lenient.lenience = 3.0
+    ranked = [best, near, lenient, at_current_k, current, vertical, horizontal, no_maxgram, lookup]
     picked = tune.pick_for_measurement(ranked, current, 2, True, 1e9, 1.0, most=10)
     # the best vertical-only setting is at_current_k, already picked
-    assert picked == [best, current, at_current_k, horizontal, lookup, no_maxgram]
+    assert picked == [best, current, at_current_k, lenient, horizontal, lookup, no_maxgram]
     # a budget that fits one round of only a few keeps the best and the current first
     assert tune.pick_for_measurement(ranked, current, 2, True, 3.5, 1.0) == [best, current]
 
