@@ -155,8 +155,8 @@ def run_inspect(
         agreement_table,
         calibrate,
         costs_table,
-        report_console,
     )
+    from csdraft.viz import report_console
 
     out = console or report_console()
     err = Console(stderr=True)
@@ -235,8 +235,7 @@ def replay_trace(
     from csdraft import trace
     from csdraft.errors import UsageError
     from csdraft.trace import Commit, Stats
-    from csdraft.tune import report_console
-    from csdraft.viz import LiveView, summary_table
+    from csdraft.viz import LiveView, report_console, summary_table
 
     path = Path(path)
     if not path.is_file():

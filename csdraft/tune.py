@@ -1582,14 +1582,6 @@ def candidates_table(
     return table
 
 
-def report_console() -> Console:
-    """stdout: the terminal's width on a terminal, a wide page when piped (tables stay whole)."""
-    from rich.console import Console
-
-    console = Console()
-    return console if console.is_terminal else Console(width=150)
-
-
 def answers(
     ranked: Sequence[Candidate],
     ar: Measured,
@@ -1704,6 +1696,7 @@ def run_tune(
 
     from csdraft.generation import LoadedLadder
     from csdraft.ladder import get_ladder
+    from csdraft.viz import report_console
 
     if write_name is not None and not write:
         raise UsageError(f"the name {write_name!r} is only used with --write; add --write")

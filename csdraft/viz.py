@@ -16,6 +16,13 @@ from csdraft.trace import Commit, Event, Start, Stats
 _DRAFTER_STYLES = ["cyan", "green", "yellow", "blue"]
 
 
+def report_console(stderr: bool = False) -> Console:
+    """A console for reports: the terminal's width on a terminal, a wide page when piped, so
+    tables stay whole in files."""
+    console = Console(stderr=stderr, highlight=False)
+    return console if console.is_terminal else Console(stderr=stderr, highlight=False, width=150)
+
+
 def rung_style(rung: int, names: list[str]) -> str:
     """The colour of tokens drafted by a rung: the target's own tokens plain bold, Max-Gram
     magenta, neural drafters in turn."""

@@ -565,6 +565,14 @@ def test_json_to_stdout_and_compare(tiny_config, tmp_path, capsys):
         read_results(tmp_path / "none.json")
 
 
+def test_piped_reports_keep_tables_whole(capsys):
+    """Off a terminal, reports print on a wide page instead of rich's 80 columns, which cut
+    the bench table's last columns to an ellipsis in files."""
+    from csdraft.viz import report_console
+
+    assert report_console().width == 150 and report_console(stderr=True).width == 150
+
+
 def test_sampling_skips_output_check(tiny_config, gsm8k_file, tmp_path):
     results = run_bench(
         "gsm8k",

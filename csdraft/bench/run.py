@@ -199,9 +199,10 @@ def run_bench(
         sys.stdout.write(json.dumps(results) + "\n")
         sys.stdout.flush()
     from csdraft.bench.report import print_report
+    from csdraft.viz import report_console
 
     print_report(
-        Console(stderr=as_json, highlight=False),
+        report_console(stderr=as_json),
         results,
         files=[p for p in (out, png) if p is not None],
     )
@@ -362,6 +363,7 @@ def read_results(path: Path) -> dict[str, Any]:
 def run_compare(a: Path, b: Path, as_json: bool = False) -> None:
     """``csdraft bench --compare A B``: two results files side by side."""
     from csdraft.bench.report import compare_report
+    from csdraft.viz import report_console
 
     ra, rb = read_results(a), read_results(b)
     if as_json:
@@ -369,4 +371,4 @@ def run_compare(a: Path, b: Path, as_json: bool = False) -> None:
 
         sys.stdout.write(json.dumps(compare_rows(ra, rb)) + "\n")
         return
-    compare_report(Console(highlight=False), ra, rb, Path(a).name, Path(b).name)
+    compare_report(report_console(), ra, rb, Path(a).name, Path(b).name)
