@@ -51,12 +51,19 @@ def main() -> None:
     ladder = LoadedLadder.load(get_ladder(), progress=False)
     target = ladder.models[0].model
     pad = ladder.tokenizer.pad_token_id
-    options = dict(max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=ladder.eos_ids,
-                   pad_token_id=pad, top_k=None, top_p=None, temperature=None)
+    options = dict(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=False,
+        eos_token_id=ladder.eos_ids,
+        pad_token_id=pad,
+        top_k=None,
+        top_p=None,
+        temperature=None,
+    )
 
     def greedy(ids: list[int], batch: int) -> list[int]:
         with torch.inference_mode():
-            out = target.generate(torch.tensor([ids] * batch), **options)[0, len(ids):].tolist()
+            out = target.generate(torch.tensor([ids] * batch), **options)[0, len(ids) :].tolist()
         return out[: out.index(pad)] if pad in out else out
 
     def margin(ids: list[int], at: int) -> str:
@@ -66,13 +73,24 @@ def main() -> None:
 
     counts = {"csdraft": 0, "transformers batch 2": 0}
     for prompt in prompts:
-        command = [sys.executable, "-m", "csdraft.cli", "generate", "--json",
-                   "-n", str(args.max_new_tokens), "-p", prompt]
+        command = [
+            sys.executable,
+            "-m",
+            "csdraft.cli",
+            "generate",
+            "--json",
+            "-n",
+            str(args.max_new_tokens),
+            "-p",
+            prompt,
+        ]
         cli = subprocess.run(command, capture_output=True, text=True, check=True)
         ids = ladder.encode(prompt)
         reference = greedy(ids, 1)
-        outputs = {"csdraft": json.loads(cli.stdout)["token_ids"],
-                   "transformers batch 2": greedy(ids, 2)}
+        outputs = {
+            "csdraft": json.loads(cli.stdout)["token_ids"],
+            "transformers batch 2": greedy(ids, 2),
+        }
         for name, got in outputs.items():
             at = first_difference(got, reference)
             if at is None:
