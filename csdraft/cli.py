@@ -191,11 +191,14 @@ def bench(
     Each prompt runs every method in turn, the order rotated per prompt, after
     a short warm-up, so drift hits all alike. Methods:
 
-    **ar**: the target alone. **sd**: the largest drafter, fixed block.
-    **pld**: Max-Gram prompt lookup. **csd-vertical**, **csd-horizontal**,
-    **csd**: the full ladder with the k-matrix's diagonal, first row, or all.
-    **hf-generate**, **hf-assisted**, **hf-lookup**: transformers' own greedy,
-    assisted and prompt-lookup generate on the same loaded models.
+    **ar**: the target alone. **sd**: the largest drafter alone, blocks of up
+    to --sd-block (ending early at the ladder's min_confidence). **pld**:
+    Max-Gram prompt lookup. **csd-vertical**, **csd-horizontal**, **csd**: the
+    full ladder with the k-matrix's diagonal, first row, or all.
+    **csd@LADDER**: the same models with another ladder's k-matrix, lenience
+    and min_confidence. **hf-generate**, **hf-assisted**, **hf-lookup**:
+    transformers' own greedy, assisted and prompt-lookup generate on the same
+    loaded models.
 
     Reported: speedup over ar per prompt (median, mean, range), tok/s, tokens
     per target forward, SWI, acceptance by rung and by draft position, task
