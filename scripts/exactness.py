@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from csdraft.bench.methods import top2_margin
+from csdraft.bench.metrics import first_divergence
 from csdraft.generation import LoadedLadder
 from csdraft.ladder import get_ladder
 
@@ -27,14 +29,6 @@ PROMPTS = [
     "Write a SQL query that returns the five customers with the highest total order value.",
 ]
 GSM8K_ROWS = (300, 650, 1001)
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    """Index of the first differing token, or None when the sequences are equal."""
-    if a == b:
-        return None
-    pairs = enumerate(zip(a, b, strict=False))
-    return next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
 
 
 def main() -> None:
@@ -66,11 +60,6 @@ def main() -> None:
             out = target.generate(torch.tensor([ids] * batch), **options)[0, len(ids) :].tolist()
         return out[: out.index(pad)] if pad in out else out
 
-    def margin(ids: list[int], at: int) -> str:
-        with torch.inference_mode():
-            top = target(torch.tensor([ids])).logits[0, -1].float().topk(2)
-        return f"top-2 margin {float(top.values[0] - top.values[1]):.4f} at token {at}"
-
     counts = {"csdraft": 0, "transformers batch 2": 0}
     for prompt in prompts:
         command = [
@@ -92,13 +81,16 @@ def main() -> None:
             "transformers batch 2": greedy(ids, 2),
         }
         for name, got in outputs.items():
-            at = first_difference(got, reference)
+            at = first_divergence(got, reference)
             if at is None:
                 counts[name] += 1
                 print(f"{name}: identical ({len(got)} tokens): {prompt[:50]!r}", flush=True)
             else:
-                where = margin(ids + reference[:at], at)
-                print(f"{name}: differs, {where}: {prompt[:50]!r}", flush=True)
+                margin = top2_margin(target, ids + reference[:at])
+                print(
+                    f"{name}: differs, top-2 margin {margin:.4f} at token {at}: {prompt[:50]!r}",
+                    flush=True,
+                )
     for name, same in counts.items():
         print(f"{name}: {same}/{len(prompts)} identical to transformers' greedy decoding (batch 1)")
 
