@@ -52,18 +52,16 @@ def _human_count(n: int) -> str:
 
 def model_facts(model: Any) -> dict[str, Any]:
     """Parameter count, dtype, device and weight bytes of a torch model (int8 layers counted
-    with their int8 weights and scales; see ``csdraft.int8.parameter_count``)."""
-    from csdraft.int8 import Int8Linear, parameter_count
+    with their int8 weights and scales; see ``csdraft.int8``)."""
+    from csdraft.int8 import Int8Linear, parameter_count, weight_bytes
 
-    params = list(model.parameters())
-    first = params[0] if params else None
-    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    first = next(model.parameters(), None)
     dtype = str(first.dtype).replace("torch.", "") if first is not None else "-"
+    has_int8 = any(isinstance(m, Int8Linear) for m in model.modules())
     return {
         "params": parameter_count(model),
-        "bytes": sum(p.numel() * p.element_size() for p in params)
-        + sum(m.in_features * m.out_features + 4 * m.out_features for m in int8),
-        "dtype": f"int8 linears, {dtype} rest" if int8 else dtype,
+        "bytes": weight_bytes(model),
+        "dtype": f"int8 linears, {dtype} rest" if has_int8 else dtype,
         "device": str(first.device) if first is not None else "-",
     }
 

@@ -73,6 +73,17 @@ def parameter_count(model: torch.nn.Module) -> int:
     return count
 
 
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's weights: its parameters plus each ``Int8Linear``'s int8 weight and
+    float32 scales (held by the packed kernel, not as parameters)."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return params + sum(
+        m.in_features * m.out_features + 4 * m.out_features
+        for m in model.modules()
+        if isinstance(m, Int8Linear)
+    )
+
+
 def int8_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8 quantization: (int8 weight, float32 scale)."""
     w = weight.float()
