@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from csdraft.bench.methods import top2_margin
 from csdraft.models import near_tie
 
 pytestmark = pytest.mark.integration
@@ -62,20 +63,13 @@ def target_greedy(ladder, prompt_ids: list[int], n: int) -> list[int]:
     return out[0, len(prompt_ids) :].tolist()
 
 
-def top2_margin(ladder, context: list[int]) -> float:
-    with torch.inference_mode():
-        logits = ladder.models[0].model(torch.tensor([context])).logits[0, -1].float()
-    top = logits.topk(2).values
-    return float(top[0] - top[1])
-
-
 def check_identical(ladder, prompt_ids: list[int], got: list[int], want: list[int]) -> bool:
     """True when identical; at a divergence, pass only a bf16 near-tie, and say which."""
     if got == want:
         return True
     i = next((j for j, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
     assert i is not None, f"one output is a prefix of the other: {len(got)} vs {len(want)} tokens"
-    margin = top2_margin(ladder, prompt_ids + want[:i])
+    margin = top2_margin(ladder.models[0].model, prompt_ids + want[:i])
     assert margin <= near_tie(ladder.models[0].model.dtype), (
         f"cascade diverged from the target's greedy output at token {i} where the target's "
         f"top-2 logit margin is {margin:.4f} (not a near-tie): a bug"
