@@ -55,7 +55,16 @@ def read_prompt(prompt: str | None) -> str:
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("no prompt: pass --prompt TEXT or pipe text on stdin")
-        prompt = sys.stdin.read()
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+        if isinstance(data, bytes):
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UsageError(
+                    f"stdin is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                    "pipe UTF-8 text or pass --prompt"
+                ) from None
+        prompt = data
     if not prompt.strip():
         raise UsageError("the prompt is empty; pass --prompt TEXT or pipe text on stdin")
     return prompt
@@ -108,7 +117,7 @@ def generate(
     On a terminal the text streams with each token coloured by the rung that drafted it and the
     drafts the target rejected struck through; piped, only the text is written.
     """
-    from csdraft.generation import run_generate
+    from csdraft.generate import run_generate
 
     code = run_generate(
         prompt=read_prompt(prompt),
@@ -248,7 +257,7 @@ def bench(
 
 # --- end bench ---
 
-# --- tune and inspect (owned by csdraft/tune.py, csdraft/inspector.py) ---
+# --- tune and inspect (owned by csdraft/tune/, csdraft/inspector.py) ---
 
 tune_app = typer.Typer(
     help="Tune a ladder for this machine: measure, predict, verify, write.",
@@ -274,7 +283,7 @@ def tune_k_matrix(
         str | None,
         typer.Argument(
             metavar="NAME",
-            help="With --write: the new ladder's name (default <ladder>-tuned; -2, -3, ... "
+            help="With --write: the new ladder's name (default LADDER-tuned; -2, -3, ... "
             "is added when the name is taken).",
             show_default=False,
         ),
@@ -286,7 +295,11 @@ def tune_k_matrix(
     ] = 8,
     budget: Annotated[
         float,
-        typer.Option(min=0, help="Seconds for the real, interleaved runs (0: predictions only)."),
+        typer.Option(
+            min=0,
+            help="Seconds for the real, interleaved runs, re-measurements on a busy machine "
+            "included (0: predictions only).",
+        ),
     ] = 600.0,
     write: Annotated[
         bool,
@@ -311,20 +324,27 @@ def tune_k_matrix(
     costs for the best of them, min_confidence values, their neighbours, and lenience values.
     3. Runs the most promising for real, interleaved per prompt with the ladder's current
     settings and plain ar, within --budget; reports predicted vs measured speedup and checks
-    every output against ar's (identical outputs: N/N).
-    4. Prints the winner and answers: best vertical-only, horizontal-only and combined
-    settings, and whether dropping a rung is faster. --write [NAME] stores the winner.
+    every output against ar's (identical outputs: N/N). When ar's own timings disagree (with
+    the calibration's runs of ar, or with the replay's prediction of ar) by more than 15%, it
+    says the machine looks busy and runs the same prompts again while the budget allows, else
+    widens its noise interval.
+    4. Prints the answers (best vertical-only, horizontal-only and combined settings, and
+    whether dropping a rung is faster) and the winner's margin over the current settings with
+    the measured noise interval (e.g. +5.1% ± 3.0%). A setting is called the winner only when
+    its margin is larger than the noise; otherwise tune says no setting beats the current one
+    and --write writes nothing. --write [NAME] stores the winner.
 
     **The k-matrix.** With D drafting rungs below the target (the neural drafters,
     largest first, then Max-Gram) it is D x D and upper-triangular: row r belongs to reviewer
     r (row 0 is the target), column c to drafter c + 1. Reviewer r's block is filled left to
     right by cumulative counts: drafter r + 1 drafts until the block holds the diagonal entry
     (r, r) of tokens, then drafter r + 2 extends it until it holds (r, r) + (r, r + 1), and so
-    on. A neural drafter writes its segment by reviewing blocks built the same way from its
-    own row (vertical cascade); a drafter whose row is all zeros or missing decodes
-    autoregressively. So [[4, 2], [0, 6]] (one drafter plus Max-Gram): the target reviews
-    blocks of 6, tokens 1-4 from the drafter and 5-6 from Max-Gram, and the drafter writes
-    its tokens by reviewing blocks of 6 from Max-Gram.
+    on; a drafter that proposes fewer tokens than asked ends the block. A neural drafter
+    writes its segment by reviewing blocks built the same way from its own row (vertical
+    cascade); a neural drafter whose row is all zeros or missing decodes autoregressively.
+    So [[4, 2], [0, 6]] (one drafter plus Max-Gram): the target reviews blocks of 6, tokens
+    1-4 from the drafter and 5-6 from Max-Gram, and the drafter writes its tokens by
+    reviewing blocks of 6 from Max-Gram.
 
     Lenience (>= 1) loosens only inner reviews, and min_confidence only ends drafts early
     (after a token the drafter gives less than that probability), so greedy output stays
@@ -374,6 +394,14 @@ def inspect_ladder(
         float,
         typer.Option(min=0, help="Trace replay speed: 2 is twice as fast as recorded, 0 instant."),
     ] = 1.0,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Re-read the ladder's cached model files and check each against the sha256 "
+            "recorded when it was prepared (every load checks sizes and sampled digests).",
+        ),
+    ] = False,
 ) -> None:
     """Show what a ladder is made of and how well its rungs agree.
 
@@ -385,8 +413,10 @@ def inspect_ladder(
     With --trace FILE, replays a saved generation with the live per-token view, paced by the
     recorded times.
     """
-    from csdraft.inspector import replay_trace, run_inspect
+    from csdraft.inspector import replay_trace, run_inspect, verify_ladder
 
+    if verify:
+        raise typer.Exit(verify_ladder(ladder, config))
     if trace is not None:
         raise typer.Exit(replay_trace(trace, ladder=ladder, config=config, speed=speed))
     raise typer.Exit(run_inspect(ladder, config, sample))

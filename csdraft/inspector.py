@@ -1,8 +1,10 @@
 """``csdraft inspect``: what a ladder is made of, how well its rungs agree, and trace replay.
 
-The measurements (forward costs, agreement, predicted speedup) reuse ``csdraft.tune``: the same
-calibration on a few short built-in prompts instead of a dataset, so they are quick and rough;
-``csdraft tune k-matrix`` measures properly.
+The facts come from the loaded models themselves (``parameter_count``, ``weight_bytes``,
+``int8_layers``, ``compute_dtype``), the k-matrix in words from ``LadderSpec.explain_k_matrix``.
+The measurements (forward costs, agreement, predicted speedup) reuse ``csdraft.tune``'s public
+API: the same calibration on a few short built-in prompts instead of a dataset, so they are
+quick and rough; ``csdraft tune k-matrix`` measures properly.
 """
 
 from __future__ import annotations
@@ -51,18 +53,14 @@ def _human_count(n: int) -> str:
 
 
 def model_facts(model: Any) -> dict[str, Any]:
-    """Parameter count, dtype, device and weight bytes of a torch model (int8 layers counted
-    with their int8 weights and scales; see ``csdraft.int8``)."""
-    from csdraft.int8 import Int8Linear, parameter_count, weight_bytes
-
-    first = next(model.parameters(), None)
-    dtype = str(first.dtype).replace("torch.", "") if first is not None else "-"
-    has_int8 = any(isinstance(m, Int8Linear) for m in model.modules())
+    """Parameter count, dtype, device and weight bytes of a loaded model, as the model reports
+    them (int8 layers counted with their int8 weights and scales)."""
+    dtype = model.compute_dtype
     return {
-        "params": parameter_count(model),
-        "bytes": weight_bytes(model),
-        "dtype": f"int8 linears, {dtype} rest" if has_int8 else dtype,
-        "device": str(first.device) if first is not None else "-",
+        "params": model.parameter_count(),
+        "bytes": model.weight_bytes(),
+        "dtype": f"int8 linears, {dtype} rest" if model.int8_layers() else dtype,
+        "device": str(getattr(model, "device", "-")),
     }
 
 
@@ -81,7 +79,7 @@ def models_table(loaded: Any) -> Table:
     target_print = tokenizer_fingerprint(loaded.models[0].tokenizer)
     names = spec.rung_names
     for i, m in enumerate(loaded.models):
-        facts = model_facts(m.model)
+        facts = model_facts(m)
         fp = tokenizer_fingerprint(m.tokenizer)
         same = "target" if i == 0 else ("✓ same" if fp == target_print else "✗ DIFFERENT")
         table.add_row(
@@ -97,10 +95,11 @@ def models_table(loaded: Any) -> Table:
         )
     if spec.maxgram:
         mg = spec.maxgram
+        rung = len(spec.drafters) + 1  # Max-Gram drafts after every neural rung
         bigram = len(loaded.bigram) if loaded.bigram else 0
         table.add_row(
-            "max-gram",
-            f"drafter {len(loaded.models)}",
+            names[rung],
+            f"drafter {rung}",
             f"n-grams {mg.min_ngram}..{mg.max_ngram}, "
             + (
                 f"bigram fallback from {mg.bigram_text}" if mg.bigram_text else "no bigram fallback"
@@ -127,11 +126,17 @@ def k_matrix_lines(spec: Any) -> list[str]:
     lines = [
         f"k-matrix {[list(r) for r in spec.k_matrix]}: row r = reviewer r "
         f"({', '.join(names[: len(spec.k_matrix)])}), column c = drafter c + 1 "
-        f"({', '.join(names[1:])}); blocks filled left to right by cumulative counts",
+        f"({', '.join(names[1:])}); each block filled left to right, k[r][c] tokens from "
+        "drafter c + 1 in turn",
     ]
     lines += [f"  {line}" for line in spec.explain_k_matrix()]
     if spec.lenience:
         lines.append("lenience (inner reviews only): " + ", ".join(f"{v:g}" for v in spec.lenience))
+    if any(spec.min_confidence):
+        lines.append(
+            "min_confidence (a drafter ends its draft after a token it doubts): "
+            + ", ".join(f"{v:g}" for v in spec.min_confidence)
+        )
     return lines
 
 
@@ -144,7 +149,8 @@ def run_inspect(
 ) -> int:
     """``csdraft inspect``: print the ladder's facts and, with ``sample`` > 0, its measured
     costs, agreement matrix and predicted speedup."""
-    from csdraft.generation import LoadedLadder
+    from csdraft.api import Ladder
+    from csdraft.console import report_console, task_progress
     from csdraft.ladder import get_ladder
     from csdraft.tune import (
         AnalyticModel,
@@ -154,12 +160,11 @@ def run_inspect(
         calibrate,
         costs_table,
     )
-    from csdraft.viz import report_console
 
     out = console or report_console()
     err = Console(stderr=True)
     spec = get_ladder(ladder, config)
-    loaded = LoadedLadder.load(spec)
+    loaded = Ladder.load(spec)
     if spec.description:
         out.print(Text(spec.description, style="dim"))
     out.print(models_table(loaded))
@@ -168,11 +173,9 @@ def run_inspect(
         out.print(line, highlight=False)
     if sample <= 0:
         return 0
-    from csdraft.tune import _progress
-
     texts = [SAMPLE_PROMPTS[i % len(SAMPLE_PROMPTS)] for i in range(sample)]
     prompts = [loaded.encode(t) for t in texts]
-    with _progress(err) as progress:
+    with task_progress(err) as progress:
         cal = calibrate(
             loaded, prompts, max_new_tokens, lengths=(1, 8), repeats=3, progress=progress
         )
@@ -186,7 +189,8 @@ def run_inspect(
         )
     if spec.k_matrix:
         lenience: Any = tuple(spec.lenience) if spec.lenience else 1.0
-        pred = Replay(cal).predict(spec.k_matrix, lenience)
+        floor: Any = tuple(spec.min_confidence) if spec.min_confidence else 0.0
+        pred = Replay(cal).predict(spec.k_matrix, lenience, floor)
         analytic = AnalyticModel.from_calibration(cal, agree).predict(spec.k_matrix)
         out.print(
             f"predicted speedup of this k-matrix over ar: [bold]{pred.speedup:.2f}x[/] "
@@ -196,6 +200,46 @@ def run_inspect(
             f"{spec.name}` measures properly.",
             highlight=False,
         )
+    return 0
+
+
+def verify_ladder(
+    ladder: str | None, config: Path | None = None, console: Console | None = None
+) -> int:
+    """``csdraft inspect --verify``: re-read every cached model file of the ladder and compare
+    it with the sha256 recorded when the cache entry was written (a damaged file is a one-line
+    error naming the repair); models outside csdraft's cache have nothing recorded to check."""
+    from csdraft.console import report_console
+    from csdraft.ladder import get_ladder
+    from csdraft.models import resolve, verify_model_cache
+
+    out = console or report_console()
+    spec = get_ladder(ladder, config)
+    seen: set[str] = set()
+    for m in (spec.target, *spec.drafters):
+        if m.ref in seen:
+            continue
+        seen.add(m.ref)
+        res = resolve(m.ref)
+        if res.kind not in ("pack", "gguf") or res.path is None:
+            out.print(
+                f"{m.name}: {res.source} is not in csdraft's cache; nothing recorded to verify"
+            )
+            continue
+        check = verify_model_cache(res.path, full=True)
+        size = _human_bytes(check.bytes)
+        if check.complete:
+            out.print(
+                f"{m.name}: ok, {check.files} files ({size}) match their recorded sha256 "
+                f"({check.seconds:.1f} s): {res.path}"
+            )
+        else:
+            out.print(
+                f"{m.name}: sizes and sampled digests ok; no full sha256 recorded for "
+                f"{', '.join(check.unverified)} (prepared by an older csdraft: delete {res.path} "
+                "and run again to record one)",
+                style="yellow",
+            )
     return 0
 
 
@@ -231,9 +275,10 @@ def replay_trace(
     paced by the recorded event times divided by ``speed`` (0: no pauses; each pause at most
     ``max_pause`` seconds). Off a terminal: the text, then the summary table."""
     from csdraft import trace
+    from csdraft.console import report_console
     from csdraft.errors import UsageError
     from csdraft.trace import Commit, Stats
-    from csdraft.viz import LiveView, report_console, summary_table
+    from csdraft.viz import LiveView, summary_table
 
     path = Path(path)
     if not path.is_file():

@@ -1,9 +1,10 @@
-"""cascades.yaml -> validated ladder specs, and the loaded ladder that builds cascades."""
+"""cascades.yaml -> validated ladder specs (the models, Max-Gram, k-matrix and settings of each
+ladder), and writing ladders back."""
 
 from __future__ import annotations
 
-import json
 import os
+import reprlib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -11,19 +12,23 @@ from typing import Any
 
 import yaml
 
+from csdraft.engine import kmatrix
 from csdraft.errors import CsdraftError, UsageError
 
 DTYPES = ("bfloat16", "float16", "float32", "int8")
+BACKENDS = ("transformers",)
+"""What can run a model rung (``backend:`` in the YAML); see ``csdraft.models.load``."""
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One neural rung: what to load, what to call it, and where it runs."""
+    """One neural rung: what to load, what to call it, where it runs, and which backend runs it."""
 
     ref: str
     name: str
     dtype: str = "bfloat16"
     device: str = "cpu"
+    backend: str = "transformers"
 
 
 @dataclass(frozen=True)
@@ -100,27 +105,9 @@ class LadderSpec:
         return replace(spec, name=name) if name else spec
 
     def explain_k_matrix(self) -> list[str]:
-        """The k-matrix in words, one line per reviewing rung."""
-        names = self.rung_names
-        lines = []
-        for r, row in enumerate(self.k_matrix):
-            total = sum(row[r:])
-            if total == 0:
-                lines.append(f"{names[r]} decodes one token per forward pass (no drafts)")
-                continue
-            parts, pos = [], 0
-            for c in range(r, len(row)):
-                if row[c]:
-                    first, last = pos + 1, pos + row[c]
-                    span = f"token {first}" if first == last else f"tokens {first}-{last}"
-                    parts.append(f"{span} from {names[c + 1]}")
-                    pos = last
-            verb = "reviews" if r == 0 else "writes its drafts by reviewing"
-            lines.append(f"{names[r]} {verb} blocks of {total}: " + ", ".join(parts))
-        autoregressive = [names[i] for i in range(len(self.k_matrix), len(self.drafters) + 1)]
-        for name in autoregressive:
-            lines.append(f"{name} drafts autoregressively (one forward pass per token)")
-        return lines
+        """The k-matrix in words, one line per reviewing rung (``kmatrix.explain``)."""
+        neural = [True] * (len(self.drafters) + 1) + ([False] if self.maxgram else [])
+        return kmatrix.explain(self.k_matrix, self.rung_names, neural)
 
 
 def _where(ladder: str, key: str) -> str:
@@ -128,49 +115,11 @@ def _where(ladder: str, key: str) -> str:
 
 
 def check_k_matrix(value: Any, spec: LadderSpec, where: str) -> tuple[tuple[int, ...], ...]:
-    """A k-matrix checked for shape (D x D, upper-triangular) and non-negative integers."""
-    d = spec.drafting_rungs
-    drafters = ", ".join(spec.rung_names[1:]) or "none"
-    expect = (
-        f"expected a {d}x{d} upper-triangular matrix of non-negative integers "
-        f"(rows: reviewers {', '.join(spec.rung_names[:d]) or '-'}; columns: drafters {drafters})"
-    )
-    if isinstance(value, str):
-        value = parse_k_matrix(value, where)
-    if not isinstance(value, list | tuple) or len(value) != d:
-        raise UsageError(f"{where}: k_matrix: {expect}, got {value!r}")
-    rows = []
-    for i, row in enumerate(value):
-        if not isinstance(row, list | tuple) or len(row) != d:
-            raise UsageError(f"{where}: k_matrix row {i + 1}: {expect}, got {row!r}")
-        for j, v in enumerate(row):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise UsageError(
-                    f"{where}: k_matrix[{i}][{j}] = {v!r}: entries must be integers >= 0"
-                )
-            if j < i and v != 0:
-                raise UsageError(
-                    f"{where}: k_matrix[{i}][{j}] = {v}: {expect} (entries below the diagonal "
-                    "must be 0)"
-                )
-        rows.append(tuple(row))
-    return tuple(rows)
-
-
-def parse_k_matrix(text: str, where: str = "--k-matrix") -> list[list[int]]:
-    """Parse '[[13,10],[0,10]]' or '13,10;0,10'."""
-    text = text.strip()
+    """A k-matrix checked against the ladder (``kmatrix.check``), or a one-line UsageError."""
     try:
-        if text.startswith("["):
-            value = json.loads(text)
-        else:
-            value = [[int(v) for v in row.split(",")] for row in text.split(";") if row.strip()]
-    except (ValueError, json.JSONDecodeError):
-        raise UsageError(
-            f"{where}: cannot read k-matrix {text!r}; "
-            "write it as '[[13,10],[0,10]]' or '13,10;0,10'"
-        ) from None
-    return value
+        return kmatrix.check(value, spec.rung_names, spec.rung_names[1:])
+    except kmatrix.KMatrixError as e:
+        raise UsageError(f"{where}: {e}") from None
 
 
 def check_lenience(value: Any, drafters: int, where: str) -> tuple[float, ...]:
@@ -192,11 +141,11 @@ def _per_drafter(
     if len(values) != drafters:
         raise UsageError(
             f"{where}: {key}: expected one number or a list of {drafters} (one per neural "
-            f"drafter), got {value!r}"
+            f"drafter), got {reprlib.repr(value)}"
         )
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int | float) or not valid(v):
-            raise UsageError(f"{where}: {key}: expected {expect}, got {v!r}")
+            raise UsageError(f"{where}: {key}: expected {expect}, got {reprlib.repr(v)}")
     return tuple(float(v) for v in values)
 
 
@@ -205,19 +154,25 @@ def _model(value: Any, where: str, dtype: str, device: str) -> ModelSpec:
         value = {"model": value}
     if not isinstance(value, dict) or not isinstance(value.get("model"), str):
         raise UsageError(f"{where}: expected a model reference or {{model: REF, name: NAME}}")
-    unknown = set(value) - {"model", "name", "dtype", "device"}
+    unknown = set(value) - {"model", "name", "dtype", "device", "backend"}
     if unknown:
         raise UsageError(
-            f"{where}: unknown keys {sorted(unknown)} (allowed: model, name, dtype, device)"
+            f"{where}: unknown keys {sorted(unknown)} (allowed: model, name, dtype, device, "
+            "backend)"
         )
     spec = ModelSpec(
         ref=value["model"],
         name=str(value.get("name") or Path(value["model"]).name),
         dtype=str(value.get("dtype", dtype)),
         device=str(value.get("device", device)),
+        backend=str(value.get("backend", "transformers")),
     )
     if spec.dtype not in DTYPES:
         raise UsageError(f"{where}: dtype: expected one of {', '.join(DTYPES)}, got {spec.dtype!r}")
+    if spec.backend not in BACKENDS:
+        raise UsageError(
+            f"{where}: backend: expected one of {', '.join(BACKENDS)}, got {spec.backend!r}"
+        )
     return spec
 
 
@@ -329,6 +284,8 @@ def parse_config(text: str, source: str) -> dict[str, LadderSpec]:
     """All ladders in one YAML text, in file order."""
     try:
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise UsageError(f"{source}: malformed YAML: nested too deep") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -378,7 +335,8 @@ def ladder_to_yaml(spec: LadderSpec) -> dict:
     """A ladder as the mapping ``parse_ladder`` reads back."""
 
     def model(m: ModelSpec) -> dict:
-        return {"model": m.ref, "name": m.name, "dtype": m.dtype, "device": m.device}
+        out = {"model": m.ref, "name": m.name, "dtype": m.dtype, "device": m.device}
+        return out | ({"backend": m.backend} if m.backend != "transformers" else {})
 
     out: dict[str, Any] = {"description": spec.description} if spec.description else {}
     out["target"] = model(spec.target)

@@ -15,11 +15,14 @@ from pathlib import Path
 
 @dataclass
 class Start:
-    """Generation began: the rung names, in ladder order, and the prompt length."""
+    """Generation began: the rung names, in ladder order, the prompt length, and each rung's
+    kind ('target', 'model' for neural drafters, or a cheap drafter's kind such as
+    'statistical')."""
 
     rungs: list[str]
     prompt_tokens: int
     t: float = 0.0
+    kinds: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -72,12 +75,12 @@ def from_dict(data: dict) -> Event:
 
 
 def save(events: Iterable[Event], path: Path, header: dict | None = None) -> None:
-    """Write a trace as JSON lines (an optional header line first)."""
-    with Path(path).open("w") as f:
-        if header is not None:
-            f.write(json.dumps({"event": "Header", **header}) + "\n")
-        for event in events:
-            f.write(json.dumps(to_dict(event)) + "\n")
+    """Write a trace as JSON lines (an optional header line first), atomically."""
+    from csdraft.outputs import write_text
+
+    lines = [json.dumps({"event": "Header", **header})] if header is not None else []
+    lines += [json.dumps(to_dict(event)) for event in events]
+    write_text(Path(path), "\n".join(lines) + "\n")
 
 
 def load(path: Path) -> tuple[dict, list[Event]]:
@@ -98,6 +101,7 @@ class Stats:
     """Counters over one generation, computed from its events."""
 
     rungs: list[str]
+    kinds: list[str] = field(default_factory=list)
     new_tokens: int = 0
     target_forwards: int = 0
     wall_s: float = 0.0
@@ -113,6 +117,11 @@ class Stats:
         """Fold one event into the counters."""
         if isinstance(event, Start):
             self.rungs = list(event.rungs)
+            # traces saved before rungs had kinds: Max-Gram was the only non-model drafter
+            self.kinds = list(event.kinds) or [
+                "target",
+                *("statistical" if n == "max-gram" else "model" for n in event.rungs[1:]),
+            ]
         elif isinstance(event, Review):
             r = event.reviewer
             self.forwards[r] = self.forwards.get(r, 0) + 1

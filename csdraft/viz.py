@@ -10,34 +10,27 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from csdraft.generation import Detokenizer
-from csdraft.trace import Commit, Event, Start, Stats
+from csdraft.text import Detokenizer
+from csdraft.trace import Commit, Event, Stats
 
 _DRAFTER_STYLES = ["cyan", "green", "yellow", "blue"]
 
 
-def report_console(stderr: bool = False) -> Console:
-    """A console for reports: the terminal's width on a terminal, a wide page when piped, so
-    tables stay whole in files."""
-    console = Console(stderr=stderr, highlight=False)
-    return console if console.is_terminal else Console(stderr=stderr, highlight=False, width=150)
-
-
-def rung_style(rung: int, names: list[str]) -> str:
-    """The colour of tokens drafted by a rung: the target's own tokens plain bold, Max-Gram
-    magenta, neural drafters in turn."""
+def rung_style(rung: int, kinds: list[str]) -> str:
+    """The colour of tokens drafted by a rung, from its kind: the target's own tokens plain
+    bold, cheap (non-model) drafters magenta, neural drafters in turn."""
     if rung == 0:
         return "bold"
-    if names and names[rung] == "max-gram":
+    if rung < len(kinds) and kinds[rung] != "model":
         return "magenta"
     return _DRAFTER_STYLES[(rung - 1) % len(_DRAFTER_STYLES)]
 
 
-def legend(names: list[str]) -> Text:
+def legend(names: list[str], kinds: list[str]) -> Text:
     """One line naming each rung in its colour."""
     text = Text("drafted by: ", style="dim")
     for i, name in enumerate(names):
-        text.append(f"■ {name}" + (" (own token)" if i == 0 else ""), style=rung_style(i, names))
+        text.append(f"■ {name}" + (" (own token)" if i == 0 else ""), style=rung_style(i, kinds))
         text.append("  ")
     text.append("~rejected~", style="strike dim red")
     return text
@@ -82,28 +75,29 @@ class LiveView:
 
     def _render(self) -> Group:
         return Group(
-            self.line + self.rejected, Text(), status_line(self.stats), legend(self.stats.rungs)
+            self.line + self.rejected,
+            Text(),
+            status_line(self.stats),
+            legend(self.stats.rungs, self.stats.kinds),
         )
 
     def add(self, event: Event) -> None:
         """Show one event."""
         self.stats.add(event)
         if isinstance(event, Commit):
-            names = self.stats.rungs
+            kinds = self.stats.kinds
             for token, origin in zip(event.tokens, event.origins, strict=True):
                 piece = self.detok.add(token)
                 *done, rest = piece.split("\n")
                 for part in done:
-                    self.line.append(part, style=rung_style(origin, names))
+                    self.line.append(part, style=rung_style(origin, kinds))
                     self.live.console.print(self.line)
                     self.line = Text()
-                self.line.append(rest, style=rung_style(origin, names))
+                self.line.append(rest, style=rung_style(origin, kinds))
             self.rejected = Text()
             if event.rejected:
                 shown = self.tokenizer.decode(event.rejected, skip_special_tokens=True)
                 self.rejected = Text(shown.replace("\n", "⏎"), style="strike dim red")
-        elif isinstance(event, Start):
-            self.stats.rungs = list(event.rungs)
         self.live.update(self._render(), refresh=True)
 
 
@@ -138,7 +132,7 @@ def summary_table(stats: Stats) -> Table:
     table.add_column("final tokens drafted", justify="right")
     for r, name in enumerate(stats.rungs):
         table.add_row(
-            Text(name, style=rung_style(r, stats.rungs)),
+            Text(name, style=rung_style(r, stats.kinds)),
             str(stats.forwards.get(r, "-")),
             str(stats.proposed.get(r, "-")),
             f"{100 * stats.acceptance(r):.1f}%" if stats.proposed.get(r) else "-",

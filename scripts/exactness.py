@@ -18,10 +18,8 @@ from pathlib import Path
 
 import torch
 
-from csdraft.bench.methods import top2_margin
-from csdraft.bench.metrics import first_divergence
-from csdraft.generation import LoadedLadder
-from csdraft.ladder import get_ladder
+import csdraft
+from csdraft.exactness import first_divergence, top2_margin
 
 PROMPTS = [
     "Write a Python function that merges two sorted lists into one sorted list, with a docstring.",
@@ -42,8 +40,8 @@ def main() -> None:
         rows = args.gsm8k.read_text().splitlines()
         prompts += [json.loads(rows[i])["question"] for i in GSM8K_ROWS]
 
-    ladder = LoadedLadder.load(get_ladder(), progress=False)
-    target = ladder.models[0].model
+    ladder = csdraft.load()
+    target = ladder.target.model
     pad = ladder.tokenizer.pad_token_id
     options = dict(
         max_new_tokens=args.max_new_tokens,
@@ -86,7 +84,7 @@ def main() -> None:
                 counts[name] += 1
                 print(f"{name}: identical ({len(got)} tokens): {prompt[:50]!r}", flush=True)
             else:
-                margin = top2_margin(target, ids + reference[:at])
+                margin = top2_margin(ladder.target, ids + reference[:at])
                 print(
                     f"{name}: differs, top-2 margin {margin:.4f} at token {at}: {prompt[:50]!r}",
                     flush=True,

@@ -27,10 +27,14 @@ def _env(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def run(capsys, monkeypatch, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+def run(capsys, monkeypatch, *args: str, stdin: str | bytes | None = None) -> tuple[int, str, str]:
     """Run ``csdraft ARGS`` in-process; return (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["csdraft", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin if stdin is not None else ""))
+    if isinstance(stdin, bytes):
+        stream = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    else:
+        stream = io.StringIO(stdin if stdin is not None else "")
+    monkeypatch.setattr(sys, "stdin", stream)
     cli._state["debug"] = False
     capsys.readouterr()  # drop whatever the test's own setup printed
     with pytest.raises(SystemExit) as exit_info:
@@ -110,17 +114,17 @@ def test_sampling_is_reproducible(capsys, monkeypatch, ladder_dir):
 def test_ctrl_c_keeps_what_was_generated(capsys, monkeypatch, ladder_dir):
     from csdraft.engine.cascade import Cascade
 
-    original = Cascade._review
+    original = Cascade.review
     calls = {"target": 0}
 
-    def interrupt_on_third_target_review(self, reviewer, seq, block):
-        if reviewer == 0:
+    def interrupt_on_third_target_review(self, rung, seq, block):
+        if rung.index == 0:
             calls["target"] += 1
             if calls["target"] == 3:
                 raise KeyboardInterrupt
-        return original(self, reviewer, seq, block)
+        return original(self, rung, seq, block)
 
-    monkeypatch.setattr(Cascade, "_review", interrupt_on_third_target_review)
+    monkeypatch.setattr(Cascade, "review", interrupt_on_third_target_review)
     cfg = str(ladder_dir / "cascades.yaml")
     code, out, err = run(capsys, monkeypatch, "generate", "-c", cfg, "-p", PROMPT, "--json")
     assert code == 130
@@ -236,3 +240,66 @@ def test_cascade_is_faster_in_target_forwards(capsys, monkeypatch, ladder_dir):
     code, out, _ = run(capsys, monkeypatch, "generate", "-c", cfg, "-p", PROMPT, "--json")
     stats = json.loads(out)["stats"]
     assert stats["tokens_per_target_forward"] > 1.0
+
+
+def no_model_loads(monkeypatch):
+    """Make any model load fail loudly: the checks under test must come before it."""
+    from csdraft.api import Ladder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(Ladder, "load", refuse)
+
+
+def test_non_utf8_stdin_is_refused_before_loading(capsys, monkeypatch, ladder_dir):
+    no_model_loads(monkeypatch)
+    cfg = str(ladder_dir / "cascades.yaml")
+    code, _, err = run(capsys, monkeypatch, "generate", "-c", cfg, stdin=b"ok \xff\xfe bytes")
+    assert code == 2
+    assert "stdin is not UTF-8 text (byte 0xff at offset 3)" in one_line_error(err)
+
+
+def test_unwritable_trace_is_refused_before_loading(capsys, monkeypatch, ladder_dir):
+    no_model_loads(monkeypatch)
+    cfg = str(ladder_dir / "cascades.yaml")
+    args = ["generate", "-c", cfg, "-p", PROMPT, "--json", "--save-trace", "/proc/nope.jsonl"]
+    code, out, err = run(capsys, monkeypatch, *args)
+    assert code == 2 and out == ""
+    assert "--save-trace: cannot write /proc/nope.jsonl" in one_line_error(err)
+
+
+def test_a_failed_trace_save_keeps_the_output(capsys, monkeypatch, ladder_dir, tmp_path):
+    """The JSON is printed before the trace is written, so a failure there loses nothing."""
+    from csdraft import trace
+    from csdraft.errors import CsdraftError
+
+    def fail(*args, **kwargs):
+        raise CsdraftError("cannot write the trace: disk full")
+
+    monkeypatch.setattr(trace, "save", fail)
+    cfg = str(ladder_dir / "cascades.yaml")
+    args = ["generate", "-c", cfg, "-p", PROMPT, "--json", "-n", "6"]
+    code, out, err = run(capsys, monkeypatch, *args, "--save-trace", str(tmp_path / "t.jsonl"))
+    assert code == 1
+    assert len(json.loads(out)["token_ids"]) == 6
+    assert "disk full (the output above is complete)" in one_line_error(err)
+
+
+def test_deeply_nested_k_matrix(capsys, monkeypatch, ladder_dir):
+    cfg = str(ladder_dir / "cascades.yaml")
+    for depth, needle in ((100_000, "200000 characters long"), (1_000, "nested too deep")):
+        deep = "[" * depth + "]" * depth
+        args = ["generate", "-c", cfg, "-p", PROMPT, "--k-matrix", deep]
+        code, _, err = run(capsys, monkeypatch, *args)
+        assert code == 2
+        assert needle in one_line_error(err)
+
+
+def test_huge_prompt_is_refused_before_loading(capsys, monkeypatch, ladder_dir):
+    no_model_loads(monkeypatch)
+    cfg = str(ladder_dir / "cascades.yaml")
+    huge = " ".join(["w1"] * 7000)  # 20,999 bytes, far beyond the tiny target's 256 tokens
+    code, _, err = run(capsys, monkeypatch, "generate", "-c", cfg, stdin=huge)
+    assert code == 2
+    assert "exceeds the target's context of 256" in one_line_error(err)

@@ -119,8 +119,30 @@ def test_model_facts_count_int8_layers(tmp_path):
     from csdraft.models import load_model
 
     path = tiny_model_dir(tmp_path / "m", 0, tiny_tokenizer())
-    full = model_facts(load_model(str(path), "float32", progress=False).model)
-    int8 = model_facts(load_model(str(path), "int8", progress=False).model)
+    full = model_facts(load_model(str(path), "float32", progress=False))
+    int8 = model_facts(load_model(str(path), "int8", progress=False))
     assert int8["params"] == full["params"]
     assert int8["dtype"] == "int8 linears, float32 rest" and full["dtype"] == "float32"
     assert int8["bytes"] < full["bytes"]
+    assert full["device"] == "cpu"
+
+
+def test_model_facts_ask_the_loaded_model():
+    """Facts come from the loaded model's own answers, never from walking its modules."""
+    from types import SimpleNamespace
+
+    from csdraft.inspector import model_facts
+
+    model = SimpleNamespace(
+        compute_dtype="bfloat16",
+        device="cuda:0",
+        parameter_count=lambda: 1234,
+        weight_bytes=lambda: 2468,
+        int8_layers=lambda: 0,
+    )
+    assert model_facts(model) == {
+        "params": 1234,
+        "bytes": 2468,
+        "dtype": "bfloat16",
+        "device": "cuda:0",
+    }

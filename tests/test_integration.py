@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from csdraft.bench.methods import top2_margin
-from csdraft.models import near_tie
+from csdraft import exactness
 
 pytestmark = pytest.mark.integration
 
@@ -46,10 +45,9 @@ def unseen_prompts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def ladder():
-    from csdraft.generation import LoadedLadder
-    from csdraft.ladder import get_ladder
+    import csdraft
 
-    return LoadedLadder.load(get_ladder(), progress=False)
+    return csdraft.load()
 
 
 def target_greedy(ladder, prompt_ids: list[int], n: int) -> list[int]:
@@ -65,32 +63,32 @@ def target_greedy(ladder, prompt_ids: list[int], n: int) -> list[int]:
 
 def check_identical(ladder, prompt_ids: list[int], got: list[int], want: list[int]) -> bool:
     """True when identical; at a divergence, pass only a bf16 near-tie, and say which."""
-    if got == want:
-        return True
-    i = next((j for j, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
-    assert i is not None, f"one output is a prefix of the other: {len(got)} vs {len(want)} tokens"
-    margin = top2_margin(ladder.models[0].model, prompt_ids + want[:i])
-    assert margin <= near_tie(ladder.models[0].model.dtype), (
-        f"cascade diverged from the target's greedy output at token {i} where the target's "
-        f"top-2 logit margin is {margin:.4f} (not a near-tie): a bug"
+    target = ladder.target
+    found = exactness.compare(
+        got,
+        want,
+        lambda i: exactness.top2_margin(target, prompt_ids + want[:i]),
+        exactness.near_tie(target.compute_dtype),
     )
-    print(f"bf16 near-tie at token {i} (margin {margin:.4f}); outputs differ after it")
+    if found is None:
+        return True
+    assert found.got is not None and found.want is not None, (
+        f"one output is a prefix of the other: {len(got)} vs {len(want)} tokens"
+    )
+    assert found.near_tie, f"cascade diverged from the target's greedy output: {found.describe()}"
+    print(f"bf16 {found.describe()}; outputs differ after it")
     return False
 
 
 def test_cascade_equals_target_greedy(ladder):
-    from csdraft.trace import Commit, Stats
-
+    """Through the Python API: ``ladder.generate`` equals transformers' greedy decoding."""
     identical = 0
     prompts = unseen_prompts()
     for prompt in prompts:
-        ids = ladder.encode(prompt)
-        want = target_greedy(ladder, ids, NEW_TOKENS)
-        events = list(ladder.cascade().generate(ids, NEW_TOKENS, ladder.eos_ids))
-        got = [t for e in events if isinstance(e, Commit) for t in e.tokens]
-        identical += check_identical(ladder, ids, got, want)
-        stats = Stats.of(events)
-        assert stats.tokens_per_forward > 1.5, "the drafters should save target forwards"
+        result = ladder.generate(prompt, NEW_TOKENS)
+        want = target_greedy(ladder, result.prompt_ids, NEW_TOKENS)
+        identical += check_identical(ladder, result.prompt_ids, result.token_ids, want)
+        assert result.stats.tokens_per_forward > 1.5, "the drafters should save target forwards"
     assert identical >= len(prompts) - 1
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SMALL_VOCAB
+from engine_helpers import SMALL_VOCAB, cascade_of
 
-from csdraft.engine import Cascade, HFRung, MaxGram
+from csdraft.engine import MaxGram
 from csdraft.trace import Commit, Finish, Review, Start, Stats, from_dict, load, save, to_dict
 
 # A cascade of target (0), drafter (1) and Max-Gram (2), generating 7 tokens in 3 target passes.
 EVENTS = [
-    Start(["target", "drafter", "max-gram"], 5, t=0.0),
+    Start(["target", "drafter", "max-gram"], 5, t=0.0, kinds=["target", "model", "statistical"]),
     Review(1, [11, 12, 13], [2, 2, 2], 2, 20, forward_s=0.01, t=0.1),
     Review(1, [], [], 0, 21, forward_s=0.02, t=0.2),
     Review(0, [11, 12, 20, 21], [2, 2, 1, 1], 2, 30, forward_s=0.5, t=0.7),
@@ -28,6 +28,7 @@ EVENTS = [
 def test_stats_arithmetic():
     stats = Stats.of(EVENTS)
     assert stats.rungs == ["target", "drafter", "max-gram"]
+    assert stats.kinds == ["target", "model", "statistical"]
     assert stats.new_tokens == 7
     assert stats.target_forwards == 3
     assert stats.tokens_per_forward == pytest.approx(7 / 3)
@@ -111,14 +112,32 @@ def test_save_load_round_trip(tmp_path, header):
 def test_save_load_round_trip_of_a_real_generation(tmp_path, zoo, one_thread):
     target = zoo.model("llama", SMALL_VOCAB)
     drafter = zoo.noisy(target, 0.3)
-    cascade = Cascade(
-        [HFRung(target, "target"), HFRung(drafter, "drafter")], MaxGram(), [[3, 2], [0, 2]]
-    )
+    cascade = cascade_of(target, [drafter, MaxGram()], [[3, 2], [0, 2]])
     events = list(cascade.generate([1, 2, 3, 1, 2, 3, 1], 12))
     path = tmp_path / "real.jsonl"
     save(iter(events), path)  # any iterable
     _, got = load(path)
     assert got == events
+    assert got[0].kinds == ["target", "model", "statistical"]
     stats = Stats.of(got)
     assert stats.new_tokens == 12
-    assert stats.rungs == ["target", "drafter", "max-gram"]
+    assert stats.rungs == ["target", "d0", "max-gram"]
+    assert stats.kinds == ["target", "model", "statistical"]
+
+
+def test_kinds_from_the_start_event():
+    start = Start(["big", "bag-of-words", "small"], 3, kinds=["target", "statistical", "model"])
+    stats = Stats.of([start])
+    assert stats.kinds == ["target", "statistical", "model"]
+    assert from_dict(json.loads(json.dumps(to_dict(start)))) == start
+
+
+def test_traces_saved_before_kinds_guess_them(tmp_path):
+    """An old trace's Start has no kinds: Max-Gram was the only drafter that was no model."""
+    path = tmp_path / "old.jsonl"
+    old = {"event": "Start", "rungs": ["target", "drafter", "max-gram"], "prompt_tokens": 5}
+    path.write_text(json.dumps(old) + "\n" + json.dumps(to_dict(EVENTS[-1])) + "\n")
+    _, events = load(path)
+    assert events[0].kinds == []
+    assert Stats.of(events).kinds == ["target", "model", "statistical"]
+    assert Stats.of([Start(["target"], 2)]).kinds == ["target"]

@@ -1,7 +1,7 @@
 """The methods bench compares, each one small object that turns prompt ids into an ``Outcome``.
 
 Engine methods are sub-ladders of the loaded ladder run through the one engine
-(``LoadedLadder.cascade``); ``hf-*`` methods are transformers' own ``generate`` on the same
+(``Ladder.cascade``); ``hf-*`` methods are transformers' own ``generate`` on the same
 loaded models. Adding a method is one entry in ``METHODS``; ``csd@LADDER`` runs another ladder's
 settings on the same models.
 """
@@ -11,16 +11,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from csdraft.engine import Sampling
-from csdraft.generation import LoadedLadder
+from csdraft.api import Ladder
+from csdraft.console import quiet_transformers
+from csdraft.engine import Sampling, kmatrix
 from csdraft.ladder import LadderSpec
-from csdraft.trace import Commit, Stats
+from csdraft.runs import Outcome, Runner, cascade_runner
 
 DEFAULT_METHODS = (
     "ar",
@@ -49,64 +50,12 @@ class Settings:
         return self.temperature == 0
 
 
-@dataclass
-class Outcome:
-    """One generation: its token ids, wall time and the counters metrics need (see
-    ``csdraft.bench.metrics``)."""
-
-    ids: list[int]
-    wall_s: float
-    target_forwards: int
-    forwards: dict[str, int]
-    forward_s: dict[str, float] = field(default_factory=dict)
-    reviews: dict[str, list[int]] = field(default_factory=dict)
-    by_position: list[list[int]] = field(default_factory=list)
-    finish: str = ""
-
-    def record(self) -> dict[str, Any]:
-        """The JSON-ready per-prompt record (without ids, answers or mismatch)."""
-        return {
-            "new_tokens": len(self.ids),
-            "wall_s": self.wall_s,
-            "target_forwards": self.target_forwards,
-            "forwards": self.forwards,
-            "forward_s": self.forward_s,
-            "reviews": self.reviews,
-            "by_position": self.by_position,
-            "finish": self.finish,
-        }
-
-
-Runner = Callable[[list[int], int], Outcome]
-"""Prompt ids and max_new_tokens -> outcome."""
-
-
-# ------------------------------------------------------------------------------ k-matrices
-
-
-def vertical_k(k: Sequence[Sequence[int]]) -> list[list[int]]:
-    """Only the diagonal: each reviewer's block comes whole from the rung right below it. A row
-    whose diagonal is 0 keeps its block length (its row sum) on the diagonal."""
-    n = len(k)
-    return [
-        [(k[r][r] or sum(k[r][r:]) or sum(k[0])) if c == r else 0 for c in range(n)]
-        for r in range(n)
-    ]
-
-
-def horizontal_k(k: Sequence[Sequence[int]]) -> list[list[int]]:
-    """Only the target's row: its block mixes drafters, and every neural drafter writes its
-    segment autoregressively (rows below zeroed)."""
-    return [list(k[0])] + [[0] * len(k) for _ in k[1:]]
-
-
 @dataclass(frozen=True)
 class EngineConfig:
-    """A sub-ladder: which neural drafters (1-based), Max-Gram or not, the k-matrix, and the
-    drafters' lenience and min_confidence (None: the loaded ladder's)."""
+    """A sub-ladder: which drafting rungs (ladder indices), the k-matrix over them, and the
+    neural drafters' lenience and min_confidence (None: the loaded ladder's)."""
 
-    drafters: list[int]
-    maxgram: bool
+    rungs: list[int]
     k_matrix: list[list[int]]
     lenience: list[float] | None = None
     min_confidence: list[float] | None = None
@@ -139,68 +88,41 @@ class EngineMethod:
         """What this method runs, for the results file."""
         plan = self._configure(spec, settings)
         assert isinstance(plan, EngineConfig)
-        names = [spec.target.name] + [spec.drafters[i - 1].name for i in plan.drafters]
-        out = {"rungs": names + (["max-gram"] if plan.maxgram else []), "k_matrix": plan.k_matrix}
+        names = spec.rung_names
+        out = {"rungs": [names[0], *(names[i] for i in plan.rungs)], "k_matrix": plan.k_matrix}
         if plan.lenience is not None:
             out |= {"lenience": plan.lenience, "min_confidence": plan.min_confidence}
         return out
 
-    def runner(self, ladder: LoadedLadder, settings: Settings) -> Runner:
-        """Build the cascade once; each call generates one prompt."""
+    def runner(self, ladder: Ladder, settings: Settings) -> Runner:
+        """Build the cascade once; each call generates one prompt (seeded alike)."""
         plan = self._configure(ladder.spec, settings)
         assert isinstance(plan, EngineConfig)
         cascade = ladder.cascade(
-            drafters=plan.drafters,
-            maxgram=plan.maxgram,
+            rungs=plan.rungs,
             k_matrix=plan.k_matrix,
             lenience=plan.lenience,
             min_confidence=plan.min_confidence,
             sampling=Sampling(settings.temperature),
             seed=settings.seed,
         )
-        eos = ladder.eos_ids
-
-        def run(prompt_ids: list[int], max_new_tokens: int) -> Outcome:
-            cascade.generator.manual_seed(settings.seed)
-            start = time.perf_counter()
-            events = list(cascade.generate(prompt_ids, max_new_tokens, eos))
-            wall = time.perf_counter() - start
-            for rung in cascade.rungs:
-                rung.reset()  # free the KV caches between prompts
-            stats = Stats.of(events)
-            name = stats.rungs.__getitem__
-            return Outcome(
-                ids=[t for e in events if isinstance(e, Commit) for t in e.tokens],
-                wall_s=wall,
-                target_forwards=stats.target_forwards,
-                forwards={name(r): n for r, n in sorted(stats.forwards.items())},
-                forward_s={name(r): s for r, s in sorted(stats.forward_s.items())},
-                reviews={
-                    name(r): [stats.proposed.get(r, 0), stats.accepted.get(r, 0)]
-                    for r in sorted(stats.proposed)
-                    if stats.proposed[r]
-                },
-                by_position=[list(p) for p in stats.by_position],
-                finish=stats.finish,
-            )
-
-        return run
+        return cascade_runner(cascade, ladder.eos_ids, settings.seed)
 
 
 def _ar(spec: LadderSpec, s: Settings) -> EngineConfig | str:
-    return EngineConfig([], False, [])
+    return EngineConfig([], [])
 
 
 def _sd(spec: LadderSpec, s: Settings) -> EngineConfig | str:
     if not spec.drafters:
         return "needs a neural drafter; the ladder has none"
-    return EngineConfig([1], False, [[s.sd_block]])
+    return EngineConfig([1], [[s.sd_block]])
 
 
 def _pld(spec: LadderSpec, s: Settings) -> EngineConfig | str:
     if not spec.maxgram:
         return "needs Max-Gram; the ladder has none"
-    return EngineConfig([], True, [[s.pld_block]])
+    return EngineConfig([spec.drafting_rungs], [[s.pld_block]])
 
 
 def _full(transform: Callable[[Sequence[Sequence[int]]], list[list[int]]] | None, least: int):
@@ -211,8 +133,8 @@ def _full(transform: Callable[[Sequence[Sequence[int]]], list[list[int]]] | None
                 ", so it would be csd itself" if have == 1 else ""
             )
         k = [list(r) for r in spec.k_matrix]
-        drafters = list(range(1, len(spec.drafters) + 1))
-        return EngineConfig(drafters, bool(spec.maxgram), transform(k) if transform else k)
+        rungs = list(range(1, spec.drafting_rungs + 1))
+        return EngineConfig(rungs, transform(k) if transform else k)
 
     return configure
 
@@ -238,9 +160,10 @@ def _ladder(other: LadderSpec) -> Callable[[LadderSpec, Settings], EngineConfig 
             drafters.append(i)
         if other.maxgram is not None and other.maxgram != spec.maxgram:
             return f"ladder '{other.name}' has other Max-Gram settings than '{spec.name}'"
+        if other.maxgram is not None:
+            drafters.append(spec.drafting_rungs)
         return EngineConfig(
             drafters,
-            other.maxgram is not None,
             [list(r) for r in other.k_matrix],
             list(other.lenience),
             list(other.min_confidence),
@@ -258,19 +181,6 @@ def method(name: str, config: Path | None = None) -> EngineMethod | HFMethod:
 
     other = get_ladder(name.removeprefix("csd@"), config)
     return EngineMethod(name, f"ladder '{other.name}' on the same models", _ladder(other))
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' warnings (about its own generate internals) inside the block."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 @contextlib.contextmanager
@@ -303,6 +213,9 @@ class HFMethod:
         self.mode = mode  # "generate" | "assisted" | "lookup"
 
     def skip_reason(self, spec: LadderSpec, settings: Settings) -> str | None:
+        models = [spec.target, *spec.drafters[: 1 if self.mode == "assisted" else 0]]
+        if any(m.backend != "transformers" for m in models):
+            return "runs transformers' generate, so needs models on the transformers backend"
         if self.mode == "assisted" and not spec.drafters:
             return "needs a neural drafter as assistant; the ladder has none"
         return None
@@ -316,7 +229,7 @@ class HFMethod:
             out["prompt_lookup_num_tokens"] = settings.pld_block
         return out
 
-    def runner(self, ladder: LoadedLadder, settings: Settings) -> Runner:
+    def runner(self, ladder: Ladder, settings: Settings) -> Runner:
         target = ladder.models[0].model
         names = [ladder.spec.target.name]
         kwargs: dict[str, Any] = {}
@@ -383,12 +296,12 @@ METHODS: dict[str, EngineMethod | HFMethod] = {
         EngineMethod(
             "csd-vertical",
             "the full ladder, k-matrix diagonal only: each block comes from the rung below",
-            _full(vertical_k, 2),
+            _full(kmatrix.vertical, 2),
         ),
         EngineMethod(
             "csd-horizontal",
             "the full ladder, the target's row only: drafters below draft autoregressively",
-            _full(horizontal_k, 2),
+            _full(kmatrix.horizontal, 2),
         ),
         EngineMethod("csd", "the ladder with its own k-matrix", _full(None, 1)),
         HFMethod("hf-generate", "transformers greedy generate of the target", "generate"),
@@ -404,16 +317,6 @@ METHODS: dict[str, EngineMethod | HFMethod] = {
         ),
     )
 }
-
-
-@torch.inference_mode()
-def top2_margin(model: torch.nn.Module, context: Sequence[int]) -> float:
-    """Gap between the two best next-token logits of ``model`` after ``context`` (one forward
-    pass), to tell a floating-point near-tie from a bug at a divergence."""
-    device = next(model.parameters()).device
-    logits = model(torch.tensor([list(context)], dtype=torch.long, device=device)).logits[0, -1]
-    top = torch.topk(logits.float(), 2).values
-    return float(top[0] - top[1])
 
 
 def parse_methods(text: str | None) -> list[str]:

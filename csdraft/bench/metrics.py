@@ -115,40 +115,6 @@ def acceptance_by_rung(reviews: Iterable[Mapping[str, Sequence[int]]]) -> dict[s
     return {name: accepted[name] / p for name, p in proposed.items() if p}
 
 
-def first_divergence(got: Sequence[int], want: Sequence[int]) -> int | None:
-    """Index of the first token where two outputs differ (the shorter length when one is a
-    prefix of the other), or None when they are identical."""
-    for i, (a, b) in enumerate(zip(got, want, strict=False)):
-        if a != b:
-            return i
-    return None if len(got) == len(want) else min(len(got), len(want))
-
-
-def find_mismatches(
-    outputs: Mapping[str, Sequence[Sequence[int]]], reference: str = "ar"
-) -> list[dict[str, Any]]:
-    """Every (method, prompt) whose output differs from ``reference``'s on that prompt, with
-    the position of the first difference and the tokens there (None past an end)."""
-    want_all = outputs[reference]
-    found = []
-    for method, outs in outputs.items():
-        if method == reference:
-            continue
-        for prompt, (got, want) in enumerate(zip(outs, want_all, strict=True)):
-            pos = first_divergence(got, want)
-            if pos is not None:
-                found.append(
-                    {
-                        "method": method,
-                        "prompt": prompt,
-                        "position": pos,
-                        "got": got[pos] if pos < len(got) else None,
-                        "want": want[pos] if pos < len(want) else None,
-                    }
-                )
-    return found
-
-
 def paired_ratios(prompts: Sequence[Mapping[str, Any]], a: str, b: str) -> list[float]:
     """Per prompt, throughput of method ``a`` over method ``b`` (prompts with both)."""
     out = []

@@ -12,24 +12,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from csdraft.console import fx, num, pct
+
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 _HF = "hf-"
 MIN_REACHED = 5
 """The PNG leaves out draft positions the target reached fewer times than this (too noisy)."""
-
-
-def fx(value: float | None, digits: int = 2) -> str:
-    """1.9234 -> '1.92x'; None -> '-'."""
-    return "-" if value is None else f"{value:.{digits}f}x"
-
-
-def pct(value: float | None) -> str:
-    """0.823 -> '82%'; None -> '-'."""
-    return "-" if value is None else f"{100 * value:.0f}%"
-
-
-def num(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _speed_style(value: float | None) -> str:
@@ -196,6 +184,23 @@ def notes(results: Mapping[str, Any]) -> list[Text]:
         )
     if results.get("interrupted"):
         out.append(Text("interrupted: only the prompts finished are reported", style="yellow"))
+    spread = results.get("ar_spread")
+    if spread and spread.get("spread") is not None:
+        a, b = spread["per_token_s"]
+        line = (
+            f"machine steadiness: ar on prompt 1 took {1000 * a:.1f} ms/token at the start and "
+            f"{1000 * b:.1f} at the end (spread {100 * spread['spread']:.0f}%)"
+        )
+        if spread["busy"]:
+            out.append(
+                Text(
+                    f"{line}: over {100 * spread['threshold']:.0f}%, the machine looks busy; "
+                    "ratios may be off by that much: re-run with nothing else on the machine",
+                    style="bold yellow",
+                )
+            )
+        else:
+            out.append(Text(line, style="dim"))
     return out
 
 

@@ -1,6 +1,7 @@
 """The bench loop: load the ladder once, warm up, then run every method on every prompt,
-interleaved and in a rotated order per prompt, so that drift (thermal, other load) hits all
-methods alike."""
+interleaved and in a rotated order per prompt (``csdraft.runs.interleaved``), so that drift
+(thermal, other load) hits all methods alike. Results are written after every prompt, so a run
+that fails or is interrupted keeps what it measured."""
 
 from __future__ import annotations
 
@@ -15,17 +16,24 @@ from typing import Any
 
 from rich.console import Console
 
+from csdraft import exactness
 from csdraft.bench import metrics
 from csdraft.bench.data import Dataset, load_dataset
-from csdraft.bench.methods import Outcome, Settings, method, parse_methods, top2_margin
-from csdraft.errors import UsageError
-from csdraft.int8 import parameter_count
-from csdraft.models import near_tie
+from csdraft.bench.methods import Settings, method, parse_methods
+from csdraft.console import report_console, task_progress
+from csdraft.errors import CsdraftError, UsageError
+from csdraft.outputs import check_writable, write_text
+from csdraft.runs import Outcome, interleaved, relative_spread
 
 WARMUP_TOKENS = 16
 """Warm-up generations are this short (or ``max_new_tokens`` if smaller)."""
 
 SCHEMA = "csdraft-bench/1"
+
+BUSY_SPREAD = 0.15
+"""A run is flagged as measured on a busy machine when ar's own time per token varies by more
+than this fraction (max - min over the median) between its repeated measurements: ratios
+within one prompt stay paired, but a drift that large can move them."""
 
 
 def machine_info() -> dict[str, Any]:
@@ -52,11 +60,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _rotate(names: Sequence[str], i: int) -> list[str]:
-    k = i % len(names)
-    return [*names[k:], *names[:k]]
-
-
 def _check_args(max_new_tokens: int, warmup: int, sd_block: int, pld_block: int, t: float) -> None:
     for flag, value, least in (
         ("--max-new-tokens", max_new_tokens, 1),
@@ -68,27 +71,6 @@ def _check_args(max_new_tokens: int, warmup: int, sd_block: int, pld_block: int,
             raise UsageError(f"{flag} must be >= {least}, got {value}")
     if t < 0:
         raise UsageError(f"--temperature must be >= 0 (0 is greedy), got {t}")
-
-
-def _progress(console: Console, disable: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description:<34}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=disable,
-    )
 
 
 def _prompt_line(i: int, n: int, results: dict[str, dict[str, Any]]) -> str:
@@ -127,12 +109,15 @@ def run_bench(
 ) -> dict[str, Any]:
     """``csdraft bench``: measure the methods on the dataset, report, write files; return the
     results dict (also what ``--out`` holds)."""
-    from csdraft.generation import LoadedLadder
+    from csdraft.api import Ladder
     from csdraft.ladder import get_ladder
 
     _check_args(max_new_tokens, warmup, sd_block, pld_block, temperature)
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be >= 1, got {limit}")
+    png = None if no_plot else (plot or _plot_path(out))
+    check_writable(out, "--out")
+    check_writable(png, "--plot")
     names = parse_methods(methods if not isinstance(methods, list | tuple) else ",".join(methods))
     ds = load_dataset(dataset, data=data, field=field, limit=limit)
     spec = get_ladder(ladder, config)
@@ -142,7 +127,7 @@ def run_bench(
     chosen = [n for n in names if n not in skipped]
 
     err = Console(stderr=True, highlight=False)
-    loaded = LoadedLadder.load(spec, progress=not quiet)
+    loaded = Ladder.load(spec, progress=not quiet)
     prompt_ids = [loaded.encode(e.prompt) for e in ds.examples]
     for ids in prompt_ids:
         loaded.check_length(ids, max_new_tokens)
@@ -154,52 +139,80 @@ def run_bench(
         warmup=warmup,
         warmup_tokens=min(WARMUP_TOKENS, max_new_tokens),
     )
+    results["plot"] = None if png is None else str(png)
     runners = {n: table[n].runner(loaded, settings) for n in chosen}
-    progress = _progress(err, disable=quiet or not err.is_terminal)
+    progress = task_progress(err if not quiet and err.is_terminal else Console(quiet=True))
+    n = len(prompt_ids)
     with progress:
-        n_warm = min(warmup, len(prompt_ids))
+        n_warm = min(warmup, n)
         if n_warm:
             task = progress.add_task("warm-up", total=n_warm * len(chosen))
-            for ids in prompt_ids[:n_warm]:
-                for name in chosen:
-                    progress.update(task, description=f"warm-up · {name}")
-                    runners[name](ids, results["settings"]["warmup_tokens"])
-                    progress.advance(task)
+            warm = interleaved(
+                prompt_ids[:n_warm],
+                runners,
+                results["settings"]["warmup_tokens"],
+                lambda i, name: progress.update(task, description=f"warm-up · {name}"),
+            )
+            for _, outcomes in warm:
+                progress.advance(task, len(outcomes))
             progress.remove_task(task)
-        task = progress.add_task("bench", total=len(prompt_ids) * len(chosen))
-        n = len(prompt_ids)
+        task = progress.add_task("bench", total=n * len(chosen) + 1)
         try:
-            for i, (example, ids) in enumerate(zip(ds.examples, prompt_ids, strict=True)):
-                outcomes: dict[str, Outcome] = {}
-                for name in _rotate(chosen, i):  # interleaved, in a rotated order
-                    progress.update(task, description=f"prompt {i + 1}/{n} · {name}")
-                    outcomes[name] = runners[name](ids, max_new_tokens)
-                    progress.advance(task)
-                outcomes = {m: outcomes[m] for m in chosen}
-                entry = _prompt_entry(i, example, ids, outcomes, ds, loaded, settings)
+            runs = interleaved(
+                prompt_ids,
+                runners,
+                max_new_tokens,
+                lambda i, name: (
+                    progress.update(task, description=f"prompt {i + 1}/{n} · {name}"),
+                    progress.advance(task),
+                ),
+            )
+            for i, outcomes in runs:
+                entry = _prompt_entry(
+                    i, ds.examples[i], prompt_ids[i], outcomes, ds, loaded, settings
+                )
                 results["prompts"].append(entry)
                 if not quiet:
                     progress.console.print(_prompt_line(i, n, entry["results"]), soft_wrap=True)
+                if out is not None:
+                    _save_partial(results, out, f"after prompt {i + 1} of {n}")
+            if n > 1 and "ar" in runners:  # a second measurement of ar, for the spread
+                progress.update(task, description="ar again on prompt 1 (spread)")
+                again = runners["ar"](prompt_ids[0], max_new_tokens)
+                results["ar_repeat"] = {
+                    "prompt": 0,
+                    "wall_s": again.wall_s,
+                    "new_tokens": len(again.ids),
+                }
         except KeyboardInterrupt:
             if not results["prompts"]:
                 raise
             results["interrupted"] = True
             err.print(f"csdraft: interrupted; reporting the {len(results['prompts'])} finished")
+        except Exception as e:
+            if not results["prompts"] or out is None:
+                raise
+            _save_partial(results, out, f"failed after {len(results['prompts'])} of {n} prompts")
+            raise CsdraftError(
+                f"bench failed after {len(results['prompts'])} of {n} prompts "
+                f"({type(e).__name__}: {e}); what was measured is in {out}"
+            ) from e
 
     _finish(results, settings)
-    png = None if no_plot else (plot or _plot_path(out))
-    results["plot"] = None if png is None else str(png)
     if out is not None:
         write_results(results, out)
     if png is not None:
         from csdraft.bench.report import write_png
 
-        write_png(results, png)
+        try:
+            write_png(results, png)
+        except (OSError, ValueError) as e:
+            err.print(f"csdraft: could not draw {png}: {e}")
+            png = None
     if as_json:
         sys.stdout.write(json.dumps(results) + "\n")
         sys.stdout.flush()
     from csdraft.bench.report import print_report
-    from csdraft.viz import report_console
 
     print_report(
         report_console(stderr=as_json),
@@ -209,16 +222,21 @@ def run_bench(
     return results
 
 
+def _save_partial(results: dict[str, Any], out: Path, where: str) -> None:
+    """Write what was measured so far, marked incomplete, with where the run stopped."""
+    write_results({**results, "complete": False, "stopped": where}, out)
+
+
 def _skeleton(
     ds: Dataset, loaded: Any, settings: Settings, chosen: dict[str, Any], skipped: dict[str, str]
 ) -> dict[str, Any]:
     """The results dict before any prompt ran: machine, settings, ladder, methods, costs."""
     spec = loaded.spec
-    first = next(loaded.models[0].model.parameters())
+    target = loaded.target
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine_info(), "device": str(first.device)},
+        "machine": {**machine_info(), "device": target.device},
         "settings": {
             "dataset": ds.name,
             "kind": ds.kind,
@@ -236,8 +254,9 @@ def _skeleton(
             "rungs": spec.rung_names,
             "k_matrix": [list(r) for r in spec.k_matrix],
             "lenience": list(spec.lenience),
-            "dtype": str(first.dtype).removeprefix("torch."),
+            "dtype": target.compute_dtype,
             "models": {m.name: m.ref for m in (spec.target, *spec.drafters)},
+            "backends": {m.name: m.backend for m in (spec.target, *spec.drafters)},
         },
         "methods": list(chosen),
         "method_configs": {
@@ -246,10 +265,10 @@ def _skeleton(
         "skipped": skipped,
         "costs": {
             "params": {
-                name: parameter_count(m.model)
+                name: m.parameter_count()
                 for name, m in zip(spec.rung_names, loaded.models, strict=False)
             }
-            | ({"max-gram": 0} if spec.maxgram else {}),
+            | {name: 0 for name in spec.rung_names[len(loaded.models) :]},
             "measured_s": {},
         },
         "prompts": [],
@@ -280,10 +299,16 @@ def _prompt_entry(
     """The per-prompt part of the results: each method's record, answer and output check
     (with the target's top-2 logit margin at a divergence)."""
     ar_ids = outcomes["ar"].ids
-    target = loaded.models[0].model
-    tie = near_tie(next(target.parameters()).dtype)
+    target = loaded.target
+    tie = exactness.near_tie(target.compute_dtype)
     tok = loaded.tokenizer
     margins: dict[int, float] = {}
+
+    def margin_at(pos: int) -> float:
+        if pos not in margins:
+            margins[pos] = exactness.top2_margin(target, ids + ar_ids[:pos])
+        return margins[pos]
+
     records = {}
     for name, outcome in outcomes.items():
         rec = outcome.record()
@@ -291,18 +316,9 @@ def _prompt_entry(
         rec["answer"], rec["correct"] = ds.score(text, example.reference)
         rec["mismatch"] = None
         if settings.greedy and name != "ar":
-            pos = metrics.first_divergence(outcome.ids, ar_ids)
-            if pos is not None:
-                if pos not in margins:
-                    margins[pos] = top2_margin(target, ids + ar_ids[:pos])
-                rec["mismatch"] = {
-                    "position": pos,
-                    "got": outcome.ids[pos] if pos < len(outcome.ids) else None,
-                    "want": ar_ids[pos] if pos < len(ar_ids) else None,
-                    "margin": margins[pos],
-                    "near_tie": margins[pos] <= tie,
-                    "ids": outcome.ids,
-                }
+            found = exactness.compare(outcome.ids, ar_ids, margin_at, tie)
+            if found is not None:
+                rec["mismatch"] = {**found.as_dict(), "ids": outcome.ids}
         records[name] = rec
     return {
         "index": i,
@@ -337,13 +353,35 @@ def _finish(results: dict[str, Any], settings: Settings) -> None:
         if rec.get("mismatch")
     ]
     results["speed_bar"] = metrics.speed_bar(results["summary"], prompts, settings.greedy)
+    results["ar_spread"] = ar_spread(results)
+    results["complete"] = not results.get("interrupted")
+
+
+def ar_spread(results: dict[str, Any]) -> dict[str, Any] | None:
+    """How steady the machine was: ar's seconds per token on the prompt it ran twice (at the
+    start and again at the end), as a relative spread; ``busy`` when that is over
+    ``BUSY_SPREAD``."""
+    again = results.get("ar_repeat")
+    prompts = results["prompts"]
+    if not again or not prompts or "ar" not in prompts[0]["results"]:
+        return None
+    first = prompts[0]["results"]["ar"]
+    per_token = [
+        first["wall_s"] / max(1, first["new_tokens"]),
+        again["wall_s"] / max(1, again["new_tokens"]),
+    ]
+    spread = relative_spread(per_token)
+    return {
+        "per_token_s": per_token,
+        "spread": spread,
+        "busy": spread is not None and spread > BUSY_SPREAD,
+        "threshold": BUSY_SPREAD,
+    }
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:
-    """The results JSON (indented), parent folders created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    """The results JSON (indented), written atomically, parent folders created."""
+    write_text(Path(path), json.dumps(results, indent=1) + "\n")
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -363,7 +401,6 @@ def read_results(path: Path) -> dict[str, Any]:
 def run_compare(a: Path, b: Path, as_json: bool = False) -> None:
     """``csdraft bench --compare A B``: two results files side by side."""
     from csdraft.bench.report import compare_report
-    from csdraft.viz import report_console
 
     ra, rb = read_results(a), read_results(b)
     if as_json:

@@ -1,8 +1,19 @@
-"""The decoding engine: rungs, Max-Gram, review rules and the cascade."""
+"""The decoding engine: drafts, proposers (model rungs, Max-Gram), review rules, the k-matrix
+and the cascade. It knows no backend: a model rung is anything with a ``Scorer``."""
 
 from csdraft.engine.cascade import Cascade
+from csdraft.engine.draft import Draft
 from csdraft.engine.maxgram import MaxGram, learn_bigram
-from csdraft.engine.review import Block, Sampling
-from csdraft.engine.rung import HFRung, Rung
+from csdraft.engine.proposer import ModelRung, Proposer, Scorer
+from csdraft.engine.review import Sampling
 
-__all__ = ["Block", "Cascade", "HFRung", "MaxGram", "Rung", "Sampling", "learn_bigram"]
+__all__ = [
+    "Cascade",
+    "Draft",
+    "MaxGram",
+    "ModelRung",
+    "Proposer",
+    "Sampling",
+    "Scorer",
+    "learn_bigram",
+]

@@ -1,12 +1,10 @@
 """The one decoding engine: vertical and horizontal cascades driven by the k-matrix.
 
-Rungs are numbered in ladder order: 0 is the target, 1..n the neural drafters (largest first),
-and n + 1 is Max-Gram when the ladder has it. With D drafting rungs below the target, the
-k-matrix is D x D and upper-triangular: row r belongs to reviewer r, column c to drafter c + 1.
-Reviewer r's block is filled by drafter r + 1 up to k[r][r] tokens, then by drafter r + 2 up to
-k[r][r] + k[r][r + 1], and so on. A neural drafter writes its segment by reviewing blocks built
-the same way from its own row (vertical cascade), so no neural model decodes autoregressively
-unless its row is all zeros or missing (the last neural rung of a ladder without Max-Gram).
+Rungs are numbered in ladder order: 0 is the target (a ``ModelRung``), then the drafting rungs
+(``Proposer``s: neural drafters largest first, then cheap ones such as Max-Gram). Each reviewer's
+block is filled as ``kmatrix.segments`` says; a neural drafter writes its segment by reviewing
+blocks built the same way from its own row (vertical cascade), so no neural model decodes
+autoregressively unless its row is all zeros or missing.
 
 The degenerate ladders are this same engine: no drafters is autoregressive decoding, one neural
 drafter is speculative decoding, Max-Gram alone is prompt lookup.
@@ -20,9 +18,10 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from csdraft.engine.maxgram import MaxGram
-from csdraft.engine.review import Block, GreedyReview, Sampling, SamplingReview
-from csdraft.engine.rung import Rung
+from csdraft.engine import kmatrix
+from csdraft.engine.draft import Draft
+from csdraft.engine.proposer import ModelRung, Proposer
+from csdraft.engine.review import GreedyReview, Sampling, SamplingReview
 from csdraft.trace import Commit, Event, Finish, Review, Start
 
 StopCheck = Callable[[list[int]], int | None]
@@ -34,45 +33,41 @@ class Cascade:
 
     def __init__(
         self,
-        rungs: Sequence[Rung],
-        maxgram: MaxGram | None,
+        rungs: Sequence[Proposer],
         k_matrix: Sequence[Sequence[int]],
-        lenience: float | Sequence[float] = 1.0,
         sampling: Sampling | None = None,
         seed: int = 0,
-        min_confidence: float | Sequence[float] = 0.0,
     ) -> None:
         self.rungs = list(rungs)
-        self.maxgram = maxgram
-        self.names = [r.name for r in self.rungs] + (["max-gram"] if maxgram else [])
-        drafters = len(self.names) - 1
-        k = [list(map(int, row)) for row in k_matrix]
-        if len(k) != drafters or any(len(row) != drafters for row in k):
-            raise ValueError(f"k-matrix must be {drafters}x{drafters} for this ladder")
-        if any(v < 0 for row in k for v in row):
-            raise ValueError("k-matrix entries must be non-negative")
-        self.k = k
-        inner = [lenience] * (len(self.rungs) - 1) if np.isscalar(lenience) else list(lenience)
-        if len(inner) != len(self.rungs) - 1 or not all(v >= 1 for v in inner):  # NaN too
-            raise ValueError("lenience needs one value >= 1 per neural drafter")
-        self.lenience = [1.0, *map(float, inner)]  # the target's review is never lenient
-        floors = (
-            [min_confidence] * (len(self.rungs) - 1)
-            if np.isscalar(min_confidence)
-            else list(min_confidence)
-        )
-        if len(floors) != len(self.rungs) - 1 or not all(0 <= v < 1 for v in floors):
-            raise ValueError("min_confidence needs one value in [0, 1) per neural drafter")
-        self.min_confidence = [0.0, *map(float, floors)]
+        if not self.rungs or not isinstance(self.rungs[0], ModelRung):
+            raise ValueError("the first rung must be the target model")
+        if self.rungs[0].lenience != 1:
+            raise ValueError("the target's review is never lenient")
+        for i, rung in enumerate(self.rungs):
+            rung.index = i
+        self.names = [r.name for r in self.rungs]
+        try:
+            self.k = kmatrix.check(
+                [list(map(int, row)) for row in k_matrix], self.names, self.names[1:]
+            )
+        except kmatrix.KMatrixError as e:
+            raise ValueError(f"{e} for this ladder") from None
         self.sampling = sampling or Sampling()
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        lenient = any(getattr(r, "lenience", 1.0) > 1 for r in self.rungs)
         if self.sampling.greedy:
-            self.review = GreedyReview(hand_on_probs=any(v > 1 for v in self.lenience))
+            self.rule = GreedyReview(hand_on_probs=lenient)
         else:
-            self.review = SamplingReview(self.sampling, self.generator)
+            self.rule = SamplingReview(self.sampling, self.generator)
+        self.vocab_size = self.rungs[0].vocab_size
         self._events: list[Event] = []
         self._t0 = 0.0
-        self._confidence = 1.0  # the last review's probability of its own token
+
+    @property
+    def kinds(self) -> list[str]:
+        """Each rung's role for the trace: 'target', then each drafter's ``kind``."""
+        return ["target", *(r.kind for r in self.rungs[1:])]
 
     def generate(
         self,
@@ -80,22 +75,36 @@ class Cascade:
         max_new_tokens: int,
         eos_ids: Sequence[int] = (),
         stop: StopCheck | None = None,
+        seed: int | None = None,
     ) -> Iterator[Event]:
-        """Yield the events of one generation; ``Commit`` events carry the final tokens."""
+        """Yield the events of one generation; ``Commit`` events carry the final tokens. Every
+        generation starts fresh: rungs reset, the sampler seeded (``seed``, else the cascade's),
+        and the rungs' caches are freed when it ends."""
         if len(prompt) == 0:
             raise ValueError("the prompt must hold at least one token")
         self._t0 = time.perf_counter()
+        self._events = []
+        self.generator.manual_seed(self.seed if seed is None else seed)
         for rung in self.rungs:
-            rung.reset()
-        if self.maxgram:
-            self.maxgram.reset(prompt)
-        seq = np.asarray(prompt, dtype=np.int64)
+            rung.reset(prompt)
+        try:
+            yield from self._generate(
+                np.asarray(prompt, dtype=np.int64), max_new_tokens, eos_ids, stop
+            )
+        finally:
+            for rung in self.rungs:
+                rung.release()
+
+    def _generate(
+        self, seq: np.ndarray, max_new_tokens: int, eos_ids: Sequence[int], stop: StopCheck | None
+    ) -> Iterator[Event]:
         eos = set(eos_ids)
-        yield Start(self.names, len(seq), t=0.0)
+        target = self.rungs[0]
+        yield Start(self.names, len(seq), t=0.0, kinds=self.kinds)
         produced = 0
         while produced < max_new_tokens:
-            block = self._block(0, seq, max_new_tokens - produced - 1)
-            out = self._review(0, seq, block)
+            draft = self.block(0, seq, max_new_tokens - produced - 1)
+            out, _ = self.review(target, seq, draft)
             keep = len(out)
             reason = ""
             for i, token in enumerate(out.tokens):
@@ -106,16 +115,17 @@ class Cascade:
                 keep, reason = min(max(cut, 0), keep), "stop"
             yield from self._flush()
             accepted = len(out) - 1
+            committed = out.tokens[:keep]
             yield Commit(
-                out.tokens[:keep],
+                committed,
                 out.origins[:keep],
-                block.tokens[accepted:],
-                block.origins[accepted:],
+                draft.tokens[accepted:],
+                draft.origins[accepted:],
                 t=self.elapsed(),
             )
-            seq = np.concatenate([seq, np.asarray(out.tokens[:keep], dtype=np.int64)])
-            if self.maxgram:
-                self.maxgram.extend(out.tokens[:keep])
+            seq = np.concatenate([seq, np.asarray(committed, dtype=np.int64)])
+            for rung in self.rungs:
+                rung.commit(committed)
             produced += keep
             if reason:
                 yield Finish(reason, t=self.elapsed())
@@ -130,53 +140,46 @@ class Cascade:
         events, self._events = self._events, []
         yield from events
 
-    def _block(self, reviewer: int, seq: np.ndarray, limit: int) -> Block:
-        """The block ``reviewer`` checks next: segments from the drafters below it, as its row
+    def block(self, reviewer: int, context: np.ndarray, limit: int) -> Draft:
+        """The draft ``reviewer`` checks next: segments from the drafters below it, as its row
         of the k-matrix says, at most ``limit`` tokens in all."""
-        block = Block()
-        if reviewer >= len(self.k):
-            return block
-        end = 0
-        for col in range(reviewer, len(self.k)):
-            end = min(end + self.k[reviewer][col], limit)
-            need = end - len(block)
-            if need <= 0:
-                continue
-            ctx = np.concatenate([seq, np.asarray(block.tokens, dtype=np.int64)])
-            drafter = col + 1
-            if drafter == len(self.rungs):  # Max-Gram
-                tokens = self.maxgram.propose(ctx, need)
-                block.extend(Block(tokens, [drafter] * len(tokens), [None] * len(tokens)))
-            else:
-                segment = self._draft(drafter, ctx, need)
-                block.extend(segment)
-                if len(segment) < need:
-                    break  # the drafter lost confidence: later tokens would be refused too
-        return block
+        draft = Draft()
+        for drafter, n in kmatrix.segments(self.k, reviewer, limit):
+            ctx = np.concatenate([context, np.asarray(draft.tokens, dtype=np.int64)])
+            segment = self.rungs[drafter].propose(ctx, n, self)
+            draft.extend(segment)
+            if len(segment) < n:
+                break  # the drafter ran out or lost confidence: later tokens would be refused
+        return draft
 
-    def _draft(self, rung: int, seq: np.ndarray, n: int) -> Block:
-        """Rung ``rung`` writes ``n`` tokens by reviewing blocks from the rungs below it; it
-        stops early after a token it gave less than its ``min_confidence``."""
-        out = Block()
-        while len(out) < n:
-            ctx = np.concatenate([seq, np.asarray(out.tokens, dtype=np.int64)])
-            out.extend(self._review(rung, ctx, self._block(rung, ctx, n - len(out) - 1)))
-            if self._confidence < self.min_confidence[rung]:
-                break
-        return out
-
-    def _review(self, reviewer: int, seq: np.ndarray, block: Block) -> Block:
-        """One forward pass of ``reviewer`` over ``block``: kept proposals plus its own token."""
+    def review(self, rung: ModelRung, context: np.ndarray, draft: Draft) -> tuple[Draft, float]:
+        """One forward pass of ``rung`` over ``draft``: the kept proposals plus its own token,
+        and its probability of that token."""
         start = time.perf_counter()
-        full = np.concatenate([seq, np.asarray(block.tokens, dtype=np.int64)])
-        logits = self.rungs[reviewer].score(full, len(seq))
+        full = np.concatenate([context, np.asarray(draft.tokens, dtype=np.int64)])
+        logits = rung.scorer.score(full, len(context))
+        if rung.index and self.vocab_size and logits.shape[-1] != self.vocab_size:
+            logits = fit_vocab(logits, self.vocab_size)
         forward_s = time.perf_counter() - start
-        verdict = self.review(logits, block, self.lenience[reviewer])
-        self._confidence = verdict.confidence
+        verdict = self.rule(logits, draft, rung.lenience)
         a = verdict.accepted
         self._events.append(
             Review(
-                reviewer, block.tokens, block.origins, a, verdict.token, forward_s, self.elapsed()
+                rung.index, draft.tokens, draft.origins, a, verdict.token, forward_s, self.elapsed()
             )
         )
-        return Block(block.tokens[:a] + [verdict.token], block.origins[:a] + [reviewer], verdict.q)
+        kept = draft.path(verdict.kept())
+        kept.tokens.append(verdict.token)
+        kept.origins.append(rung.index)
+        return Draft(kept.tokens, kept.origins, verdict.q), verdict.confidence
+
+
+def fit_vocab(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """A drafter's logits over the target's vocabulary: rows past the target's cut (padding a
+    drafter has and the target lacks, never proposable), missing rows filled with -inf (ids the
+    drafter cannot propose). The target's logits are never touched, so its output is exact."""
+    width = logits.shape[-1]
+    if width > size:
+        return logits[..., :size]
+    pad = logits.new_full((*logits.shape[:-1], size - width), float("-inf"))
+    return torch.cat([logits, pad], dim=-1)

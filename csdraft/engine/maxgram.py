@@ -6,8 +6,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from csdraft.engine.draft import Draft
+from csdraft.engine.proposer import Engine, Proposer
 
-class MaxGram:
+
+class MaxGram(Proposer):
     """Proposes the tokens that followed the longest earlier match of the current suffix.
 
     Matches in the prompt win over matches in the generated text; among generated text the most
@@ -16,6 +19,8 @@ class MaxGram:
     The n-gram index grows by O(max_ngram**2) dictionary updates per committed token, and a
     proposal costs O(max_ngram) lookups per run of copied tokens, whatever the context length.
     """
+
+    name = "max-gram"
 
     def __init__(
         self, max_ngram: int = 8, min_ngram: int = 1, bigram: dict[int, int] | None = None
@@ -35,6 +40,9 @@ class MaxGram:
         self._index = {}
         self.prompt_len = len(prompt)
         self.extend(prompt)
+
+    def commit(self, tokens: Sequence[int]) -> None:
+        self.extend(tokens)
 
     def extend(self, tokens: Iterable[int]) -> None:
         """Commit tokens: every n-gram that now has a continuation enters the index."""
@@ -57,7 +65,10 @@ class MaxGram:
                 return end
         return None
 
-    def propose(self, context: np.ndarray | Sequence[int], n: int) -> list[int]:
+    def propose(self, context: np.ndarray, n: int, engine: Engine | None = None) -> Draft:
+        return self.draft(self.continuation(context, n))
+
+    def continuation(self, context: np.ndarray | Sequence[int], n: int) -> list[int]:
         """Up to ``n`` tokens continuing ``context`` (whose committed part this object has seen)."""
         tail = [int(t) for t in context[-self.max_ngram :]]
         out: list[int] = []

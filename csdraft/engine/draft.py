@@ -1,0 +1,68 @@
+"""Drafts: the proposed tokens a review checks, as a chain or as a tree.
+
+A draft lists its nodes in topological order. ``parents[i]`` is the index of node i's parent, or
+-1 for a child of the root (the last token of the context). A chain (a linear block, the common
+case) has ``parents is None``: every node's parent is the node before it. Reviews of chains take
+the fast path (no attention mask, no tree bookkeeping); a tree is the general case that token
+trees build on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Draft:
+    """Proposed tokens, the rung that drafted each, and the distribution each was drawn from.
+
+    ``q[j]`` is a probability vector over the vocabulary, or ``None`` for a deterministic
+    proposal (Max-Gram, any proposer without probabilities), which counts as one-hot.
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    origins: list[int] = field(default_factory=list)
+    q: list[torch.Tensor | None] = field(default_factory=list)
+    parents: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def deterministic(cls, tokens: Sequence[int], origin: int) -> Draft:
+        """A chain of ``tokens`` from one proposer that gives no probabilities."""
+        tokens = [int(t) for t in tokens]
+        return cls(tokens, [origin] * len(tokens), [None] * len(tokens))
+
+    @property
+    def is_chain(self) -> bool:
+        """Whether every node's parent is the node before it (a linear block)."""
+        return self.parents is None or all(p == i - 1 for i, p in enumerate(self.parents))
+
+    def extend(self, other: Draft) -> None:
+        """Append a chain after this chain's last node."""
+        if not (self.is_chain and other.is_chain):
+            raise ValueError("only chains can be extended; grow trees node by node")
+        self.tokens += other.tokens
+        self.origins += other.origins
+        self.q += other.q
+
+    def path(self, nodes: Sequence[int]) -> Draft:
+        """The chain made of ``nodes`` (a root-to-node path, in order)."""
+        return Draft(
+            [self.tokens[i] for i in nodes],
+            [self.origins[i] for i in nodes],
+            [self.q[i] for i in nodes],
+        )
+
+    def depth(self) -> list[int]:
+        """Each node's depth (1 for children of the root)."""
+        if self.parents is None:
+            return list(range(1, len(self) + 1))
+        depth: list[int] = []
+        for p in self.parents:
+            depth.append(1 if p < 0 else depth[p] + 1)
+        return depth

@@ -1,0 +1,137 @@
+"""Proposers: every way a rung can draft, behind one small interface.
+
+A ladder is a list of rungs: the target first, then every drafting strategy below it. Each is a
+``Proposer``: it is told the prompt and each committed run of tokens, and asked for up to ``n``
+tokens continuing a context. ``ModelRung`` (a model that drafts by reviewing the rungs below it,
+and the target, which only reviews) and ``MaxGram`` (engine/maxgram.py) are two implementations;
+a new strategy is one more class, and the engine, the live view, tune, inspect and bench treat
+it like the others, asking it what they need (``name``, ``kind``, ``neural``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from csdraft.engine.draft import Draft
+
+
+class Scorer(Protocol):
+    """A model session with its own cache: any backend that can score new tokens is a rung."""
+
+    name: str
+
+    def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
+        """Logits [len(seq) - start + 1, vocab] predicting each of seq[start:] and the next;
+        the cache keeps what ``seq`` shares with what it saw and drops the rest."""
+        ...
+
+    def reset(self) -> None:
+        """Forget the cache."""
+        ...
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the common prefix of two token arrays (vectorised): how much of its cache a
+    scorer keeps for a new sequence."""
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if diff.size else n
+
+
+class Engine(Protocol):
+    """What a proposer may ask of the cascade that runs it."""
+
+    def block(self, reviewer: int, context: np.ndarray, limit: int) -> Draft:
+        """The draft rung ``reviewer`` checks next, built from the rungs below it."""
+        ...
+
+    def review(self, rung: ModelRung, context: np.ndarray, draft: Draft) -> tuple[Draft, float]:
+        """One forward pass of ``rung`` over ``draft``: the kept proposals plus its own token,
+        and its probability of that token."""
+        ...
+
+
+class Proposer:
+    """A drafting strategy. Subclasses override ``propose`` and, if they keep state across a
+    generation, ``reset`` and ``commit``. ``index`` is the rung's place in the ladder, set by
+    the cascade; drafts name it as their tokens' origin."""
+
+    name: str = "proposer"
+    kind: str = "statistical"
+    """'model' for rungs that run a neural network; anything else is drawn and costed as a
+    cheap statistical drafter."""
+    index: int = -1
+
+    @property
+    def neural(self) -> bool:
+        """Whether drafting costs forward passes of a model."""
+        return self.kind == "model"
+
+    def reset(self, prompt: Sequence[int]) -> None:
+        """A new generation starts from ``prompt``."""
+
+    def commit(self, tokens: Sequence[int]) -> None:
+        """The target made ``tokens`` final (they follow everything committed before)."""
+
+    def release(self) -> None:
+        """The generation ended: free what it held (caches)."""
+
+    def propose(self, context: np.ndarray, n: int, engine: Engine) -> Draft:
+        """Up to ``n`` tokens continuing ``context`` (prompt, committed tokens, then the draft
+        so far); fewer ends the block."""
+        raise NotImplementedError
+
+    def draft(self, tokens: Sequence[int]) -> Draft:
+        """A deterministic chain of ``tokens`` drafted by this rung."""
+        return Draft.deterministic(tokens, self.index)
+
+
+class ModelRung(Proposer):
+    """A model in the ladder: it reviews drafts in one forward pass each, and, below the
+    target, writes its own drafts by reviewing the rungs below it (vertical cascade), ending a
+    draft after a token it gives less than ``min_confidence``. ``lenience`` >= 1 loosens its
+    reviews; the cascade never lets the target's review be lenient."""
+
+    kind = "model"
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        name: str,
+        lenience: float = 1.0,
+        min_confidence: float = 0.0,
+        vocab_size: int | None = None,
+    ) -> None:
+        if not lenience >= 1:  # NaN too
+            raise ValueError(f"{name}: lenience must be >= 1, got {lenience}")
+        if not 0 <= min_confidence < 1:
+            raise ValueError(f"{name}: min_confidence must be in [0, 1), got {min_confidence}")
+        self.scorer = scorer
+        self.name = name
+        self.lenience = float(lenience)
+        self.min_confidence = float(min_confidence)
+        self.vocab_size = vocab_size
+        """The width of this model's logits, when known. The target's sets the width every
+        drafter's logits are fitted to (drafters may pad their vocabulary differently)."""
+
+    def release(self) -> None:
+        self.scorer.reset()
+
+    def reset(self, prompt: Sequence[int]) -> None:
+        self.scorer.reset()
+
+    def propose(self, context: np.ndarray, n: int, engine: Engine) -> Draft:
+        out = Draft()
+        while len(out) < n:
+            ctx = np.concatenate([context, np.asarray(out.tokens, dtype=np.int64)])
+            kept, confidence = engine.review(
+                self, ctx, engine.block(self.index, ctx, n - len(out) - 1)
+            )
+            out.extend(kept)
+            if confidence < self.min_confidence:
+                break
+        return out

@@ -1,0 +1,67 @@
+"""Loading a model rung: the backend factory (``BACKENDS``, ``load``) and the transformers
+loaders kept under their old names (``load_model``, ``load_tokenizer``).
+
+A backend is a function ``(spec, progress, share_tokenizer) -> loaded model``; the loaded
+model offers ``session(name)`` (a scorer the engine can drive), ``next_logits``, ``eos_ids``,
+``context_length``, ``vocab_size`` and the size facts ``inspect`` shows. Each backend imports
+its heavy dependencies only when it loads something.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from csdraft.errors import UsageError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from csdraft.models.transformers_backend import TransformersModel
+
+
+def _load_transformers_spec(
+    spec: Any, progress: bool = True, share_tokenizer: Any = None
+) -> TransformersModel:
+    return load_model(spec.ref, spec.dtype, spec.device, progress, share_tokenizer)
+
+
+BACKENDS: dict[str, Callable[..., Any]] = {"transformers": _load_transformers_spec}
+"""Backend name (``backend:`` of a ladder's model) -> loader of a ``ModelSpec``."""
+
+
+def load(spec: Any, progress: bool = True, share_tokenizer: Any = None) -> TransformersModel:
+    """Load the model a ``csdraft.ladder.ModelSpec`` names with the backend it names.
+
+    ``share_tokenizer``: a loaded model (the target) whose tokenizer object is reused when the
+    two models' tokenizer files are identical."""
+    backend = getattr(spec, "backend", "transformers") or "transformers"
+    loader = BACKENDS.get(backend)
+    if loader is None:
+        name = getattr(spec, "name", None) or spec.ref
+        raise UsageError(
+            f"model '{name}': unknown backend {backend!r}; known backends: "
+            f"{', '.join(sorted(BACKENDS))}"
+        )
+    return loader(spec, progress=progress, share_tokenizer=share_tokenizer)
+
+
+def load_model(
+    ref: str,
+    dtype: str = "bfloat16",
+    device: str = "cpu",
+    progress: bool = True,
+    share_tokenizer: Any = None,
+) -> TransformersModel:
+    """Load model and tokenizer for ``ref`` with transformers, in eval mode with the requested
+    dtype and device (see ``transformers_backend.load_transformers``)."""
+    from csdraft.models.transformers_backend import load_transformers
+
+    return load_transformers(ref, dtype, device, progress, share_tokenizer)
+
+
+def load_tokenizer(ref: str, progress: bool = True) -> PreTrainedTokenizerBase:
+    """Load only the tokenizer of ``ref`` (same resolution as ``load_model``)."""
+    from csdraft.models.transformers_backend import load_tokenizer as load
+
+    return load(ref, progress)

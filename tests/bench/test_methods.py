@@ -1,0 +1,46 @@
+"""bench methods: which apply to a ladder, their k-matrices, parsing --methods."""
+
+from __future__ import annotations
+
+import pytest
+
+from csdraft.bench.methods import METHODS, Settings, method, parse_methods
+from csdraft.errors import UsageError
+from csdraft.ladder import get_ladder, parse_ladder
+
+
+def test_methods_skip_what_does_not_apply():
+    lookup = parse_ladder("l", {"target": "x", "maxgram": True, "k_matrix": [[5]]})
+    sd_only = parse_ladder("s", {"target": "x", "drafters": ["y"], "k_matrix": [[4]]})
+    s = Settings()
+    skipped = {n for n, m in METHODS.items() if m.skip_reason(lookup, s)}
+    assert skipped == {"sd", "csd-vertical", "csd-horizontal", "hf-assisted"}
+    assert "csd itself" in METHODS["csd-vertical"].skip_reason(lookup, s)
+    skipped = {n for n, m in METHODS.items() if m.skip_reason(sd_only, s)}
+    assert skipped == {"pld", "csd-vertical", "csd-horizontal"}
+    assert METHODS["sd"].config(sd_only, Settings(sd_block=7))["k_matrix"] == [[7]]
+
+
+def test_parse_methods():
+    assert parse_methods(None)[0] == "ar" and "hf-lookup" in parse_methods(None)
+    assert parse_methods("csd, sd,csd") == ["ar", "csd", "sd"]
+    assert parse_methods("csd,csd@mine") == ["ar", "csd", "csd@mine"]
+    with pytest.raises(UsageError, match="unknown nope"):
+        parse_methods("ar,nope")
+
+
+def test_another_ladder_on_the_same_models(tiny_config):
+    spec = get_ladder("tiny", tiny_config)
+    s = Settings()
+    slow = method("csd@tiny-slow", tiny_config)
+    assert slow.skip_reason(spec, s) is None
+    assert slow.config(spec, s) == {
+        "rungs": ["tiny-t", "tiny-d", "max-gram"],
+        "k_matrix": [[2, 0], [0, 2]],
+        "lenience": [1.0],
+        "min_confidence": [0.3],
+    }
+    assert "Max-Gram" in method("csd@tiny-lookup", tiny_config).skip_reason(spec, s)
+    assert "another target" in method("csd@tiny-swapped", tiny_config).skip_reason(spec, s)
+    with pytest.raises(UsageError, match="nope"):
+        method("csd@nope", tiny_config)

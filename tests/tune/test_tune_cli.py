@@ -1,0 +1,121 @@
+"""Tests for ``csdraft tune k-matrix`` end to end on a tiny ladder: the report, the winner (or
+no winner within the noise), writing, and the help text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_ladder import make_tiny_ladder
+from typer.testing import CliRunner
+
+from csdraft.cli import app
+from csdraft.errors import UsageError
+from csdraft.ladder import check_k_matrix, get_ladder, load_ladders
+from csdraft.tune import noise
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CSDRAFT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CSDRAFT_CONFIG", str(tmp_path / "user-cascades.yaml"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("tiny-tune")
+    cfg = make_tiny_ladder(root, drafters=1, maxgram=True)
+    prompts = root / "prompts.jsonl"
+    rows = [{"prompt": " ".join(f"w{(7 * i + 3 * j) % 60}" for j in range(14))} for i in range(3)]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return cfg, prompts
+
+
+def _force_verdict(monkeypatch, declared: bool) -> list:
+    """Make the timing-dependent verdict deterministic (its logic is tested on synthetic
+    numbers in test_tune_noise); record what it was asked."""
+    asked = []
+
+    def fixed(baseline_s, winner_s, band):
+        asked.append((baseline_s, winner_s, band))
+        return noise.Verdict(band + 0.5 if declared else band, band)
+
+    monkeypatch.setattr(noise, "verdict", fixed)
+    return asked
+
+
+def test_cli_tune_end_to_end(tiny, monkeypatch):
+    cfg, prompts = tiny
+    asked = _force_verdict(monkeypatch, declared=True)
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune", "k-matrix", "--config", str(cfg), "--data", str(prompts), "--limit", "2",
+            "--budget", "3", "--max-new-tokens", "12", "--seed", "1", "--write",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    out = result.output
+    for needle in ("candidates: predicted vs measured", "answers", "vertical only", "winner"):
+        assert needle in out
+    line = next(ln for ln in out.splitlines() if "identical outputs:" in ln)
+    same, runs = line.rsplit("identical outputs:", 1)[1].strip().split("/")
+    assert same == runs and int(runs) > 0
+    assert "ar on those prompts:" in out and "predicted by the replay" in out
+    assert len(asked) == 1 and asked[0][0] > 0 and asked[0][1] > 0 and asked[0][2] >= 0
+    assert " ± " in out and "over the current settings" in out
+    assert "wrote ladder tiny-tuned" in out
+    tuned = get_ladder("tiny-tuned", cfg)
+    check_k_matrix([list(r) for r in tuned.k_matrix], tuned, "test")
+    again = CliRunner().invoke(
+        app,
+        [
+            "tune", "k-matrix", "--config", str(cfg), "--data", str(prompts), "--limit", "1",
+            "--budget", "0", "--max-new-tokens", "8", "--write", "tiny",
+        ],
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output + repr(again.exception)
+    assert "wrote ladder tiny-2" in again.output
+    assert "predictions only" in again.output
+
+
+def test_cli_tune_names_no_winner_within_the_noise(tiny, monkeypatch, tmp_path):
+    cfg, prompts = tiny
+    own = tmp_path / "cascades.yaml"
+    own.write_text(cfg.read_text())
+    before = own.read_text()
+    _force_verdict(monkeypatch, declared=False)
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune", "k-matrix", "--config", str(own), "--data", str(prompts), "--limit", "1",
+            "--budget", "2", "--max-new-tokens", "8", "--write",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    out = " ".join(result.output.split())
+    assert "no setting beats the current one by more than the measured noise" in out
+    assert "nothing written" in out
+    assert "wrote ladder" not in out
+    assert own.read_text() == before
+    assert "tiny" in load_ladders(own)
+
+
+def test_cli_tune_help_explains_the_k_matrix():
+    result = CliRunner().invoke(app, ["tune", "k-matrix", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "row r belongs to reviewer r" in text
+    assert "cumulative counts" in text
+    assert "--write" in text
+    assert "looks busy" in text and "noise" in text
+
+
+def test_cli_tune_name_needs_write(tiny):
+    cfg, prompts = tiny
+    result = CliRunner().invoke(
+        app, ["tune", "k-matrix", "--config", str(cfg), "--data", str(prompts), "mine"]
+    )
+    assert isinstance(result.exception, UsageError)
