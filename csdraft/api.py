@@ -78,6 +78,7 @@ class Ladder:
                         f"tokenizer from the target '{spec.target.name}' ({spec.target.ref}); "
                         "every rung must share the target's tokenizer"
                     )
+            check_vocab(spec.name, d.name, loaded.vocab_size, len(target.tokenizer))
             models.append(loaded)
         bigram = None
         if spec.maxgram and spec.maxgram.bigram_text:
@@ -237,6 +238,18 @@ class Ladder:
         cascade = self.cascade(sampling=self.sampling(temperature, top_k, top_p), seed=seed)
         stops = [*gen.stop, *stop]
         return ids, n_new, cascade, (StopStrings(self.tokenizer, stops) if stops else None)
+
+
+def check_vocab(ladder: str, drafter: str, rows: int, tokens: int) -> None:
+    """A drafter must be able to read every token the tokenizer can produce. Rows beyond that
+    (vocabulary padding, which differs between sizes of one family) are fine either way: the
+    engine fits each drafter's logits to the target's width (``fit_vocab``)."""
+    if rows < tokens:
+        raise CsdraftError(
+            f"ladder '{ladder}': drafter '{drafter}' has {rows} vocabulary rows but the "
+            f"tokenizer has {tokens} tokens, so it cannot read every token; use a drafter whose "
+            "vocabulary covers the tokenizer"
+        )
 
 
 def _per_rung(value: float | Sequence[float] | None, default: list[float], key: str) -> list[float]:
