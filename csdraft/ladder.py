@@ -149,7 +149,9 @@ def _per_drafter(
     return tuple(float(v) for v in values)
 
 
-def _model(value: Any, where: str, dtype: str, device: str) -> ModelSpec:
+def _model(
+    value: Any, where: str, dtype: str, device: str, backend: str = "transformers"
+) -> ModelSpec:
     if isinstance(value, str):
         value = {"model": value}
     if not isinstance(value, dict) or not isinstance(value.get("model"), str):
@@ -165,7 +167,7 @@ def _model(value: Any, where: str, dtype: str, device: str) -> ModelSpec:
         name=str(value.get("name") or Path(value["model"]).name),
         dtype=str(value.get("dtype", dtype)),
         device=str(value.get("device", device)),
-        backend=str(value.get("backend", "transformers")),
+        backend=str(value.get("backend", backend)),
     )
     if spec.dtype not in DTYPES:
         raise UsageError(f"{where}: dtype: expected one of {', '.join(DTYPES)}, got {spec.dtype!r}")
@@ -179,7 +181,7 @@ def _model(value: Any, where: str, dtype: str, device: str) -> ModelSpec:
 _LADDER_KEYS = {
     "description", "target", "drafters", "maxgram", "k_matrix", "lenience", "dtype", "device",
     "min_confidence",
-    "generation",
+    "generation", "backend",
 }  # fmt: skip
 
 
@@ -200,12 +202,14 @@ def parse_ladder(name: str, raw: Any) -> LadderSpec:
         raise UsageError(
             f"{_where(name, 'dtype')}: expected one of {', '.join(DTYPES)}, got {dtype!r}"
         )
-    target = _model(raw["target"], _where(name, "target"), dtype, device)
+    backend = str(raw.get("backend", "transformers"))
+    target = _model(raw["target"], _where(name, "target"), dtype, device, backend)
     drafters_raw = raw.get("drafters") or []
     if not isinstance(drafters_raw, list):
         raise UsageError(f"{_where(name, 'drafters')}: expected a list, largest model first")
     drafters = tuple(
-        _model(d, _where(name, f"drafters[{i}]"), dtype, device) for i, d in enumerate(drafters_raw)
+        _model(d, _where(name, f"drafters[{i}]"), dtype, device, backend)
+        for i, d in enumerate(drafters_raw)
     )
     mg_raw = raw.get("maxgram", False)
     maxgram = None
