@@ -37,7 +37,17 @@ MMLU_SEED = 0
 
 GSM8K_HUB = ("openai/gsm8k", "main", "test")
 MMLU_HUB = ("cais/mmlu", "all", "test")
-NAMED = ("gsm8k", "mmlu")
+SPEC_BENCH_HUB = ("hemingkx/Spec-Bench", None, "test")
+"""Tried through ``datasets`` when no file is found (a guess at the name: unverified)."""
+NAMED = ("gsm8k", "mmlu", "spec-bench")
+
+MT_BENCH = (
+    "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
+)  # fmt: skip
+"""Spec-Bench's MT-Bench categories, grouped as its one task ``mt_bench``."""
+
+SPEC_BENCH_TASKS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
+"""Spec-Bench's six tasks, in the order reports list them."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class Example:
     id: str
     prompt: str
     reference: str | None = None
+    category: str | None = None
 
 
 @dataclass
@@ -148,18 +159,38 @@ def search_roots() -> list[Path]:
     return _unique([cwd, *cwd.parents, repo, *repo.parents])
 
 
-def gsm8k_candidates(
-    env: dict[str, str] | None = None, roots: Sequence[Path] | None = None
+def candidates(
+    folder: str,
+    file: str,
+    flat: str,
+    env: dict[str, str] | None = None,
+    roots: Sequence[Path] | None = None,
 ) -> list[Path]:
-    """Files tried, in order, for the GSM8K test set when ``--data`` is not given."""
+    """Files tried, in order, for a named set when ``--data`` is not given:
+    ``$CSDRAFT_DATA/FOLDER/FILE``, ``$CSDRAFT_DATA/FLAT``, then
+    ``shared/datasets/FOLDER/FILE`` under each search root."""
     env = os.environ if env is None else env
     out: list[Path] = []
     if env.get("CSDRAFT_DATA"):
         base = Path(env["CSDRAFT_DATA"]).expanduser()
-        out += [base / "gsm8k" / "test.jsonl", base / "gsm8k.jsonl"]
+        out += [base / folder / file, base / flat]
     for root in search_roots() if roots is None else roots:
-        out.append(root / "shared" / "datasets" / "gsm8k" / "test.jsonl")
+        out.append(root / "shared" / "datasets" / folder / file)
     return _unique(out)
+
+
+def gsm8k_candidates(
+    env: dict[str, str] | None = None, roots: Sequence[Path] | None = None
+) -> list[Path]:
+    """Files tried, in order, for the GSM8K test set when ``--data`` is not given."""
+    return candidates("gsm8k", "test.jsonl", "gsm8k.jsonl", env, roots)
+
+
+def spec_bench_candidates(
+    env: dict[str, str] | None = None, roots: Sequence[Path] | None = None
+) -> list[Path]:
+    """Files tried, in order, for Spec-Bench's question file when ``--data`` is not given."""
+    return candidates("spec_bench", "question.jsonl", "spec-bench.jsonl", env, roots)
 
 
 def _resolve_data(path: Path, names: Sequence[str]) -> Path:
@@ -175,7 +206,7 @@ def _resolve_data(path: Path, names: Sequence[str]) -> Path:
     return path
 
 
-def _hub_rows(repo: str, config: str, split: str) -> list[dict[str, Any]] | None:
+def _hub_rows(repo: str, config: str | None, split: str) -> list[dict[str, Any]] | None:
     """Rows through the ``datasets`` library, or None when it is missing or the hub is not
     reachable."""
     if importlib.util.find_spec("datasets") is None:
@@ -285,8 +316,73 @@ def load_mmlu(data: Path | None = None, limit: int | None = None) -> Dataset:
     return Dataset("mmlu", "mmlu", source, examples[:limit] if limit else examples, MMLU_TEMPLATE)
 
 
-def load_file(path: Path, field: str = "prompt", limit: int | None = None) -> Dataset:
-    """Prompts from the ``field`` of each row of a JSON-lines file (no scoring)."""
+def spec_bench_task(category: str) -> str:
+    """The Spec-Bench task of a question's category: ``mt_bench`` for MT-Bench's eight."""
+    return "mt_bench" if category in MT_BENCH else category
+
+
+def per_category(examples: Sequence[Example], limit: int | None) -> list[Example]:
+    """The first ``limit`` examples of each category, in file order (all when no limit)."""
+    if not limit:
+        return list(examples)
+    seen: dict[str | None, int] = {}
+    out = []
+    for e in examples:
+        seen[e.category] = seen.get(e.category, 0) + 1
+        if seen[e.category] <= limit:
+            out.append(e)
+    return out
+
+
+def _spec_bench_example(row: dict[str, Any], n: int, source: str) -> Example:
+    turns, category = row.get("turns"), row.get("category")
+    if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+        raise UsageError(f"{source}: row {n + 1}: Spec-Bench rows need 'turns', a list of strings")
+    if not isinstance(category, str):
+        raise UsageError(f"{source}: row {n + 1}: Spec-Bench rows need a 'category' string")
+    qid = row.get("question_id", n)
+    return Example(str(qid), turns[0], category=spec_bench_task(category))
+
+
+def load_spec_bench(
+    data: Path | None = None,
+    limit: int | None = None,
+    env: dict[str, str] | None = None,
+    roots: Sequence[Path] | None = None,
+) -> Dataset:
+    """Spec-Bench's questions, each question's first turn as the prompt and its task as the
+    category; ``limit`` is per task (the first N of each, in file order)."""
+    names = ["question.jsonl", "spec_bench/question.jsonl", "spec-bench.jsonl"]
+    if data is not None:
+        path: Path | None = _resolve_data(data, names)
+    else:
+        path = next((p for p in spec_bench_candidates(env, roots) if p.is_file()), None)
+    if path is not None:
+        rows, source = read_jsonl(path), str(path.resolve())
+    else:
+        rows, source = _hub_rows(*SPEC_BENCH_HUB), f"hub {SPEC_BENCH_HUB[0]}"
+        if rows is None:
+            env_set = "set" if (os.environ if env is None else env).get("CSDRAFT_DATA") else "unset"
+            raise UsageError(
+                "Spec-Bench question file not found: looked in "
+                "$CSDRAFT_DATA/spec_bench/question.jsonl and $CSDRAFT_DATA/spec-bench.jsonl "
+                f"($CSDRAFT_DATA {env_set}), in shared/datasets/spec_bench/question.jsonl under "
+                "the working directory, the repository and their parents, and on the hub "
+                f"({SPEC_BENCH_HUB[0]}, not reachable or no `datasets`); pass --data "
+                "PATH/question.jsonl (rows with 'category' and 'turns')"
+            )
+    examples = [_spec_bench_example(r, i, source) for i, r in enumerate(rows)]
+    return Dataset("spec-bench", "file", source, per_category(examples, limit))
+
+
+def load_file(
+    path: Path,
+    field: str = "prompt",
+    limit: int | None = None,
+    category_field: str | None = None,
+) -> Dataset:
+    """Prompts from the ``field`` of each row of a JSON-lines file (no scoring), each with the
+    row's ``category_field`` as its category (default: ``category`` where rows have it)."""
     rows = read_jsonl(path)
     rows = rows[:limit] if limit else rows
     examples = []
@@ -298,22 +394,33 @@ def load_file(path: Path, field: str = "prompt", limit: int | None = None) -> Da
                 f"{path}: row {n + 1} has no text field '{field}' (its fields: {fields}); "
                 "pass --field NAME"
             )
-        examples.append(Example(str(row.get("id", n)), value))
+        if category_field is not None and category_field not in row:
+            raise UsageError(f"{path}: row {n + 1} has no field '{category_field}'")
+        category = row.get(category_field or "category")
+        category = None if category is None else str(category)
+        examples.append(Example(str(row.get("id", n)), value, category=category))
     return Dataset(Path(path).name, "file", str(Path(path).resolve()), examples)
 
 
 def load_dataset(
-    name: str, data: Path | None = None, field: str = "prompt", limit: int | None = None
+    name: str,
+    data: Path | None = None,
+    field: str = "prompt",
+    limit: int | None = None,
+    category_field: str | None = None,
 ) -> Dataset:
-    """``gsm8k``, ``mmlu`` or a JSON-lines file, cut to ``limit`` examples."""
+    """``gsm8k``, ``mmlu``, ``spec-bench`` or a JSON-lines file, cut to ``limit`` examples
+    (for spec-bench: per task)."""
     if name.lower() == "gsm8k":
         return load_gsm8k(data, limit)
     if name.lower() == "mmlu":
         return load_mmlu(data, limit)
+    if name.lower() in ("spec-bench", "spec_bench", "specbench"):
+        return load_spec_bench(data, limit)
     path = Path(name).expanduser()
     if not path.is_file():
         raise UsageError(
-            f"unknown dataset {name!r}: expected gsm8k, mmlu or a JSON-lines file (one object "
-            "per line, the prompt in --field)"
+            f"unknown dataset {name!r}: expected gsm8k, mmlu, spec-bench or a JSON-lines file "
+            "(one object per line, the prompt in --field)"
         )
-    return load_file(path, field, limit)
+    return load_file(path, field, limit, category_field)
