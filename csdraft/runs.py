@@ -11,12 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from csdraft.engine import Cascade
-from csdraft.trace import Commit, Event, Stats
+from csdraft.trace import Commit, Event, Review, Stats
 
 
 @dataclass
 class Outcome:
-    """One generation: its token ids, wall time and the counters bench and tune need."""
+    """One generation: its token ids, wall time and the counters bench and tune need.
+
+    ``prefill_s`` is the prompt phase: for the engine, the time to the first ``Commit`` (every
+    neural rung's first forward over the prompt included); for transformers, to the first new
+    token. ``prompt_pass_s`` holds each neural rung's first forward (its pass over the
+    prompt)."""
 
     ids: list[int]
     wall_s: float
@@ -26,6 +31,13 @@ class Outcome:
     reviews: dict[str, list[int]] = field(default_factory=dict)
     by_position: list[list[int]] = field(default_factory=list)
     finish: str = ""
+    prefill_s: float | None = None
+    prompt_pass_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def decode_s(self) -> float | None:
+        """Seconds after the prompt phase (None when it was not timed)."""
+        return None if self.prefill_s is None else self.wall_s - self.prefill_s
 
     @property
     def tokens_per_s(self) -> float:
@@ -36,6 +48,11 @@ class Outcome:
         """The outcome a generation's events describe (forwards and reviews by rung name)."""
         stats = Stats.of(events)
         name = stats.rungs.__getitem__
+        first_commit = next((e.t for e in events if isinstance(e, Commit)), wall_s)
+        first_review: dict[int, float] = {}
+        for e in events:
+            if isinstance(e, Review):
+                first_review.setdefault(e.reviewer, e.forward_s)
         return cls(
             ids=[t for e in events if isinstance(e, Commit) for t in e.tokens],
             wall_s=wall_s,
@@ -49,6 +66,8 @@ class Outcome:
             },
             by_position=[list(p) for p in stats.by_position],
             finish=stats.finish,
+            prefill_s=min(first_commit, wall_s),
+            prompt_pass_s={name(r): s for r, s in sorted(first_review.items())},
         )
 
     def record(self) -> dict[str, Any]:
@@ -62,6 +81,9 @@ class Outcome:
             "reviews": self.reviews,
             "by_position": self.by_position,
             "finish": self.finish,
+            "prefill_s": self.prefill_s,
+            "decode_s": self.decode_s,
+            "prompt_pass_s": self.prompt_pass_s,
         }
 
 

@@ -201,6 +201,23 @@ def count_forwards(model: torch.nn.Module | None) -> Iterator[list[int]]:
         handle.remove()
 
 
+class FirstTokenClock:
+    """A ``generate(streamer=...)`` object that notes when the first new token arrives:
+    transformers calls ``put`` with the prompt, then with each new token (or accepted run)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_token_t: float | None = None
+
+    def put(self, value: Any) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.first_token_t = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
 class HFMethod:
     """transformers' own ``generate`` on the ladder's loaded target: plain greedy, assisted by
     the largest drafter (transformers' default schedule), or prompt lookup."""
@@ -263,11 +280,13 @@ class HFMethod:
                 count_forwards(target) as n_target,
                 count_forwards(assistant) as n_assist,
             ):
+                clock = FirstTokenClock()
                 start = time.perf_counter()
                 out = target.generate(
                     ids,
                     attention_mask=torch.ones_like(ids),
                     max_new_tokens=max_new_tokens,
+                    streamer=clock,
                     **kwargs,
                 )
                 wall = time.perf_counter() - start
@@ -277,7 +296,9 @@ class HFMethod:
             if assistant is not None:
                 forwards[names[1]] = n_assist[0]
             finish = "eos" if any(t in eos for t in new) else "length"
-            return Outcome(new[:cut], wall, n_target[0], forwards, finish=finish)
+            first = clock.first_token_t
+            prefill = wall if first is None else min(first - start, wall)
+            return Outcome(new[:cut], wall, n_target[0], forwards, finish=finish, prefill_s=prefill)
 
         return run
 
