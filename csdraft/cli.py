@@ -149,15 +149,26 @@ def bench(
         str | None,
         typer.Argument(
             metavar="DATASET",
-            help="gsm8k, mmlu, or a JSON-lines file of prompts.",
+            help="gsm8k, mmlu, spec-bench, or a JSON-lines file of prompts.",
             show_default=False,
         ),
     ] = None,
     field: Annotated[
         str, typer.Option(help="For a JSON-lines file: the field holding each prompt.")
     ] = "prompt",
+    category_field: Annotated[
+        str | None,
+        typer.Option(
+            help="For a JSON-lines file: the field naming each prompt's category, for the "
+            "report by category (default: 'category' where rows have it).",
+            show_default=False,
+        ),
+    ] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", help="Use the first N prompts.", min=1)
+        int | None,
+        typer.Option(
+            "--limit", "-n", help="Use the first N prompts (spec-bench: N per task).", min=1
+        ),
     ] = None,
     ladder: LadderOpt = None,
     config: ConfigOpt = None,
@@ -171,7 +182,8 @@ def bench(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
     data: Annotated[
-        Path | None, typer.Option(help="The dataset file (GSM8K or MMLU JSON lines).")
+        Path | None,
+        typer.Option(help="The dataset file or folder (GSM8K, MMLU or Spec-Bench JSON lines)."),
     ] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up prompts (short, not measured).", min=0)] = 1,
     sd_block: Annotated[int, typer.Option(help="Block length of the sd method.", min=1)] = 4,
@@ -209,15 +221,23 @@ def bench(
     transformers' own greedy, assisted and prompt-lookup generate on the same
     loaded models.
 
+    **spec-bench**: Spec-Bench's question file (--data, $CSDRAFT_DATA, a
+    shared/datasets/spec_bench/question.jsonl, or the hub); each question's
+    first turn is the prompt, and its task (mt_bench, translation,
+    summarization, qa, math_reasoning, rag) its category.
+
     Reported: speedup over ar per prompt (median, mean, range), tok/s, tokens
     per target forward, SWI, acceptance by rung and by draft position, task
-    accuracy, and every greedy output checked token by token against ar's.
+    accuracy, and every greedy output checked token by token against ar's;
+    the time to the first commit (the prompt phase) apart from decoding, with
+    a decoding-only speedup; a table by category when prompts carry one.
     Speed bar: csd >= 1.8x ar, csd >= 1.3x hf-assisted, ar within 5% of
     hf-generate, 0 output mismatches beyond floating-point near-ties.
 
     Examples:
 
     * `csdraft bench gsm8k --limit 10 --out gsm8k.json`
+    * `csdraft bench spec-bench --limit 3 --out spec.json` (3 per task: 18 prompts)
     * `csdraft bench prompts.jsonl --field text --methods ar,csd`
     * `csdraft bench --compare before.json after.json`
     """
@@ -230,12 +250,14 @@ def bench(
         return
     if dataset is None:
         raise UsageError(
-            "which dataset? pass gsm8k, mmlu or a JSON-lines file (see csdraft bench --help)"
+            "which dataset? pass gsm8k, mmlu, spec-bench or a JSON-lines file (see csdraft "
+            "bench --help)"
         )
     results = run_bench(
         dataset,
         data=data,
         field=field,
+        category_field=category_field,
         limit=limit,
         ladder=ladder,
         config=config,
@@ -274,8 +296,9 @@ def tune_k_matrix(
         typer.Option(
             "--data",
             "-d",
-            help="gsm8k, mmlu, or a FILE of prompts (JSON lines with a 'prompt' field, or "
-            "plain text with one prompt per line).",
+            help="gsm8k, mmlu, spec-bench, or a FILE of prompts (JSON lines with a 'prompt' "
+            "field, or plain text with one prompt per line); several, comma-separated "
+            "(gsm8k,spec-bench), share the prompts evenly.",
             show_default=False,
         ),
     ],

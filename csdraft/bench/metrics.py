@@ -7,13 +7,17 @@ A record is what one method did on one prompt::
      "forward_s": {"qwen-1.5b": 10.2, "qwen-0.5b": 6.1}, # seconds in them (engine methods)
      "reviews": {"qwen-1.5b": [160, 88]},                 # reviewer: [proposed, accepted]
      "by_position": [[40, 35], [35, 30]],                 # target: [reached, accepted]
-     "finish": "length", "answer": "18", "correct": True, "mismatch": None}
+     "finish": "length", "answer": "18", "correct": True, "mismatch": None,
+     "prefill_s": 1.2, "decode_s": 20.1,                  # prompt phase, then decoding
+     "prompt_pass_s": {"qwen-1.5b": 0.9, "qwen-0.5b": 0.2}} # each rung's pass over the prompt
+
+Results files written before the time split lack the last three; they read as not measured.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 Record = Mapping[str, Any]
@@ -54,6 +58,26 @@ def speedup(record: Record, base: Record) -> float | None:
     when both generated the same tokens, and still fair when lengths differ (sampling)."""
     b = tokens_per_s(base)
     return tokens_per_s(record) / b if b > 0 else None
+
+
+def decode_tokens_per_s(record: Record) -> float | None:
+    """Generated tokens per second of decoding (the prompt phase left out); None when the
+    record has no time split."""
+    decode = record.get("decode_s")
+    return record["new_tokens"] / decode if decode else None
+
+
+def decode_speedup(record: Record, base: Record) -> float | None:
+    """Decoding-only throughput of ``record`` over that of ``base`` on the same prompt."""
+    a, b = decode_tokens_per_s(record), decode_tokens_per_s(base)
+    return a / b if a is not None and b else None
+
+
+def prefill_share(records: Sequence[Record]) -> float | None:
+    """The share of the records' wall time spent in the prompt phase (None: not measured)."""
+    timed = [r for r in records if r.get("prefill_s") is not None]
+    wall = sum(r["wall_s"] for r in timed)
+    return sum(r["prefill_s"] for r in timed) / wall if timed and wall > 0 else None
 
 
 def swi(
@@ -115,13 +139,59 @@ def acceptance_by_rung(reviews: Iterable[Mapping[str, Sequence[int]]]) -> dict[s
     return {name: accepted[name] / p for name, p in proposed.items() if p}
 
 
-def paired_ratios(prompts: Sequence[Mapping[str, Any]], a: str, b: str) -> list[float]:
-    """Per prompt, throughput of method ``a`` over method ``b`` (prompts with both)."""
+def paired_ratios(
+    prompts: Sequence[Mapping[str, Any]],
+    a: str,
+    b: str,
+    ratio: Callable[[Record, Record], float | None] = speedup,
+) -> list[float]:
+    """Per prompt, throughput of method ``a`` over method ``b`` (prompts with both), whole
+    request by default, or as ``ratio`` says (``decode_speedup``)."""
     out = []
     for p in prompts:
         res = p["results"]
-        if a in res and b in res and (r := speedup(res[a], res[b])) is not None:
+        if a in res and b in res and (r := ratio(res[a], res[b])) is not None:
             out.append(r)
+    return out
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def by_category(
+    prompts: Sequence[Mapping[str, Any]], methods: Sequence[str]
+) -> dict[str, dict[str, Any]] | None:
+    """Per category (in order of first appearance) and ``all``: each method's median
+    per-prompt speedup and decoding-only speedup over ar, its share of time in the prompt
+    phase, and csd over hf-assisted (median per prompt, decoding only) when both ran. None
+    when no prompt has a category."""
+    cats = list(dict.fromkeys(p.get("category") for p in prompts if p.get("category")))
+    if not cats:
+        return None
+    out = {}
+    for cat in [*cats, "all"]:
+        group = [p for p in prompts if cat == "all" or p.get("category") == cat]
+        rows = {}
+        for name in methods:
+            recs = [p["results"][name] for p in group if name in p["results"]]
+            if recs:
+                rows[name] = {
+                    "prompts": len(recs),
+                    "speedup": _median(paired_ratios(group, name, "ar")),
+                    "decode_speedup": _median(paired_ratios(group, name, "ar", decode_speedup)),
+                    "prefill_share": prefill_share(recs),
+                }
+        rel = paired_ratios(group, "csd", "hf-assisted", decode_speedup)
+        out[cat] = {"prompts": len(group), "methods": rows, "csd_over_hf_assisted": _median(rel)}
+    return out
+
+
+def _sum_by_name(tables: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for table in tables:
+        for name, value in table.items():
+            out[name] = out.get(name, 0.0) + value
     return out
 
 
@@ -149,6 +219,9 @@ def summarize_method(
         "wall_s": wall,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0,
         "speedup": spread(paired_ratios(prompts, name, "ar")),
+        "decode_speedup": spread(paired_ratios(prompts, name, "ar", decode_speedup)),
+        "prefill_share": prefill_share(recs),
+        "prompt_pass_s": _sum_by_name(r.get("prompt_pass_s") or {} for r in recs),
         "tokens_per_target_forward": tokens / target_fw if target_fw else None,
         "forwards": forwards,
         "swi_params": swi(tokens, forwards, costs.get("params", {}), target),

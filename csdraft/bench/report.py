@@ -124,6 +124,72 @@ def acceptance_table(results: Mapping[str, Any], width: int = 80) -> Table | Non
     return table
 
 
+def prompt_phase_table(results: Mapping[str, Any]) -> Table | None:
+    """Per method: the share of time in the prompt phase, the decoding-only speedup over ar,
+    and each neural rung's own pass over the prompt (mean per prompt). None for results
+    written before the time split."""
+    summary = results["summary"]
+    rows = [
+        (n, summary[n])
+        for n in results["methods"]
+        if n in summary and summary[n].get("prefill_share") is not None
+    ]
+    if not rows:
+        return None
+    table = _table("prompt phase and decoding")
+    table.add_column("method", no_wrap=True)
+    table.add_column("prompt\nshare", justify="right", no_wrap=True)
+    table.add_column("decode\nspeedup", justify="right", no_wrap=True)
+    table.add_column("prompt pass by rung\n(mean per prompt)")
+    for name, s in rows:
+        n = max(1, s["prompts"])
+        passes = "  ".join(f"{r} {1000 * t / n:.0f} ms" for r, t in s["prompt_pass_s"].items())
+        dec = s["decode_speedup"]["median"]
+        table.add_row(name, pct(s["prefill_share"]), Text(fx(dec), style=_speed_style(dec)), passes)
+    table.caption = (
+        "prompt share: wall time to the first commit (engine) or first new token (hf-*), every "
+        "rung's pass over the prompt included. decode speedup: tok/s after it, over ar's "
+        "(median per prompt)."
+    )
+    table.caption_justify = "left"
+    return table
+
+
+def category_table(results: Mapping[str, Any]) -> Table | None:
+    """By category, then over all: each method's median speedup over ar (whole request and
+    decoding only), its prompt-phase share, and csd over hf-assisted (decoding only) on the
+    csd row. None when the prompts carry no category."""
+    cats = results.get("by_category")
+    if not cats:
+        return None
+    table = _table("by category: median per prompt over ar")
+    table.add_column("category", no_wrap=True)
+    table.add_column("method", no_wrap=True)
+    for header in ("\nn", "speedup\nwhole", "\ndecode", "prompt\nshare", "csd/hf-\nassisted"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for cat, entry in cats.items():
+        first = True
+        for name, row in entry["methods"].items():
+            rel = entry["csd_over_hf_assisted"] if name == "csd" else None
+            table.add_row(
+                Text(cat if first else "", style="bold"),
+                Text(name, style="bold" if name == "csd" else ""),
+                str(row["prompts"]),
+                Text(fx(row["speedup"]), style=_speed_style(row["speedup"])),
+                Text(fx(row["decode_speedup"]), style=_speed_style(row["decode_speedup"])),
+                pct(row["prefill_share"]),
+                fx(rel) if name == "csd" else "",
+                end_section=name == list(entry["methods"])[-1],
+            )
+            first = False
+    table.caption = (
+        "whole: tok/s over ar's for the whole request; decode: after the prompt phase. "
+        "csd/hf-assisted: decoding only, when both ran."
+    )
+    table.caption_justify = "left"
+    return table
+
+
 def speed_chart(results: Mapping[str, Any], width: int = 36) -> Text:
     """Unicode bars of the median speedup over ar by method, with the min-max range."""
     summary = results["summary"]
@@ -211,6 +277,10 @@ def print_report(console: Console, results: Mapping[str, Any], files: Sequence[P
     if (acc := acceptance_table(results, console.width)) is not None:
         console.print(acc)
         console.print()
+    for extra in (prompt_phase_table(results), category_table(results)):
+        if extra is not None:
+            console.print(extra)
+            console.print()
     console.print(speed_chart(results))
     console.print()
     console.print(speed_bar_text(results))
@@ -233,7 +303,8 @@ def print_report(console: Console, results: Mapping[str, Any], files: Sequence[P
 
 def write_png(results: Mapping[str, Any], path: Path) -> None:
     """Two panels: median speedup by method (IQR as a thick bar, min-max as a thin one), and
-    the target's acceptance by draft position, one line per method."""
+    the target's acceptance by draft position, one line per method; a third, speedup by
+    category, when the prompts carry categories."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -242,7 +313,14 @@ def write_png(results: Mapping[str, Any], path: Path) -> None:
 
     summary = results["summary"]
     names = [n for n in results["methods"] if n in summary and summary[n]["speedup"]["n"]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=[1.1, 1])
+    cats = results.get("by_category")
+    if cats:
+        fig, (left, right, third) = plt.subplots(
+            1, 3, figsize=(19, 4.8), width_ratios=[1.1, 1, 1.3]
+        )
+        category_panel(third, cats, names)
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=[1.1, 1])
     colors = ["#2b6cb0" if not n.startswith(_HF) else "#a0aec0" for n in names]
     colors = ["#c05621" if n == "csd" else c for n, c in zip(names, colors, strict=True)]
     med = [summary[n]["speedup"]["median"] for n in names]
@@ -287,6 +365,22 @@ def write_png(results: Mapping[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def category_panel(ax: Any, cats: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Grouped bars: median speedup over ar by category (and all), one bar per method."""
+    labels = list(cats)
+    shown = [n for n in names if n != "ar"] or list(names)
+    width = 0.8 / max(1, len(shown))
+    for j, name in enumerate(shown):
+        values = [cats[c]["methods"].get(name, {}).get("speedup") or 0.0 for c in labels]
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(labels))]
+        ax.bar(xs, values, width=width, label=name)
+    ax.axhline(1.0, color="#444", linestyle="--", linewidth=0.8)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_ylabel("speedup over ar (median per prompt)")
+    ax.set_title("speedup by category", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
 
 
 # ------------------------------------------------------------------------------ compare

@@ -92,6 +92,7 @@ def run_bench(
     *,
     data: Path | None = None,
     field: str = "prompt",
+    category_field: str | None = None,
     limit: int | None = None,
     ladder: str | None = None,
     config: Path | None = None,
@@ -119,7 +120,7 @@ def run_bench(
     check_writable(out, "--out")
     check_writable(png, "--plot")
     names = parse_methods(methods if not isinstance(methods, list | tuple) else ",".join(methods))
-    ds = load_dataset(dataset, data=data, field=field, limit=limit)
+    ds = load_dataset(dataset, data=data, field=field, limit=limit, category_field=category_field)
     spec = get_ladder(ladder, config)
     settings = Settings(sd_block, pld_block, temperature, spec.generation.seed)
     table = {n: method(n, config) for n in names}
@@ -134,7 +135,9 @@ def run_bench(
     results = _skeleton(ds, loaded, settings, {n: table[n] for n in chosen}, skipped)
     results["settings"].update(
         field=field if ds.kind == "file" else None,
+        category_field=category_field,
         limit=limit,
+        limit_per_category=ds.name == "spec-bench",
         max_new_tokens=max_new_tokens,
         warmup=warmup,
         warmup_tokens=min(WARMUP_TOKENS, max_new_tokens),
@@ -248,6 +251,8 @@ def _skeleton(
             "seed": settings.seed,
             "order": "interleaved: every method on each prompt, order rotated per prompt",
             "speedup": "per prompt: tok/s over ar tok/s (the wall-time ratio for equal output)",
+            "decode_speedup": "per prompt: new tokens per second after the prompt phase, over "
+            "ar's (engine: after the first commit; transformers: after the first new token)",
         },
         "ladder": {
             "name": spec.name,
@@ -323,6 +328,7 @@ def _prompt_entry(
     return {
         "index": i,
         "id": example.id,
+        "category": example.category,
         "prompt_tokens": len(ids),
         "reference": example.reference,
         "ar_text": tok.decode(ar_ids, skip_special_tokens=True),
@@ -342,6 +348,7 @@ def _finish(results: dict[str, Any], settings: Settings) -> None:
         for rec in p["results"].values():
             rec["speedup"] = metrics.speedup(rec, ar)
     results["summary"] = metrics.summarize(results)
+    results["by_category"] = metrics.by_category(prompts, results["methods"])
     results["mismatches"] = [
         {
             "prompt": p["index"],
