@@ -20,8 +20,9 @@ class Outcome:
 
     ``prefill_s`` is the prompt phase: for the engine, the time to the first ``Commit`` (every
     neural rung's first forward over the prompt included); for transformers, to the first new
-    token. ``prompt_pass_s`` holds each neural rung's first forward (its pass over the
-    prompt)."""
+    token. ``prefill_tokens``: the tokens that first commit or step made final (a drafting
+    method's first block can hold several). ``prompt_pass_s``: each neural rung's first
+    forward (its pass over the prompt)."""
 
     ids: list[int]
     wall_s: float
@@ -32,6 +33,7 @@ class Outcome:
     by_position: list[list[int]] = field(default_factory=list)
     finish: str = ""
     prefill_s: float | None = None
+    prefill_tokens: int | None = None
     prompt_pass_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -48,7 +50,7 @@ class Outcome:
         """The outcome a generation's events describe (forwards and reviews by rung name)."""
         stats = Stats.of(events)
         name = stats.rungs.__getitem__
-        first_commit = next((e.t for e in events if isinstance(e, Commit)), wall_s)
+        first_commit = next((e for e in events if isinstance(e, Commit)), None)
         first_review: dict[int, float] = {}
         for e in events:
             if isinstance(e, Review):
@@ -66,7 +68,8 @@ class Outcome:
             },
             by_position=[list(p) for p in stats.by_position],
             finish=stats.finish,
-            prefill_s=min(first_commit, wall_s),
+            prefill_s=wall_s if first_commit is None else min(first_commit.t, wall_s),
+            prefill_tokens=0 if first_commit is None else len(first_commit.tokens),
             prompt_pass_s={name(r): s for r, s in sorted(first_review.items())},
         )
 
@@ -83,6 +86,7 @@ class Outcome:
             "finish": self.finish,
             "prefill_s": self.prefill_s,
             "decode_s": self.decode_s,
+            "prefill_tokens": self.prefill_tokens,
             "prompt_pass_s": self.prompt_pass_s,
         }
 

@@ -208,11 +208,13 @@ class FirstTokenClock:
     def __init__(self) -> None:
         self.calls = 0
         self.first_token_t: float | None = None
+        self.first_tokens = 0
 
     def put(self, value: Any) -> None:
         self.calls += 1
         if self.calls == 2:
             self.first_token_t = time.perf_counter()
+            self.first_tokens = int(value.numel()) if hasattr(value, "numel") else 1
 
     def end(self) -> None:
         pass
@@ -298,7 +300,15 @@ class HFMethod:
             finish = "eos" if any(t in eos for t in new) else "length"
             first = clock.first_token_t
             prefill = wall if first is None else min(first - start, wall)
-            return Outcome(new[:cut], wall, n_target[0], forwards, finish=finish, prefill_s=prefill)
+            return Outcome(
+                new[:cut],
+                wall,
+                n_target[0],
+                forwards,
+                finish=finish,
+                prefill_s=prefill,
+                prefill_tokens=min(clock.first_tokens, cut),
+            )
 
         return run
 

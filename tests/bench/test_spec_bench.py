@@ -100,7 +100,7 @@ def test_outcome_time_split_from_events():
     ]
     out = Outcome.of(events, wall_s=1.0)
     assert out.prefill_s == pytest.approx(0.75) and out.decode_s == pytest.approx(0.25)
-    assert out.prompt_pass_s == {"t": 0.5, "d": 0.2}
+    assert out.prompt_pass_s == {"t": 0.5, "d": 0.2} and out.prefill_tokens == 2
     rec = out.record()
     assert rec["prefill_s"] + rec["decode_s"] == pytest.approx(rec["wall_s"])
     old = Outcome([1], 1.0, 1, {})  # records without the split still build
@@ -144,6 +144,7 @@ def test_spec_bench_end_to_end_time_split_and_categories(tiny_config, tmp_path, 
         for name, rec in p["results"].items():
             assert 0 <= rec["prefill_s"] <= rec["wall_s"], name
             assert rec["prefill_s"] + rec["decode_s"] == pytest.approx(rec["wall_s"], abs=1e-9)
+            assert 1 <= rec["prefill_tokens"] <= rec["new_tokens"], name
         assert set(p["results"]["csd"]["prompt_pass_s"]) == {"tiny-t", "tiny-d"}
         assert set(p["results"]["ar"]["prompt_pass_s"]) == {"tiny-t"}
     cats = saved["by_category"]
