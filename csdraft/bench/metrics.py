@@ -62,12 +62,14 @@ def speedup(record: Record, base: Record) -> float | None:
 
 
 def decode_tokens_per_s(record: Record) -> float | None:
-    """Generated tokens per second of decoding (the prompt phase left out); None when the
-    record has no time split. All new tokens count, those the first commit made final too
-    (``prefill_tokens``), so a method whose first block holds several gains a little over ar
-    on short generations."""
+    """Tokens made final during decoding per second of decoding: the prompt phase and the
+    tokens it already made final (``prefill_tokens``: a drafting method's first block may hold
+    several) are both left out, so no method gains from the first block. None when the record
+    has no time split."""
     decode = record.get("decode_s")
-    return record["new_tokens"] / decode if decode else None
+    if not decode:
+        return None
+    return (record["new_tokens"] - (record.get("prefill_tokens") or 0)) / decode
 
 
 def decode_speedup(record: Record, base: Record) -> float | None:
