@@ -200,23 +200,18 @@ class Ladder:
         yield from cascade.generate(prompt_ids, n_new, self.eos_ids, stops)
 
     def generate(
-        self,
-        prompt: str | Sequence[int],
-        max_new_tokens: int | None = None,
-        *,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-        raw: bool = False,
+        self, prompt: str | Sequence[int], max_new_tokens: int | None = None, **options: Any
     ) -> Result:
-        """Generate and return the text, ids, events and stats (see ``stream``)."""
-        prompt_ids, n_new, cascade, stops = self._prepare(
-            prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, raw
-        )
-        events = list(cascade.generate(prompt_ids, n_new, self.eos_ids, stops))
-        return Result.of(events, prompt_ids, self.tokenizer)
+        """Generate and return the text, ids, events and stats; ``options`` as for ``stream``."""
+        ids = self.prompt_ids(prompt, options.pop("raw", False))
+        return Result.of(list(self.stream(ids, max_new_tokens, **options)), ids, self.tokenizer)
+
+    def prompt_ids(self, prompt: str | Sequence[int], raw: bool = False) -> list[int]:
+        """Text through ``encode``; token ids as they are."""
+        ids = self.encode(prompt, raw) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise UsageError("the prompt is empty")
+        return ids
 
     def _prepare(
         self,
@@ -231,9 +226,7 @@ class Ladder:
     ) -> tuple[list[int], int, Cascade, StopStrings | None]:
         gen = self.spec.generation
         n_new = max_new_tokens or gen.max_new_tokens
-        ids = self.encode(prompt, raw) if isinstance(prompt, str) else [int(t) for t in prompt]
-        if not ids:
-            raise UsageError("the prompt is empty")
+        ids = self.prompt_ids(prompt, raw)
         self.check_length(ids, n_new)
         cascade = self.cascade(sampling=self.sampling(temperature, top_k, top_p), seed=seed)
         stops = [*gen.stop, *stop]

@@ -229,6 +229,31 @@ def _gsm8k_example(row: dict[str, Any], n: int, source: str) -> Example:
     )
 
 
+def _find_rows(
+    data: Path | None,
+    names: list[str],
+    candidates: Iterable[Path],
+    hub: tuple,
+    env: dict[str, str] | None,
+    missing: str,
+) -> tuple[list[dict[str, Any]], str]:
+    """A dataset's rows and where they came from: ``data`` (a file, or a folder holding one of
+    ``names``), else the first candidate file, else the hub; ``missing`` (with ``{env_set}``
+    and ``{hub}``) is the one-line error when none has them."""
+    if data is not None:
+        path: Path | None = _resolve_data(data, names)
+    else:
+        path = next((p for p in candidates if p.is_file()), None)
+    if path is not None:
+        return read_jsonl(path), str(path.resolve())
+    rows = _hub_rows(*hub)
+    if rows is None:
+        env_set = "set" if (os.environ if env is None else env).get("CSDRAFT_DATA") else "unset"
+        hub_state = "not reachable" if importlib.util.find_spec("datasets") else "not installed"
+        raise UsageError(missing.format(env_set=env_set, hub=hub_state))
+    return rows, f"hub {hub[0]}"
+
+
 def load_gsm8k(
     data: Path | None = None,
     limit: int | None = None,
@@ -236,24 +261,14 @@ def load_gsm8k(
     roots: Sequence[Path] | None = None,
 ) -> Dataset:
     """GSM8K test questions as prompts, from ``data``, the usual places, or the hub."""
-    if data is not None:
-        path: Path | None = _resolve_data(data, ["test.jsonl", "gsm8k/test.jsonl", "gsm8k.jsonl"])
-    else:
-        path = next((p for p in gsm8k_candidates(env, roots) if p.is_file()), None)
-    if path is not None:
-        rows, source = read_jsonl(path), str(path.resolve())
-    else:
-        rows, source = _hub_rows(*GSM8K_HUB), f"hub {GSM8K_HUB[0]}"
-        if rows is None:
-            env_set = "set" if (os.environ if env is None else env).get("CSDRAFT_DATA") else "unset"
-            raise UsageError(
-                "GSM8K test set not found: looked in $CSDRAFT_DATA/gsm8k/test.jsonl and "
-                f"$CSDRAFT_DATA/gsm8k.jsonl ($CSDRAFT_DATA {env_set}), in "
-                "shared/datasets/gsm8k/test.jsonl under the working directory, the repository "
-                "and their parents, and on the hub through the `datasets` library "
-                f"({'not reachable' if importlib.util.find_spec('datasets') else 'not installed'}"
-                "); pass --data PATH/test.jsonl (rows with 'question' and 'answer')"
-            )
+    names = ["test.jsonl", "gsm8k/test.jsonl", "gsm8k.jsonl"]
+    rows, source = _find_rows(data, names, gsm8k_candidates(env, roots), GSM8K_HUB, env, (
+        "GSM8K test set not found: looked in $CSDRAFT_DATA/gsm8k/test.jsonl and "
+        "$CSDRAFT_DATA/gsm8k.jsonl ($CSDRAFT_DATA {env_set}), in "
+        "shared/datasets/gsm8k/test.jsonl under the working directory, the repository "
+        "and their parents, and on the hub through the `datasets` library ({hub}); "
+        "pass --data PATH/test.jsonl (rows with 'question' and 'answer')"
+    ))  # fmt: skip
     rows = rows[:limit] if limit else rows
     examples = [_gsm8k_example(r, i, source) for i, r in enumerate(rows)]
     return Dataset("gsm8k", "gsm8k", source, examples, GSM8K_TEMPLATE)
@@ -353,24 +368,14 @@ def load_spec_bench(
     """Spec-Bench's questions, each question's first turn as the prompt and its task as the
     category; ``limit`` is per task (the first N of each, in file order)."""
     names = ["question.jsonl", "spec_bench/question.jsonl", "spec-bench.jsonl"]
-    if data is not None:
-        path: Path | None = _resolve_data(data, names)
-    else:
-        path = next((p for p in spec_bench_candidates(env, roots) if p.is_file()), None)
-    if path is not None:
-        rows, source = read_jsonl(path), str(path.resolve())
-    else:
-        rows, source = _hub_rows(*SPEC_BENCH_HUB), f"hub {SPEC_BENCH_HUB[0]}"
-        if rows is None:
-            env_set = "set" if (os.environ if env is None else env).get("CSDRAFT_DATA") else "unset"
-            raise UsageError(
-                "Spec-Bench question file not found: looked in "
-                "$CSDRAFT_DATA/spec_bench/question.jsonl and $CSDRAFT_DATA/spec-bench.jsonl "
-                f"($CSDRAFT_DATA {env_set}), in shared/datasets/spec_bench/question.jsonl under "
-                "the working directory, the repository and their parents, and on the hub "
-                f"({SPEC_BENCH_HUB[0]}, not reachable or no `datasets`); pass --data "
-                "PATH/question.jsonl (rows with 'category' and 'turns')"
-            )
+    rows, source = _find_rows(data, names, spec_bench_candidates(env, roots), SPEC_BENCH_HUB, env, (
+        "Spec-Bench question file not found: looked in "
+        "$CSDRAFT_DATA/spec_bench/question.jsonl and $CSDRAFT_DATA/spec-bench.jsonl "
+        "($CSDRAFT_DATA {env_set}), in shared/datasets/spec_bench/question.jsonl under "
+        "the working directory, the repository and their parents, and on the hub "
+        "(" + SPEC_BENCH_HUB[0] + ": {hub}); pass --data "
+        "PATH/question.jsonl (rows with 'category' and 'turns')"
+    ))  # fmt: skip
     examples = [_spec_bench_example(r, i, source) for i, r in enumerate(rows)]
     return Dataset("spec-bench", "file", source, per_category(examples, limit))
 

@@ -46,18 +46,12 @@ def load(spec: Any, progress: bool = True, share_tokenizer: Any = None) -> Trans
     return loader(spec, progress=progress, share_tokenizer=share_tokenizer)
 
 
-def load_model(
-    ref: str,
-    dtype: str = "bfloat16",
-    device: str = "cpu",
-    progress: bool = True,
-    share_tokenizer: Any = None,
-) -> TransformersModel:
-    """Load model and tokenizer for ``ref`` with transformers, in eval mode with the requested
-    dtype and device (see ``transformers_backend.load_transformers``)."""
+def load_model(ref: str, *args: Any, **kwargs: Any) -> TransformersModel:
+    """Load ``ref`` with transformers: ``transformers_backend.load_transformers`` (dtype,
+    device, progress, share_tokenizer), imported only when called."""
     from csdraft.models.transformers_backend import load_transformers
 
-    return load_transformers(ref, dtype, device, progress, share_tokenizer)
+    return load_transformers(ref, *args, **kwargs)
 
 
 def load_tokenizer(ref: str, progress: bool = True) -> PreTrainedTokenizerBase:
