@@ -33,6 +33,11 @@ class Scorer(Protocol):
         """Forget the cache."""
         ...
 
+    # Optional, for token trees (TransformersScorer has them):
+    #   score_tree(context, draft) -> logits [1 + len(draft), vocab]: row 0 after ``context``,
+    #     row i + 1 after node i, each node seeing the context and its ancestors only.
+    #   keep_path(path): keep only those nodes (root first) of the last tree in the cache.
+
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     """Length of the common prefix of two token arrays (vectorised): how much of its cache a
