@@ -61,7 +61,8 @@ class TransformersScorer:
         cached = self.cache.get_seq_length()
         if keep < cached:
             self.cache.crop(keep - cached)  # negative: drop that many from the end
-        self.tree = np.empty(0, dtype=np.int64)
+        if len(self.tree):
+            self.tree = np.empty(0, dtype=np.int64)
         return keep
 
     @torch.inference_mode()

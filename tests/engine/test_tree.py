@@ -185,13 +185,12 @@ def test_greedy_trees_give_the_targets_greedy_decoding(
     if ladder == "tree":
         cascade = cascade_of(model, [toy], [[depth]])
     elif ladder == "near+tree":  # the drafter reviews the toy's trees, the target grows its own
-        cascade = cascade_of(model, [drafter_of(zoo, target, "near"), toy], [[depth, 0], [0, 3]])
+        near = drafter_of(zoo, target, "near")
+        cascade = cascade_of(model, [near, toy], [[depth, 0], [0, 3]], tree=grown)
     else:
         rest = [MaxGram()] if "maxgram" in ladder else []
         k = [[depth, 1], [0, 2]] if rest else [[depth]]
-        cascade = cascade_of(model, [drafter_of(zoo, target, "far"), *rest], k)
-    cascade.rungs[0].tree = grown if ladder != "tree" else None
-    cascade.rule.hand_on_probs = True
+        cascade = cascade_of(model, [drafter_of(zoo, target, "far"), *rest], k, tree=grown)
     events = list(cascade.generate(prompt, max_new_tokens))
     got = ids_of(events)
     assert got == want, zoo.divergence(model, prompt, got, want)
@@ -213,9 +212,7 @@ def test_trees_raise_acceptance(zoo):
     model = target_of(zoo, key)
     rates = []
     for tree in (None, TreeSettings(budget=12, top_k=3, min_prob=0.9)):
-        cascade = cascade_of(model, [drafter_of(zoo, key, "far")], [[4]])
-        cascade.rungs[0].tree = tree
-        cascade.rule.hand_on_probs = True
+        cascade = cascade_of(model, [drafter_of(zoo, key, "far")], [[4]], tree=tree)
         stats = Stats.of(cascade.generate([5, 6, 7], 40))
         rates.append(stats.tokens_per_forward)
     assert rates[1] > rates[0], rates
@@ -251,8 +248,9 @@ def tree_cascade(models, spec, seed=0):
         else:
             drafters.append(models[name])
     sampling = Sampling(1.0, top_k=spec.get("top_k", 0))
-    cascade = cascade_of(models["target"], drafters, spec["k"], sampling=sampling, seed=seed)
-    cascade.rungs[0].tree = spec["tree"]
+    cascade = cascade_of(
+        models["target"], drafters, spec["k"], sampling=sampling, seed=seed, tree=spec["tree"]
+    )
     return cascade, sampling
 
 
