@@ -19,6 +19,7 @@ from typing import Any
 
 from csdraft import trace
 from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling, learn_bigram
+from csdraft.engine.tree import TreeSettings
 from csdraft.errors import CsdraftError, UsageError
 from csdraft.ladder import LadderSpec, check_sampling, get_ladder
 from csdraft.text import StopStrings
@@ -127,12 +128,16 @@ class Ladder:
         check_sampling(t, k, p, "sampling")
         return Sampling(float(t), int(k), float(p))
 
-    def proposer(self, rung: int, lenience: float, min_confidence: float) -> Proposer:
-        """A fresh drafting rung for ladder index ``rung`` (1..D)."""
+    def proposer(
+        self, rung: int, lenience: float, min_confidence: float, tree: TreeSettings | None = None
+    ) -> Proposer:
+        """A fresh drafting rung for ladder index ``rung`` (1..D); ``tree``: how the drafts it
+        reviews branch (neural rungs only)."""
         spec = self.spec
         if rung <= len(spec.drafters):
             m = spec.drafters[rung - 1]
-            return ModelRung(self.models[rung].session(m.name), m.name, lenience, min_confidence)
+            session = self.models[rung].session(m.name)
+            return ModelRung(session, m.name, lenience, min_confidence, tree=tree)
         mg = spec.maxgram
         assert mg is not None
         return MaxGram(mg.max_ngram, mg.min_ngram, self.bigram)
@@ -145,11 +150,13 @@ class Ladder:
         min_confidence: float | Sequence[float] | None = None,
         sampling: Sampling | None = None,
         seed: int | None = None,
+        tree: Sequence[TreeSettings | None] | None = None,
     ) -> Cascade:
         """A cascade over this ladder, or over a sub-ladder: ``rungs`` lists the drafting rungs
         to keep (ladder indices 1..D; default all), for baselines such as bench's. ``lenience``
         and ``min_confidence`` (one value, or one per kept neural drafter) default to the
-        ladder's."""
+        ladder's; ``tree`` (per reviewer: the target, then each kept neural drafter; a shorter
+        list leaves the rest linear) to the ladder's."""
         spec = self.spec
         keep = list(range(1, spec.drafting_rungs + 1)) if rungs is None else list(rungs)
         if any(not 1 <= r <= spec.drafting_rungs for r in keep):
@@ -159,18 +166,23 @@ class Ladder:
         floors = _per_rung(
             min_confidence, [spec.min_confidence[r - 1] for r in neural], "min_confidence"
         )
-        target = ModelRung(
-            self.models[0].session(spec.target.name),
-            spec.target.name,
-            vocab_size=self.models[0].vocab_size,
-        )
-        drafters: list[Proposer] = []
-        for r in keep:
-            i = neural.index(r) if r in neural else None
-            drafters.append(
-                self.proposer(r, *((lenience[i], floors[i]) if i is not None else (1.0, 0.0)))
-            )
+        if tree is None:
+            tree = [spec.tree[0], *(spec.tree[r] for r in neural)]
+        trees = list(tree) + [None] * (1 + len(neural) - len(tree))
         try:
+            target = ModelRung(
+                self.models[0].session(spec.target.name),
+                spec.target.name,
+                vocab_size=self.models[0].vocab_size,
+                tree=trees[0],
+            )
+            drafters: list[Proposer] = []
+            for r in keep:
+                if r in neural:
+                    i = neural.index(r)
+                    drafters.append(self.proposer(r, lenience[i], floors[i], trees[i + 1]))
+                else:
+                    drafters.append(self.proposer(r, 1.0, 0.0))
             return Cascade(
                 [target, *drafters],
                 spec.k_matrix if k_matrix is None else k_matrix,

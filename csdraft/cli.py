@@ -177,7 +177,7 @@ def bench(
         str | None,
         typer.Option(
             help="Comma list of methods (default: all; ar is always added): ar, sd, pld, "
-            "csd-vertical, csd-horizontal, csd, hf-generate, hf-assisted, hf-lookup."
+            "csd-vertical, csd-horizontal, csd, csd-tree, hf-generate, hf-assisted, hf-lookup."
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
@@ -215,7 +215,8 @@ def bench(
     **ar**: the target alone. **sd**: the largest drafter alone, blocks of up
     to --sd-block (ending early at the ladder's min_confidence). **pld**:
     Max-Gram prompt lookup. **csd-vertical**, **csd-horizontal**, **csd**: the
-    full ladder with the k-matrix's diagonal, first row, or all.
+    full ladder with the k-matrix's diagonal, first row, or all. **csd-tree**:
+    the ladder with token trees (default settings) at the target's review.
     **csd@LADDER**: the same models with another ladder's k-matrix, lenience
     and min_confidence. **hf-generate**, **hf-assisted**, **hf-lookup**:
     transformers' own greedy, assisted and prompt-lookup generate on the same

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from csdraft.engine import kmatrix
+from csdraft.engine.tree import TreeSettings
 from csdraft.errors import CsdraftError, UsageError
 
 DTYPES = ("bfloat16", "float16", "float32", "int8")
@@ -65,6 +66,9 @@ class LadderSpec:
     min_confidence: tuple[float, ...] = ()
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     description: str = ""
+    tree: tuple[TreeSettings | None, ...] = ()
+    """Per reviewing rung (target, then each neural drafter): how the drafts it reviews branch
+    (None: linear drafts)."""
 
     def __post_init__(self) -> None:
         # Per-drafter settings left empty mean the neutral value for every drafter.
@@ -72,6 +76,8 @@ class LadderSpec:
             object.__setattr__(self, "lenience", (1.0,) * len(self.drafters))
         if not self.min_confidence:
             object.__setattr__(self, "min_confidence", (0.0,) * len(self.drafters))
+        if not self.tree:
+            object.__setattr__(self, "tree", (None,) * (len(self.drafters) + 1))
 
     @property
     def rung_names(self) -> list[str]:
@@ -180,7 +186,7 @@ def _model(
 
 _LADDER_KEYS = {
     "description", "target", "drafters", "maxgram", "k_matrix", "lenience", "dtype", "device",
-    "min_confidence",
+    "min_confidence", "tree",
     "generation", "backend",
 }  # fmt: skip
 
@@ -249,7 +255,7 @@ def parse_ladder(name: str, raw: Any) -> LadderSpec:
         allowed = ", ".join(GenerationDefaults.__dataclass_fields__)
         raise UsageError(f"{_where(name, 'generation')}: allowed keys are {allowed}") from None
     check_sampling(gen.temperature, gen.top_k, gen.top_p, _where(name, "generation"))
-    return replace(
+    spec = replace(
         spec,
         k_matrix=check_k_matrix(k_raw, spec, f"ladder '{name}'"),
         lenience=check_lenience(raw.get("lenience", 1.0), len(drafters), f"ladder '{name}'"),
@@ -258,6 +264,46 @@ def parse_ladder(name: str, raw: Any) -> LadderSpec:
         ),
         generation=gen,
     )
+    return replace(spec, tree=check_tree(raw.get("tree"), spec, f"ladder '{name}'"))
+
+
+def check_tree(value: Any, spec: LadderSpec, where: str) -> tuple[TreeSettings | None, ...]:
+    """Tree settings: one mapping (the target's review), or a list with one mapping or null per
+    reviewing rung (target, then each neural drafter); absent or null means linear drafts."""
+    reviewers = [spec.target.name, *(d.name for d in spec.drafters)]
+    if value is None:
+        return (None,) * len(reviewers)
+    values = value if isinstance(value, list) else [value]
+    values = values + [None] * (len(reviewers) - len(values)) if len(values) == 1 else values
+    if len(values) != len(reviewers):
+        raise UsageError(
+            f"{where}: tree: expected a mapping (the target's) or a list of {len(reviewers)} "
+            f"(one per reviewer: {', '.join(reviewers)}), got {len(values)}"
+        )
+    out: list[TreeSettings | None] = []
+    allowed = ", ".join(TreeSettings.__dataclass_fields__)
+    for i, (reviewer, raw) in enumerate(zip(reviewers, values, strict=True)):
+        if raw is None:
+            out.append(None)
+            continue
+        if not isinstance(raw, dict) or set(raw) - set(TreeSettings.__dataclass_fields__):
+            raise UsageError(f"{where}: tree ({reviewer}): expected a mapping of {allowed}")
+        budget, top_k = raw.get("budget", 16), raw.get("top_k", 2)
+        min_prob = raw.get("min_prob", 0.1)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (budget, top_k)):
+            raise UsageError(f"{where}: tree ({reviewer}): budget and top_k must be integers")
+        if isinstance(min_prob, bool) or not isinstance(min_prob, int | float):
+            raise UsageError(f"{where}: tree ({reviewer}): min_prob must be a number in [0, 1]")
+        try:
+            out.append(TreeSettings(budget, top_k, float(min_prob)))
+        except ValueError as e:
+            raise UsageError(f"{where}: tree ({reviewer}): {e}") from None
+        if i and spec.lenience[i - 1] != 1:
+            raise UsageError(
+                f"{where}: tree ({reviewer}): lenience needs linear drafts; "
+                f"set {reviewer}'s lenience to 1 or drop its tree"
+            )
+    return tuple(out)
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float, where: str) -> None:
@@ -351,6 +397,8 @@ def ladder_to_yaml(spec: LadderSpec) -> dict:
     out["k_matrix"] = [list(r) for r in spec.k_matrix]
     out["lenience"] = list(spec.lenience)
     out["min_confidence"] = list(spec.min_confidence)
+    if any(t is not None for t in spec.tree):
+        out["tree"] = [None if t is None else vars(t) for t in spec.tree]
     g = spec.generation
     out["generation"] = {**vars(g), "stop": list(g.stop)}
     return out

@@ -28,7 +28,10 @@ class Start:
 @dataclass
 class Review:
     """Rung ``reviewer`` scored ``proposed`` in one forward pass and kept ``accepted`` of them,
-    then appended ``token`` of its own. ``origins`` names the rung that drafted each proposal."""
+    then appended ``token`` of its own. ``origins`` names the rung that drafted each proposal.
+    A tree draft also has ``parents`` (each node's parent, -1 for the root's children) and
+    ``path`` (the kept nodes, root first); a chain has neither (its kept nodes are the first
+    ``accepted``)."""
 
     reviewer: int
     proposed: list[int]
@@ -37,6 +40,21 @@ class Review:
     token: int
     forward_s: float
     t: float
+    parents: list[int] | None = None
+    path: list[int] | None = None
+
+    def kept(self) -> list[int]:
+        """Indices of the kept proposals, root first."""
+        return list(range(self.accepted)) if self.path is None else list(self.path)
+
+    def depth(self) -> int:
+        """How deep the draft goes (its length for a chain)."""
+        if self.parents is None:
+            return len(self.proposed)
+        depth: list[int] = []
+        for p in self.parents:
+            depth.append(1 if p < 0 else depth[p] + 1)
+        return max(depth, default=0)
 
 
 @dataclass
@@ -130,7 +148,7 @@ class Stats:
             self.accepted[r] = self.accepted.get(r, 0) + event.accepted
             if r == 0:
                 self.target_forwards += 1
-                reached = min(event.accepted + 1, len(event.proposed))
+                reached = min(event.accepted + 1, event.depth())  # by depth for trees
                 while len(self.by_position) < reached:
                     self.by_position.append([0, 0])
                 for i in range(reached):

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from csdraft.text import Detokenizer
-from csdraft.trace import Commit, Event, Stats
+from csdraft.trace import Commit, Event, Review, Stats
 
 _DRAFTER_STYLES = ["cyan", "green", "yellow", "blue"]
 
@@ -60,6 +60,7 @@ class LiveView:
         self.stats = Stats(rungs=[])
         self.line = Text()
         self.rejected = Text()
+        self.review: Review | None = None  # the target's last review
         self.live = Live(
             console=self.console, refresh_per_second=12, transient=True, auto_refresh=False
         )
@@ -84,6 +85,8 @@ class LiveView:
     def add(self, event: Event) -> None:
         """Show one event."""
         self.stats.add(event)
+        if isinstance(event, Review) and event.reviewer == 0:
+            self.review = event
         if isinstance(event, Commit):
             kinds = self.stats.kinds
             for token, origin in zip(event.tokens, event.origins, strict=True):
@@ -96,9 +99,18 @@ class LiveView:
                 self.line.append(rest, style=rung_style(origin, kinds))
             self.rejected = Text()
             if event.rejected:
-                shown = self.tokenizer.decode(event.rejected, skip_special_tokens=True)
-                self.rejected = Text(shown.replace("\n", "⏎"), style="strike dim red")
+                self.rejected = Text(self._lost(event).replace("\n", "⏎"), style="strike dim red")
         self.live.update(self._render(), refresh=True)
+
+    def _lost(self, commit: Commit) -> str:
+        """The rejected text: a chain's refused tail, or each node of a tree that lost (its
+        refused siblings and their subtrees), one by one, separated by '|'."""
+        review = self.review
+        if review is None or review.parents is None:
+            return self.tokenizer.decode(commit.rejected, skip_special_tokens=True)
+        kept = set(review.kept())
+        lost = [t for i, t in enumerate(review.proposed) if i not in kept]
+        return "|".join(self.tokenizer.decode([t], skip_special_tokens=True) for t in lost)
 
 
 class PlainView:

@@ -35,6 +35,7 @@ from transformers import (
 )
 
 from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling, Scorer, learn_bigram
+from csdraft.engine.tree import TreeSettings
 from csdraft.trace import Commit, Event, Finish, Review, Start, Stats
 
 ARCHS = ("llama", "qwen2", "gpt2")
@@ -226,15 +227,17 @@ def cascade_of(
     min_confidence: float | Sequence[float] = 0.0,
     sampling: Sampling | None = None,
     seed: int = 0,
+    tree: TreeSettings | None = None,
 ) -> Cascade:
     """A cascade over ``target`` and ``drafters`` in ladder order: a model becomes a
     ``ModelRung`` named d0, d1, ... (in its place among the drafting rungs), a ``Proposer`` is
     used as it is. ``lenience`` and ``min_confidence``: one value for every neural drafter, or
-    one per neural drafter."""
+    one per neural drafter. ``tree``: the target's tree settings (None: linear drafts)."""
     neural = sum(isinstance(d, torch.nn.Module) for d in drafters)
     lenient = iter(_per_neural(lenience, neural))
     floors = iter(_per_neural(min_confidence, neural))
     rungs: list[Proposer] = [model_rung(target, "target")]
+    rungs[0].tree = tree
     for i, d in enumerate(drafters):
         if isinstance(d, torch.nn.Module):
             rungs.append(model_rung(d, f"d{i}", next(lenient), next(floors)))

@@ -71,6 +71,18 @@ def test_json_output_equals_target_greedy(capsys, monkeypatch, ladder_dir):
     assert {"tiny-target", "tiny-d1"} <= set(stats["reviews"])
 
 
+def test_a_ladder_with_trees_gives_the_targets_greedy_output(capsys, monkeypatch, ladder_dir):
+    raw = yaml.safe_load((ladder_dir / "cascades.yaml").read_text())
+    raw["tiny"]["tree"] = {"budget": 10, "top_k": 2, "min_prob": 1.0}  # branch everywhere
+    cfg = ladder_dir / "trees.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    code, out, err = run(
+        capsys, monkeypatch, "generate", "-c", str(cfg), "-p", PROMPT, "--json", "-n", "12"
+    )
+    assert code == 0, err
+    assert json.loads(out)["token_ids"] == reference(ladder_dir, 12)
+
+
 def test_stdin_prompt_and_plain_output(capsys, monkeypatch, ladder_dir):
     cfg = str(ladder_dir / "cascades.yaml")
     code, out, err = run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from csdraft.engine.tree import TreeSettings
 from csdraft.errors import UsageError
 from csdraft.ladder import (
     LadderSpec,
@@ -65,6 +66,17 @@ def test_round_trip_through_yaml():
     spec = parse_config(config(lenience=[2.0, 1.5], dtype="float32"), SOURCE)["tiny"]
     again = parse_ladder("tiny", yaml.safe_load(yaml.safe_dump(ladder_to_yaml(spec))))
     assert again == spec
+
+
+def test_tree_settings():
+    spec = parse_config(config(), SOURCE)["tiny"]
+    assert spec.tree == (None, None, None)  # absent: linear drafts everywhere
+    spec = parse_config(config(tree={"budget": 8}), SOURCE)["tiny"]
+    assert spec.tree == (TreeSettings(budget=8, top_k=2, min_prob=0.1), None, None)
+    spec = parse_config(config(tree=[None, {"top_k": 3}, {}], lenience=[1.0, 1.0]), SOURCE)
+    assert spec["tiny"].tree == (None, TreeSettings(top_k=3), TreeSettings())
+    again = parse_ladder("tiny", yaml.safe_load(yaml.safe_dump(ladder_to_yaml(spec["tiny"]))))
+    assert again == spec["tiny"]
 
 
 def test_the_shipped_ladders_parse():
@@ -129,6 +141,13 @@ def test_a_config_that_is_no_mapping():
         (dict(min_confidence=1.0), "min_confidence", "in [0, 1), got 1.0"),
         (dict(min_confidence=-0.1), "min_confidence", "got -0.1"),
         (dict(min_confidence=[0.2, 0.5, 0.1]), "min_confidence", "a list of 2"),
+        # Token trees.
+        (dict(tree={"budget": 0}), "tree (big)", "budget must be >= 1"),
+        (dict(tree={"top_k": 1.5}), "tree (big)", "must be integers"),
+        (dict(tree={"min_prob": 2}), "tree (big)", "min_prob must be in [0, 1]"),
+        (dict(tree={"depth": 3}), "tree (big)", "expected a mapping of budget, top_k, min_prob"),
+        (dict(tree=[None, None]), "tree", "a list of 3 (one per reviewer: big, mid, small)"),
+        (dict(tree=[None, {}, None], lenience=2.0), "tree (mid)", "lenience needs linear"),
         # Generation defaults.
         (dict(generation={"temperature": -1}), "generation", "temperature must be >= 0"),
         (dict(generation={"top_p": 0}), "generation", "top_p must be in (0, 1]"),

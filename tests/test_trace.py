@@ -141,3 +141,18 @@ def test_traces_saved_before_kinds_guess_them(tmp_path):
     assert events[0].kinds == []
     assert Stats.of(events).kinds == ["target", "model", "statistical"]
     assert Stats.of([Start(["target"], 2)]).kinds == ["target"]
+
+
+def test_tree_reviews_round_trip_and_count_by_depth(tmp_path):
+    # A tree of 5 nodes, 3 deep: 0 -> 1 -> 2, siblings 3 (of 0) and 4 (of 1); kept 0, 4.
+    tree = Review(0, [5, 6, 7, 8, 9], [1] * 5, 2, 10, 0.1, 0.1, [-1, 0, 1, -1, 0], [0, 4])
+    assert tree.kept() == [0, 4] and tree.depth() == 3
+    chain = Review(0, [5, 6], [1, 1], 1, 10, 0.1, 0.1)
+    assert chain.kept() == [0] and chain.depth() == 2 and chain.parents is None
+    assert from_dict(to_dict(tree)) == tree
+    # Traces written before trees had no parents or path: they still load, as chains.
+    old = {k: v for k, v in to_dict(chain).items() if k not in ("parents", "path")}
+    assert from_dict(old) == chain
+    stats = Stats.of([Start(["t", "d"], 3, kinds=["target", "model"]), tree])
+    assert stats.by_position == [[1, 1], [1, 1], [1, 0]]  # by depth: kept 2 of 3 levels
+    assert stats.proposed == {0: 5} and stats.accepted == {0: 2}

@@ -111,6 +111,19 @@ def test_live_view_strikes_rejections_and_shows_the_legend(tok):
     assert "w1" in final and "w5" in final and "w9" not in final
 
 
+def test_live_view_strikes_each_lost_node_of_a_tree(tok):
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, color_system="standard")
+    # Nodes: w1 (root child), w7 (its sibling), w2 (child of w1), w8 (sibling of w2); kept w1 w2.
+    tree = ids(tok, "w1 w7 w2 w8")
+    with LiveView(tok, console) as view:
+        view.add(Start(NAMES, 3, kinds=KINDS))
+        view.add(Review(0, tree, [1] * 4, 2, ids(tok, "w3")[0], 0.1, 0.1, [-1, -1, 0, 0], [0, 2]))
+        view.add(Commit(ids(tok, "w1 w2 w3"), [1, 1, 0], ids(tok, "w7 w8"), [1, 1], t=0.1))
+        struck = [text for params, text in sgr_runs(out.getvalue()) if "9" in params]
+    assert any("w7|w8" in text for text in struck), struck
+
+
 def test_live_view_scrolls_finished_lines():
     class Lines:
         """Decodes ids as characters: 0 is a newline, n is the letter n."""

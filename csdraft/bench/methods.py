@@ -20,6 +20,7 @@ import torch
 from csdraft.api import Ladder
 from csdraft.console import quiet_transformers
 from csdraft.engine import Sampling, kmatrix
+from csdraft.engine.tree import TreeSettings
 from csdraft.ladder import LadderSpec
 from csdraft.runs import Outcome, Runner, cascade_runner
 
@@ -30,6 +31,7 @@ DEFAULT_METHODS = (
     "csd-vertical",
     "csd-horizontal",
     "csd",
+    "csd-tree",
     "hf-generate",
     "hf-assisted",
     "hf-lookup",
@@ -59,6 +61,7 @@ class EngineConfig:
     k_matrix: list[list[int]]
     lenience: list[float] | None = None
     min_confidence: list[float] | None = None
+    tree: list[TreeSettings | None] | None = None  # per reviewer, target first
 
 
 # ------------------------------------------------------------------------------ methods
@@ -92,6 +95,8 @@ class EngineMethod:
         out = {"rungs": [names[0], *(names[i] for i in plan.rungs)], "k_matrix": plan.k_matrix}
         if plan.lenience is not None:
             out |= {"lenience": plan.lenience, "min_confidence": plan.min_confidence}
+        if plan.tree is not None:
+            out["tree"] = [None if t is None else vars(t) for t in plan.tree]
         return out
 
     def runner(self, ladder: Ladder, settings: Settings) -> Runner:
@@ -105,6 +110,7 @@ class EngineMethod:
             min_confidence=plan.min_confidence,
             sampling=Sampling(settings.temperature),
             seed=settings.seed,
+            tree=plan.tree,
         )
         return cascade_runner(cascade, ladder.eos_ids, settings.seed)
 
@@ -137,6 +143,14 @@ def _full(transform: Callable[[Sequence[Sequence[int]]], list[list[int]]] | None
         return EngineConfig(rungs, transform(k) if transform else k)
 
     return configure
+
+
+def _tree(spec: LadderSpec, s: Settings) -> EngineConfig | str:
+    if not spec.drafters:
+        return "needs a neural drafter: trees branch where its probabilities say it is unsure"
+    plan = _full(None, 1)(spec, s)
+    assert isinstance(plan, EngineConfig)
+    return EngineConfig(plan.rungs, plan.k_matrix, tree=[TreeSettings()])
 
 
 def _ladder(other: LadderSpec) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
@@ -335,6 +349,12 @@ METHODS: dict[str, EngineMethod | HFMethod] = {
             _full(kmatrix.horizontal, 2),
         ),
         EngineMethod("csd", "the ladder with its own k-matrix", _full(None, 1)),
+        EngineMethod(
+            "csd-tree",
+            "the ladder with token trees at the target's review (default tree settings: "
+            "siblings where the drafter is unsure, one forward pass per tree)",
+            _tree,
+        ),
         HFMethod("hf-generate", "transformers greedy generate of the target", "generate"),
         HFMethod(
             "hf-assisted",

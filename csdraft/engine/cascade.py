@@ -21,7 +21,8 @@ import torch
 from csdraft.engine import kmatrix
 from csdraft.engine.draft import Draft
 from csdraft.engine.proposer import ModelRung, Proposer
-from csdraft.engine.review import GreedyReview, Sampling, SamplingReview
+from csdraft.engine.review import GreedyReview, Sampling, SamplingReview, Verdict
+from csdraft.engine.tree import greedy_tree, grow, no_lenience, sample_tree
 from csdraft.trace import Commit, Event, Finish, Review, Start
 
 StopCheck = Callable[[list[int]], int | None]
@@ -56,8 +57,9 @@ class Cascade:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         lenient = any(getattr(r, "lenience", 1.0) > 1 for r in self.rungs)
+        trees = any(getattr(r, "tree", None) is not None for r in self.rungs)
         if self.sampling.greedy:
-            self.rule = GreedyReview(hand_on_probs=lenient)
+            self.rule = GreedyReview(hand_on_probs=lenient or trees)  # grow needs probs
         else:
             self.rule = SamplingReview(self.sampling, self.generator)
         self.vocab_size = self.rungs[0].vocab_size
@@ -105,6 +107,8 @@ class Cascade:
         while produced < max_new_tokens:
             draft = self.block(0, seq, max_new_tokens - produced - 1)
             out, _ = self.review(target, seq, draft)
+            kept = set(self._events[-1].kept())  # the target's review is the last event
+            lost = [i for i in range(len(draft)) if i not in kept]
             keep = len(out)
             reason = ""
             for i, token in enumerate(out.tokens):
@@ -114,13 +118,12 @@ class Cascade:
             if stop is not None and (cut := stop(out.tokens[:keep])) is not None:
                 keep, reason = min(max(cut, 0), keep), "stop"
             yield from self._flush()
-            accepted = len(out) - 1
             committed = out.tokens[:keep]
             yield Commit(
                 committed,
                 out.origins[:keep],
-                draft.tokens[accepted:],
-                draft.origins[accepted:],
+                [draft.tokens[i] for i in lost],
+                [draft.origins[i] for i in lost],
                 t=self.elapsed(),
             )
             seq = np.concatenate([seq, np.asarray(committed, dtype=np.int64)])
@@ -131,6 +134,13 @@ class Cascade:
                 yield Finish(reason, t=self.elapsed())
                 return
         yield Finish("length", t=self.elapsed())
+
+    def tree_rule(self, logits: torch.Tensor, draft: Draft, lenience: float) -> Verdict:
+        """The review of a tree draft, greedy or sampled as the cascade's rule is."""
+        no_lenience(lenience)
+        if self.sampling.greedy:
+            return greedy_tree(logits, draft, self.rule.hand_on_probs)
+        return sample_tree(logits, draft, self.sampling, self.generator)
 
     def elapsed(self) -> float:
         """Seconds since the current generation started (the clock events are stamped with)."""
@@ -148,24 +158,41 @@ class Cascade:
             ctx = np.concatenate([context, np.asarray(draft.tokens, dtype=np.int64)])
             segment = self.rungs[drafter].propose(ctx, n, self)
             draft.extend(segment)
-            if len(segment) < n:
+            if len(segment) < n or not segment.is_chain:
                 break  # the drafter ran out or lost confidence: later tokens would be refused
-        return draft
+        tree = getattr(self.rungs[reviewer], "tree", None)
+        return grow(draft, tree) if tree is not None and draft.is_chain else draft
 
     def review(self, rung: ModelRung, context: np.ndarray, draft: Draft) -> tuple[Draft, float]:
         """One forward pass of ``rung`` over ``draft``: the kept proposals plus its own token,
         and its probability of that token."""
         start = time.perf_counter()
-        full = np.concatenate([context, np.asarray(draft.tokens, dtype=np.int64)])
-        logits = rung.scorer.score(full, len(context))
+        chain = draft.is_chain
+        if chain:
+            full = np.concatenate([context, np.asarray(draft.tokens, dtype=np.int64)])
+            logits = rung.scorer.score(full, len(context))
+        else:
+            logits = rung.scorer.score_tree(context, draft)
         if rung.index and self.vocab_size and logits.shape[-1] != self.vocab_size:
             logits = fit_vocab(logits, self.vocab_size)
         forward_s = time.perf_counter() - start
-        verdict = self.rule(logits, draft, rung.lenience)
+        if chain:
+            verdict = self.rule(logits, draft, rung.lenience)
+        else:
+            verdict = self.tree_rule(logits, draft, rung.lenience)
+            rung.scorer.keep_path(verdict.path)
         a = verdict.accepted
         self._events.append(
             Review(
-                rung.index, draft.tokens, draft.origins, a, verdict.token, forward_s, self.elapsed()
+                rung.index,
+                draft.tokens,
+                draft.origins,
+                a,
+                verdict.token,
+                forward_s,
+                self.elapsed(),
+                None if chain else list(draft.parents),
+                None if chain else verdict.path,
             )
         )
         kept = draft.path(verdict.kept())

@@ -43,9 +43,13 @@ class Draft:
         return self.parents is None or all(p == i - 1 for i, p in enumerate(self.parents))
 
     def extend(self, other: Draft) -> None:
-        """Append a chain after this chain's last node."""
-        if not (self.is_chain and other.is_chain):
+        """Append ``other`` (a chain or a tree) after this chain's last node."""
+        if not self.is_chain:
             raise ValueError("only chains can be extended; grow trees node by node")
+        n = len(self)
+        if not other.is_chain:
+            own = list(range(-1, n - 1))
+            self.parents = own + [p + n if p >= 0 else n - 1 for p in other.parents]
         self.tokens += other.tokens
         self.origins += other.origins
         self.q += other.q

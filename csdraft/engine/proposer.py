@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from csdraft.engine.draft import Draft
+from csdraft.engine.tree import TreeSettings
 
 
 class Scorer(Protocol):
@@ -32,6 +33,11 @@ class Scorer(Protocol):
     def reset(self) -> None:
         """Forget the cache."""
         ...
+
+    # Optional, for token trees (TransformersScorer has them):
+    #   score_tree(context, draft) -> logits [1 + len(draft), vocab]: row 0 after ``context``,
+    #     row i + 1 after node i, each node seeing the context and its ancestors only.
+    #   keep_path(path): keep only those nodes (root first) of the last tree in the cache.
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -94,7 +100,8 @@ class ModelRung(Proposer):
     """A model in the ladder: it reviews drafts in one forward pass each, and, below the
     target, writes its own drafts by reviewing the rungs below it (vertical cascade), ending a
     draft after a token it gives less than ``min_confidence``. ``lenience`` >= 1 loosens its
-    reviews; the cascade never lets the target's review be lenient."""
+    reviews; the cascade never lets the target's review be lenient. ``tree``: the drafts it
+    reviews branch where the drafter is unsure (engine/tree.py)."""
 
     kind = "model"
 
@@ -105,9 +112,12 @@ class ModelRung(Proposer):
         lenience: float = 1.0,
         min_confidence: float = 0.0,
         vocab_size: int | None = None,
+        tree: TreeSettings | None = None,
     ) -> None:
         if not lenience >= 1:  # NaN too
             raise ValueError(f"{name}: lenience must be >= 1, got {lenience}")
+        if tree is not None and lenience != 1:
+            raise ValueError(f"{name}: lenience needs linear drafts (no tree with lenience > 1)")
         if not 0 <= min_confidence < 1:
             raise ValueError(f"{name}: min_confidence must be in [0, 1), got {min_confidence}")
         self.scorer = scorer
@@ -117,6 +127,8 @@ class ModelRung(Proposer):
         self.vocab_size = vocab_size
         """The width of this model's logits, when known. The target's sets the width every
         drafter's logits are fitted to (drafters may pad their vocabulary differently)."""
+        self.tree = tree
+        """How the drafts this rung reviews branch (None: linear drafts)."""
 
     def release(self) -> None:
         self.scorer.reset()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from csdraft.console import quiet_transformers
+from csdraft.engine.draft import Draft
 from csdraft.engine.proposer import common_prefix
 from csdraft.errors import CsdraftError, UsageError
 from csdraft.models.cache import check_prepared
@@ -40,22 +41,33 @@ class TransformersScorer:
         self.name = name
         self.device = next(model.parameters()).device
         self.cache = None
-        self.tokens = np.empty(0, dtype=np.int64)  # what the cache holds
+        self.tokens = np.empty(0, dtype=np.int64)  # what the cache holds, as a sequence
+        self.tree = np.empty(0, dtype=np.int64)  # tree nodes cached after ``tokens``, if any
 
     def reset(self) -> None:
         self.cache = None
         self.tokens = np.empty(0, dtype=np.int64)
+        self.tree = np.empty(0, dtype=np.int64)
+
+    def _sync(self, seq: np.ndarray, most: int) -> int:
+        """Crop the cache to what it shares with ``seq`` (at most ``most`` tokens, tree nodes
+        never) and return how many tokens it keeps."""
+        from transformers import DynamicCache
+
+        if self.cache is None:
+            self.cache = DynamicCache(config=self.model.config)
+            return 0
+        keep = min(common_prefix(self.tokens, seq), most)
+        cached = self.cache.get_seq_length()
+        if keep < cached:
+            self.cache.crop(keep - cached)  # negative: drop that many from the end
+        if len(self.tree):
+            self.tree = np.empty(0, dtype=np.int64)
+        return keep
 
     @torch.inference_mode()
     def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
-        from transformers import DynamicCache
-
-        keep = min(common_prefix(self.tokens, seq), start - 1)
-        if self.cache is None:
-            self.cache = DynamicCache(config=self.model.config)
-            keep = 0
-        elif keep < len(self.tokens):
-            self.cache.crop(keep - len(self.tokens))  # negative: drop that many from the end
+        keep = self._sync(seq, start - 1)
         new = torch.from_numpy(np.ascontiguousarray(seq[keep:])).to(self.device)[None]
         out = self.model(
             input_ids=new,
@@ -66,6 +78,60 @@ class TransformersScorer:
         self.cache = out.past_key_values
         self.tokens = seq
         return out.logits[0].float().cpu()
+
+    @torch.inference_mode()
+    def score_tree(self, context: np.ndarray, draft: Draft) -> torch.Tensor:
+        """Logits [1 + len(draft), vocab] in one forward pass: row 0 after ``context``, row
+        i + 1 after node i, each node seeing the context and its own ancestors only (a 4D
+        additive mask, positions by depth). The cache then holds context and every node, until
+        ``keep_path`` keeps one path."""
+        keep = self._sync(context, len(context) - 1)
+        c, m = len(context) - keep, len(draft)
+        ids = np.concatenate([context[keep:], np.asarray(draft.tokens, dtype=np.int64)])
+        # allowed[r, col]: new token r may attend to cache column col.
+        allowed = torch.ones(c + m, keep + c + m, dtype=torch.bool)
+        allowed[:c, keep:] = torch.ones(c, c + m, dtype=torch.bool).tril()
+        allowed[c:, keep + c :] = tree_mask(draft)
+        dtype = self.model.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        depth = torch.tensor(draft.depth(), dtype=torch.long)
+        positions = torch.cat([torch.arange(keep, len(context)), len(context) - 1 + depth])
+        out = self.model(
+            input_ids=torch.from_numpy(ids).to(self.device)[None],
+            attention_mask=mask[None, None].to(self.device),
+            position_ids=positions[None].to(self.device),
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=m + 1,
+        )
+        self.cache = out.past_key_values
+        self.tokens = context
+        self.tree = np.asarray(draft.tokens, dtype=np.int64)
+        return out.logits[0].float().cpu()
+
+    def keep_path(self, path: Sequence[int]) -> None:
+        """Keep only the tree nodes ``path`` (root first) in the cache after the last
+        ``score_tree``: the cache then equals feeding the context and that path alone."""
+        n = len(self.tokens)
+        keep = torch.cat([torch.arange(n), n + torch.as_tensor(list(path), dtype=torch.long)])
+        keep = keep.to(self.device)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(2, keep)
+            layer.values = layer.values.index_select(2, keep)
+        self.tokens = np.concatenate([self.tokens, self.tree[list(path)]])
+        self.tree = np.empty(0, dtype=np.int64)
+
+
+def tree_mask(draft: Draft) -> torch.Tensor:
+    """[m, m] bool: node i may attend to node j (j is i or one of its ancestors)."""
+    m = len(draft)
+    if draft.parents is None:
+        return torch.ones(m, m, dtype=torch.bool).tril()
+    allowed = torch.eye(m, dtype=torch.bool)
+    for i, p in enumerate(draft.parents):
+        if p >= 0:
+            allowed[i] |= allowed[p]
+    return allowed
 
 
 @dataclass(eq=False)

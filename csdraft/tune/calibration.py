@@ -89,6 +89,9 @@ class Calibration:
     records: list[PromptRecord]
     max_new_tokens: int
     eos_ids: list[int]
+    tree_cost: CostCurve | None = None
+    """The target's forward pass by new tokens when they form a token tree (``score_tree``,
+    mask included), when its backend scores trees. Measured, not yet used by the search."""
 
     @property
     def drafting_rungs(self) -> int:
@@ -216,6 +219,9 @@ def calibrate(
     for model in models:
         costs.append(measure_cost(model, context, cont, lengths, repeats))
         step()
+    tree_cost = None
+    if hasattr(models[0].session("probe"), "score_tree"):
+        tree_cost = measure_cost(models[0], context, cont, lengths, repeats, False, tree=True)
     vocab = int(getattr(models[0], "vocab_size", 0) or len(ladder.tokenizer))
     argmax = measure_vocab_op(argmax_op, vocab, repeats=repeats)
     softmax = measure_vocab_op(softmax_op, vocab, repeats=repeats)
@@ -235,4 +241,5 @@ def calibrate(
         records=records,
         max_new_tokens=max_new_tokens,
         eos_ids=list(eos),
+        tree_cost=tree_cost,
     )

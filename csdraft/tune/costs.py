@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from csdraft.engine.draft import Draft
+
 COST_LENGTHS = (1, 2, 4, 8, 12, 16, 24)
 """Block lengths (new tokens fed in one forward pass) whose cost ``calibrate`` measures."""
 
@@ -84,11 +86,14 @@ def measure_cost(
     lengths: Sequence[int] = COST_LENGTHS,
     repeats: int = 3,
     prefill: bool = True,
+    tree: bool = False,
 ) -> CostCurve:
     """Time a loaded model's forward pass over 1..n new tokens after ``context``, exactly as the
     engine calls it (a ``model.session``: cache cropped back to the context, the block fed in
     one pass), median of ``repeats`` after a warm-up, made non-decreasing (``monotone``); with
-    ``prefill``, the first pass over the whole context too (a generation's first review)."""
+    ``prefill``, the first pass over the whole context too (a generation's first review). With
+    ``tree``, the n - 1 proposals form a token tree (``comb``) scored by ``score_tree``: the
+    target's cost by node count, mask included."""
     session = model.session("cost")
     ctx = np.asarray(context, dtype=np.int64)
     pad = [int(t) for t in continuation] or [int(t) for t in context]
@@ -106,10 +111,21 @@ def measure_cost(
     session.reset()
     session.score(ctx, len(ctx))
     for n in lengths:
+        if tree:
+            draft = comb(pad[: n - 1])
+            points[n] = median_time(lambda d=draft: session.score_tree(ctx, d), repeats)
+            continue
         seq = np.concatenate([ctx, np.asarray(pad[: n - 1], dtype=np.int64)])
         points[n] = median_time(lambda seq=seq: session.score(seq, len(ctx)), repeats)
     session.reset()
     return monotone(CostCurve(list(points), list(points.values()), len(ctx) if prefill else None))
+
+
+def comb(tokens: Sequence[int]) -> Draft:
+    """A tree of ``tokens``: a chain (even nodes) with one sibling beside each of its nodes (odd
+    nodes), the shape trees grown where a drafter is unsure take."""
+    parents = [-1 if i < 2 else 2 * (i // 2 - 1) for i in range(len(tokens))]
+    return Draft([int(t) for t in tokens], [1] * len(tokens), [None] * len(tokens), parents)
 
 
 def monotone(curve: CostCurve) -> CostCurve:

@@ -14,11 +14,15 @@ def test_methods_skip_what_does_not_apply():
     sd_only = parse_ladder("s", {"target": "x", "drafters": ["y"], "k_matrix": [[4]]})
     s = Settings()
     skipped = {n for n, m in METHODS.items() if m.skip_reason(lookup, s)}
-    assert skipped == {"sd", "csd-vertical", "csd-horizontal", "hf-assisted"}
+    assert skipped == {"sd", "csd-vertical", "csd-horizontal", "csd-tree", "hf-assisted"}
     assert "csd itself" in METHODS["csd-vertical"].skip_reason(lookup, s)
     skipped = {n for n, m in METHODS.items() if m.skip_reason(sd_only, s)}
     assert skipped == {"pld", "csd-vertical", "csd-horizontal"}
     assert METHODS["sd"].config(sd_only, Settings(sd_block=7))["k_matrix"] == [[7]]
+    tree = METHODS["csd-tree"].config(sd_only, s)
+    assert tree["k_matrix"] == [[4]] and tree["tree"] == [
+        {"budget": 16, "top_k": 2, "min_prob": 0.1}
+    ]
 
 
 def test_parse_methods():

@@ -66,9 +66,15 @@ def test_extend_appends_chains():
     assert chain_form.tokens == [9, 8]
 
 
-def test_extend_refuses_trees():
-    with pytest.raises(ValueError, match="chains"):
-        Draft.deterministic([1, 2], 1).extend(TREE)
+def test_extend_appends_a_tree_below_a_chain():
+    chain = Draft.deterministic([1, 2], 2)
+    chain.extend(TREE)
+    assert chain.tokens == [1, 2, *TREE.tokens]
+    assert chain.parents == [-1, 0, *(p + 2 if p >= 0 else 1 for p in TREE.parents)]
+    assert chain.depth() == [1, 2, *(d + 2 for d in TREE.depth())]
+
+
+def test_extend_refuses_to_extend_trees():
     tree = Draft(list(TREE.tokens), list(TREE.origins), list(TREE.q), list(TREE.parents))
     with pytest.raises(ValueError, match="chains"):
         tree.extend(Draft.deterministic([1], 1))

@@ -57,3 +57,24 @@ def test_measure_cost_times_the_models_own_session():
     # blocks of n new tokens after the context: seq holds context + n - 1 drafted tokens
     assert (40, 40) in model.log and (43, 40) in model.log
     assert model.log[-1] == "reset"  # the cache is freed afterwards
+
+
+def test_measure_cost_of_trees_scores_combs_by_node_count():
+    from engine_helpers import build_model
+
+    from csdraft.models import TransformersScorer
+    from csdraft.tune.costs import comb
+
+    tree = comb([5, 6, 7, 8, 9])
+    assert tree.parents == [-1, -1, 0, 0, 2] and tree.depth() == [1, 1, 2, 2, 3]
+
+    class Tiny:
+        def session(self, name: str) -> TransformersScorer:
+            return TransformersScorer(build_model("llama", 16), name)
+
+    curve = tune.measure_cost(Tiny(), list(range(12)), [1, 2], lengths=(1, 3, 5), repeats=1)
+    trees = tune.measure_cost(
+        Tiny(), list(range(12)), [1, 2], lengths=(1, 3, 5), repeats=1, prefill=False, tree=True
+    )
+    assert trees.lengths == [1, 3, 5] and curve.lengths == [1, 3, 5, 12]
+    assert trees.seconds == sorted(trees.seconds) and trees.prefill is None

@@ -76,6 +76,7 @@ def test_replay_matches_the_engine_on_tiny_models(tiny):
     prompts = [loaded.encode(f"w{i} w{i + 1} w{i + 2} w{2 * i} w{i + 1} w{i + 2}") for i in (1, 5)]
     cal = tune.calibrate(loaded, prompts, 20, lengths=(1, 4), repeats=1)
     assert cal.n_neural == 2 and cal.maxgram_rung == 2
+    assert cal.tree_cost is not None and cal.tree_cost.lengths == [1, 4]
     replay = tune.Replay(cal)
     tokens = sum(len(r.ref) for r in cal.records)
     settings = [([[3, 3], [0, 3]], 0.0), ([[2, 0], [0, 0]], 0.0), ([[0, 5], [0, 0]], 0.0)]

@@ -1,0 +1,280 @@
+"""Token trees through the cascade: the output stays exactly the target's.
+
+``RandomTree`` drafts random trees (deterministic children, children sampled from a fixed q, or
+both), knowing the target's greedy continuation so that some paths are right; the target (and
+inner drafters) may also grow trees from a drafter's chain (``TreeSettings``). Greedy: the ids
+equal the target's greedy decoding for random trees and ladders (hypothesis). Sampling: the
+chi-square check of test_sampling.py on trees of several shapes, in two- and three-rung ladders,
+and the same check catches a tree review that forgets to remove a refused deterministic child.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from engine_helpers import (
+    TARGETS,
+    cascade_of,
+    distribution_check,
+    drafter_of,
+    ids_of,
+    passes,
+    target_of,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from csdraft.engine import Draft, MaxGram, ModelRung, Proposer, Sampling
+from csdraft.engine import tree as tree_module
+from csdraft.engine.proposer import Engine
+from csdraft.engine.tree import TreeSettings, greedy_tree, grow, sample_tree
+from csdraft.trace import Commit, Review, Stats
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPT = [1, 2, 3, 4, 1, 2, 3, 4, 1, 2]
+RUNS = 1000
+WRONG_RUNS = 1200
+
+
+class RandomTree(Proposer):
+    """Random trees of depth at most n: each node gets up to ``branch`` children, each either
+    deterministic (the target's greedy token when the node lies on the target's greedy path and
+    a coin says so, else a random token) or, with ``sampled``, drawn from a fixed q."""
+
+    name = "random-tree"
+
+    def __init__(
+        self,
+        vocab: int,
+        seed: int,
+        branch: int = 3,
+        max_nodes: int = 10,
+        sampled: float = 0.0,
+        reference: list[int] | None = None,
+    ) -> None:
+        self.vocab = vocab
+        self.rng = np.random.default_rng(seed)
+        self.branch = branch
+        self.max_nodes = max_nodes
+        self.sampled = sampled  # the chance that a child is drawn from q
+        self.gen = torch.Generator().manual_seed(seed)
+        self.q = torch.softmax(torch.randn(vocab, generator=self.gen), 0)
+        self.reference = reference  # the target's greedy continuation of PROMPT
+        self.prompt: list[int] = []
+
+    def reset(self, prompt) -> None:
+        self.prompt = [int(t) for t in prompt]
+
+    def right(self, context: np.ndarray, nodes: list[int], draft: Draft) -> int | None:
+        """The target's greedy token after context + nodes, when known."""
+        ref, n = self.reference, len(self.prompt)
+        if ref is None or list(context[:n]) != self.prompt:
+            return None
+        done = [int(t) for t in context[n:]] + [draft.tokens[i] for i in nodes]
+        return ref[len(done)] if ref[: len(done)] == done and len(done) < len(ref) else None
+
+    def propose(self, context: np.ndarray, n: int, engine: Engine) -> Draft:
+        draft = Draft(parents=[])
+        frontier = [(-1, [])]  # (node, its path)
+        while frontier and len(draft) < self.max_nodes:
+            parent, path = frontier.pop(0)
+            if len(path) >= n:
+                continue
+            for _ in range(int(self.rng.integers(1, self.branch + 1))):
+                if len(draft) >= self.max_nodes:
+                    break
+                if self.rng.random() < self.sampled:
+                    token = int(torch.multinomial(self.q, 1, generator=self.gen))
+                    q = self.q
+                else:
+                    good = self.right(context, path, draft)
+                    coin = self.rng.random() < 0.6
+                    token = (
+                        good if good is not None and coin else int(self.rng.integers(self.vocab))
+                    )
+                    q = None
+                draft.tokens.append(token)
+                draft.origins.append(self.index)
+                draft.q.append(q)
+                draft.parents.append(parent)
+                frontier.append((len(draft) - 1, [*path, len(draft) - 1]))
+        return draft
+
+
+# ---------------------------------------------------------------------------------------------
+# The review rules alone
+
+
+def test_greedy_tree_takes_the_longest_right_path():
+    # argmax after the root: 5; after node 1 (token 5): 6; after node 3 (token 6): 7.
+    logits = torch.full((6, 10), -5.0)
+    for row, best in enumerate([5, 0, 6, 0, 7, 0]):
+        logits[row, best] = 5.0
+    draft = Draft([4, 5, 6, 6, 9], [1] * 5, [None] * 5, parents=[-1, -1, 0, 1, 3])
+    verdict = greedy_tree(logits, draft, hand_on_probs=True)
+    assert verdict.path == [1, 3] and verdict.accepted == 2 and verdict.token == 7
+    assert len(verdict.q) == 3
+    torch.testing.assert_close(verdict.q[1], torch.softmax(logits[2], -1))
+    none = greedy_tree(logits, Draft([1, 2], [1, 1], [None, None], parents=[-1, -1]), False)
+    assert none.path == [] and none.token == 5 and none.q == [None]
+
+
+def test_grow_adds_the_likeliest_siblings_within_the_budget():
+    q = [torch.tensor([0.5, 0.3, 0.2, 0.0]), torch.tensor([0.05, 0.05, 0.9, 0.0])]
+    q.append(torch.tensor([0.4, 0.35, 0.25, 0.0]))
+    chain = Draft([0, 2, 1], [1, 1, 2], q)
+    tree = grow(chain, TreeSettings(budget=6, top_k=2, min_prob=0.6))
+    # Position 0: 1 (0.3), 2 (0.2); position 1 is sure; position 2: 0 (0.5 * 0.9 * 0.4 = 0.18),
+    # 2 (0.1125, cut by the budget).
+    assert tree.tokens == [0, 2, 1, 1, 2, 0]
+    assert tree.parents == [-1, 0, 1, -1, -1, 1]
+    assert tree.q[3:] == [None] * 3 and tree.origins == [1, 1, 2, 1, 1, 2]
+    assert grow(chain, TreeSettings(budget=3)) is chain
+    assert grow(chain, TreeSettings(min_prob=0.0)) is chain
+
+
+def test_trees_refuse_lenience():
+    with pytest.raises(ValueError, match="lenience needs linear drafts"):
+        ModelRung(None, "d0", lenience=2.0, tree=TreeSettings())
+    with pytest.raises(ValueError, match="budget"):
+        TreeSettings(budget=0)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), vocab=st.integers(2, 6), sampled=st.floats(0, 1))
+def test_sample_tree_first_token_follows_p(seed, vocab, sampled):
+    """One node's children alone: whatever they are, the first output token follows p."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(1 + 4, vocab, generator=gen)
+    p = torch.softmax(logits[0], -1)
+    toy = RandomTree(vocab, seed, branch=4, max_nodes=4, sampled=sampled)
+    counts = torch.zeros(vocab)
+    n = 2000
+    for _ in range(n):
+        draft = toy.propose(np.zeros(1, dtype=np.int64), 1, None)
+        verdict = sample_tree(logits[: 1 + len(draft)], draft, Sampling(1.0), gen)
+        counts[draft.tokens[verdict.path[0]] if verdict.path else verdict.token] += 1
+    assert (counts / n - p).abs().max() < 0.06, (counts / n, p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy exactness over random trees and ladders
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    target=st.sampled_from(TARGETS),
+    ladder=st.sampled_from(["tree", "near+tree", "near grown", "near+maxgram grown"]),
+    seed=st.integers(0, 2**16),
+    depth=st.integers(1, 5),
+    budget=st.integers(1, 12),
+    top_k=st.integers(1, 3),
+    max_new_tokens=st.integers(1, 20),
+    prompt=st.lists(st.integers(0, 47), min_size=1, max_size=8),
+)
+def test_greedy_trees_give_the_targets_greedy_decoding(
+    zoo, target, ladder, seed, depth, budget, top_k, max_new_tokens, prompt
+):
+    model = target_of(zoo, target)
+    prompt = [t % target[1] for t in prompt]
+    want = zoo.reference(model, prompt, max_new_tokens)
+    toy = RandomTree(target[1], seed, reference=zoo.reference(model, prompt, 32))
+    grown = TreeSettings(budget=budget, top_k=top_k, min_prob=1.0)  # branch everywhere
+    if ladder == "tree":
+        cascade = cascade_of(model, [toy], [[depth]])
+    elif ladder == "near+tree":  # the drafter reviews the toy's trees, the target grows its own
+        near = drafter_of(zoo, target, "near")
+        cascade = cascade_of(model, [near, toy], [[depth, 0], [0, 3]], tree=grown)
+    else:
+        rest = [MaxGram()] if "maxgram" in ladder else []
+        k = [[depth, 1], [0, 2]] if rest else [[depth]]
+        cascade = cascade_of(model, [drafter_of(zoo, target, "far"), *rest], k, tree=grown)
+    events = list(cascade.generate(prompt, max_new_tokens))
+    got = ids_of(events)
+    assert got == want, zoo.divergence(model, prompt, got, want)
+    # Each commit is the target's kept path plus its own token; the rest was rejected.
+    last = None
+    for e in events:
+        if isinstance(e, Review) and e.reviewer == 0:
+            last = e
+        elif isinstance(e, Commit):
+            kept = last.kept()
+            assert e.tokens == ([last.proposed[i] for i in kept] + [last.token])[: len(e.tokens)]
+            assert len(e.rejected) == len(last.proposed) - len(kept)
+    assert Stats.of(events).new_tokens == max_new_tokens
+
+
+def test_trees_raise_acceptance(zoo):
+    """With a far drafter, siblings at unsure positions keep more tokens per target pass."""
+    key = TARGETS[0]
+    model = target_of(zoo, key)
+    rates = []
+    for tree in (None, TreeSettings(budget=12, top_k=3, min_prob=0.9)):
+        cascade = cascade_of(model, [drafter_of(zoo, key, "far")], [[4]], tree=tree)
+        stats = Stats.of(cascade.generate([5, 6, 7], 40))
+        rates.append(stats.tokens_per_forward)
+    assert rates[1] > rates[0], rates
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling exactness over trees
+
+
+LADDERS = {
+    # The drafter's chain plus top-3 deterministic siblings everywhere.
+    "grown from one drafter": dict(drafters=("far",), k=[[2]], tree=TreeSettings(8, 3, 1.0)),
+    # Random trees, children sampled from q or deterministic.
+    "random trees": dict(drafters=("toy",), k=[[2]], tree=None),
+    # Three rungs: a drafter reviews random trees, the target grows trees from its chain.
+    "drafter over trees, grown": dict(
+        drafters=("near", "toy"), k=[[2, 0], [0, 2]], tree=TreeSettings(6, 2, 0.9)
+    ),
+    # Three rungs: drafter and Max-Gram, top-k sampling, grown at the target.
+    "drafter + max-gram, grown, top-k": dict(
+        drafters=("far", "maxgram"), k=[[2, 1], [0, 1]], tree=TreeSettings(6, 3, 1.0), top_k=5
+    ),
+}
+
+
+def tree_cascade(models, spec, seed=0):
+    drafters = []
+    for name in spec["drafters"]:
+        if name == "toy":
+            drafters.append(RandomTree(12, seed=5, branch=3, max_nodes=7, sampled=0.5))
+        elif name == "maxgram":
+            drafters.append(MaxGram())
+        else:
+            drafters.append(models[name])
+    sampling = Sampling(1.0, top_k=spec.get("top_k", 0))
+    cascade = cascade_of(
+        models["target"], drafters, spec["k"], sampling=sampling, seed=seed, tree=spec["tree"]
+    )
+    return cascade, sampling
+
+
+@pytest.mark.parametrize("name", list(LADDERS))
+def test_tree_cascade_samples_the_target_distribution(sampling_models, name):
+    cascade, sampling = tree_cascade(sampling_models, LADDERS[name])
+    results, tv = distribution_check(cascade, sampling_models["target"], sampling, 3, RUNS, PROMPT)
+    assert passes(results), f"{name}: chi-square p-values {results}, TV(x1,x2) {tv:.3f}"
+    events = list(cascade.generate(PROMPT, 8, seed=1))
+    assert any(isinstance(e, Review) and e.parents is not None for e in events)
+
+
+def test_check_rejects_a_tree_review_that_keeps_refused_children(sampling_models, monkeypatch):
+    """Wrong: a refused deterministic child stays in p (only sampled children's q is removed)."""
+    real = tree_module._residual
+
+    def keep_refused(p, q):
+        return p if float(q.max()) == 1.0 else real(p, q)
+
+    monkeypatch.setattr(tree_module, "_residual", keep_refused)
+    spec = LADDERS["grown from one drafter"]
+    cascade, sampling = tree_cascade(sampling_models, spec)
+    results, tv = distribution_check(
+        cascade, sampling_models["target"], sampling, 3, WRONG_RUNS, PROMPT
+    )
+    assert not passes(results), f"went unnoticed: p-values {results}, TV {tv:.3f}"
+    assert min(results.values()) < 1e-6, results
