@@ -19,6 +19,7 @@ from typing import Any
 
 from csdraft import trace
 from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling, learn_bigram
+from csdraft.engine.deferral import Deferral
 from csdraft.errors import CsdraftError, UsageError
 from csdraft.ladder import LadderSpec, check_sampling, get_ladder
 from csdraft.text import StopStrings
@@ -126,12 +127,19 @@ class Ladder:
         check_sampling(t, k, p, "sampling")
         return Sampling(float(t), int(k), float(p))
 
-    def proposer(self, rung: int, lenience: float, min_confidence: float) -> Proposer:
+    def proposer(
+        self,
+        rung: int,
+        lenience: float,
+        min_confidence: float,
+        deferral: Deferral | None = None,
+    ) -> Proposer:
         """A fresh drafting rung for ladder index ``rung`` (1..D)."""
         spec = self.spec
         if rung <= len(spec.drafters):
             m = spec.drafters[rung - 1]
-            return ModelRung(self.models[rung].session(m.name), m.name, lenience, min_confidence)
+            session = self.models[rung].session(m.name)
+            return ModelRung(session, m.name, lenience, min_confidence, deferral=deferral)
         mg = spec.maxgram
         assert mg is not None
         return MaxGram(mg.max_ngram, mg.min_ngram, self.bigram)
@@ -144,12 +152,17 @@ class Ladder:
         min_confidence: float | Sequence[float] | None = None,
         sampling: Sampling | None = None,
         seed: int | None = None,
+        deferral: Deferral | Sequence[Deferral | None] | None = None,
     ) -> Cascade:
         """A cascade over this ladder, or over a sub-ladder: ``rungs`` lists the drafting rungs
         to keep (ladder indices 1..D; default all), for baselines such as bench's. ``lenience``
         and ``min_confidence`` (one value, or one per kept neural drafter) default to the
-        ladder's."""
+        ladder's. ``deferral`` (the target's rule, or one per reviewer of the full ladder:
+        target, then each neural drafter) defaults to the ladder's; any lossy rule makes the
+        output lossy on purpose (``Cascade.lossless`` is then False)."""
         spec = self.spec
+        if deferral is not None:
+            spec = spec.with_settings(deferral=deferral, where=f"ladder '{spec.name}'")
         keep = list(range(1, spec.drafting_rungs + 1)) if rungs is None else list(rungs)
         if any(not 1 <= r <= spec.drafting_rungs for r in keep):
             raise UsageError(f"ladder '{spec.name}' has no drafting rung {keep}")
@@ -162,13 +175,15 @@ class Ladder:
             self.models[0].session(spec.target.name),
             spec.target.name,
             vocab_size=self.models[0].vocab_size,
+            deferral=spec.deferral[0],
         )
         drafters: list[Proposer] = []
         for r in keep:
-            i = neural.index(r) if r in neural else None
-            drafters.append(
-                self.proposer(r, *((lenience[i], floors[i]) if i is not None else (1.0, 0.0)))
-            )
+            if r in neural:
+                i = neural.index(r)
+                drafters.append(self.proposer(r, lenience[i], floors[i], spec.deferral[r]))
+            else:
+                drafters.append(self.proposer(r, 1.0, 0.0))
         try:
             return Cascade(
                 [target, *drafters],

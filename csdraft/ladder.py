@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from csdraft.engine import kmatrix
+from csdraft.engine.deferral import RULES, Deferral
 from csdraft.errors import CsdraftError, UsageError
 
 DTYPES = ("bfloat16", "float16", "float32", "int8")
@@ -65,6 +66,9 @@ class LadderSpec:
     min_confidence: tuple[float, ...] = ()
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     description: str = ""
+    deferral: tuple[Deferral | None, ...] = ()
+    """Per reviewer (target first, then each neural drafter): its deferral rule, or None for
+    the lossless review."""
 
     def __post_init__(self) -> None:
         # Per-drafter settings left empty mean the neutral value for every drafter.
@@ -72,6 +76,13 @@ class LadderSpec:
             object.__setattr__(self, "lenience", (1.0,) * len(self.drafters))
         if not self.min_confidence:
             object.__setattr__(self, "min_confidence", (0.0,) * len(self.drafters))
+        if not self.deferral:
+            object.__setattr__(self, "deferral", (None,) * (len(self.drafters) + 1))
+
+    @property
+    def lossless(self) -> bool:
+        """Whether no reviewer has a lossy deferral rule."""
+        return all(d is None or d.lossless for d in self.deferral)
 
     @property
     def rung_names(self) -> list[str]:
@@ -92,9 +103,13 @@ class LadderSpec:
         name: str | None = None,
         min_confidence: Any = None,
         where: str = "command line",
+        deferral: Any = None,
     ) -> LadderSpec:
-        """A copy with another k-matrix and/or lenience, validated like the YAML."""
+        """A copy with another k-matrix, lenience, min_confidence and/or deferral rules,
+        validated like the YAML."""
         spec = self
+        if deferral is not None:
+            spec = replace(spec, deferral=check_deferral(deferral, len(self.drafters), where))
         if k_matrix is not None:
             spec = replace(spec, k_matrix=check_k_matrix(k_matrix, self, where))
         if lenience is not None:
@@ -102,6 +117,7 @@ class LadderSpec:
         if min_confidence is not None:
             floors = check_min_confidence(min_confidence, len(self.drafters), where)
             spec = replace(spec, min_confidence=floors)
+        check_lenient_or_lossy(spec, where)
         return replace(spec, name=name) if name else spec
 
     def explain_k_matrix(self) -> list[str]:
@@ -132,6 +148,46 @@ def check_min_confidence(value: Any, drafters: int, where: str) -> tuple[float, 
     return _per_drafter(
         value, drafters, where, "min_confidence", lambda v: 0 <= v < 1, "numbers in [0, 1)"
     )
+
+
+def check_deferral(value: Any, drafters: int, where: str) -> tuple[Deferral | None, ...]:
+    """Deferral rules: one ``{rule: R, alpha: A}`` for the target, or a list with one such
+    mapping (or null) per reviewer, target first, then each neural drafter."""
+    if isinstance(value, Deferral | dict):
+        value = [value]
+    elif not isinstance(value, list | tuple) or len(value) != drafters + 1:
+        raise UsageError(
+            f"{where}: deferral: expected {{rule: R, alpha: A}} for the target or a list of "
+            f"{drafters + 1} (target, then each neural drafter), got {reprlib.repr(value)}"
+        )
+    out: list[Deferral | None] = []
+    for v in value:
+        if v is None or isinstance(v, Deferral):
+            out.append(v)
+            continue
+        if not isinstance(v, dict) or set(v) - {"rule", "alpha"} or "rule" not in v:
+            raise UsageError(
+                f"{where}: deferral: expected {{rule: R, alpha: A}} or null, got {reprlib.repr(v)}"
+            )
+        alpha = v.get("alpha", 0.0)
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+            raise UsageError(f"{where}: deferral: alpha must be a number, got {alpha!r}")
+        try:
+            out.append(Deferral(str(v["rule"]), float(alpha)))
+        except ValueError as e:
+            raise UsageError(f"{where}: deferral: {e}; rules: {', '.join(RULES)}") from None
+    return tuple(out + [None] * (drafters + 1 - len(out)))
+
+
+def check_lenient_or_lossy(spec: LadderSpec, where: str) -> None:
+    """A drafter may loosen its reviews by lenience or by a deferral rule, not both."""
+    rows = zip(spec.drafters, spec.lenience, spec.deferral[1:], strict=True)
+    for drafter, lenience, rule in rows:
+        if lenience > 1 and rule is not None and not rule.lossless:
+            raise UsageError(
+                f"{where}: deferral: {drafter.name} has lenience {lenience:g} and deferral "
+                f"{rule}; choose one"
+            )
 
 
 def _per_drafter(
@@ -178,7 +234,7 @@ def _model(value: Any, where: str, dtype: str, device: str) -> ModelSpec:
 
 _LADDER_KEYS = {
     "description", "target", "drafters", "maxgram", "k_matrix", "lenience", "dtype", "device",
-    "min_confidence",
+    "min_confidence", "deferral",
     "generation",
 }  # fmt: skip
 
@@ -245,7 +301,7 @@ def parse_ladder(name: str, raw: Any) -> LadderSpec:
         allowed = ", ".join(GenerationDefaults.__dataclass_fields__)
         raise UsageError(f"{_where(name, 'generation')}: allowed keys are {allowed}") from None
     check_sampling(gen.temperature, gen.top_k, gen.top_p, _where(name, "generation"))
-    return replace(
+    spec = replace(
         spec,
         k_matrix=check_k_matrix(k_raw, spec, f"ladder '{name}'"),
         lenience=check_lenience(raw.get("lenience", 1.0), len(drafters), f"ladder '{name}'"),
@@ -254,6 +310,11 @@ def parse_ladder(name: str, raw: Any) -> LadderSpec:
         ),
         generation=gen,
     )
+    if raw.get("deferral") is not None:
+        rules = check_deferral(raw["deferral"], len(drafters), f"ladder '{name}'")
+        spec = replace(spec, deferral=rules)
+    check_lenient_or_lossy(spec, f"ladder '{name}'")
+    return spec
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float, where: str) -> None:
@@ -347,6 +408,8 @@ def ladder_to_yaml(spec: LadderSpec) -> dict:
     out["k_matrix"] = [list(r) for r in spec.k_matrix]
     out["lenience"] = list(spec.lenience)
     out["min_confidence"] = list(spec.min_confidence)
+    if any(d is not None for d in spec.deferral):
+        out["deferral"] = [d and {"rule": d.rule, "alpha": d.alpha} for d in spec.deferral]
     g = spec.generation
     out["generation"] = {**vars(g), "stop": list(g.stop)}
     return out
