@@ -12,6 +12,7 @@ from tiny_ladder import make_tiny_ladder
 from csdraft.engine.deferral import Deferral
 from csdraft.ladder import ladder_to_yaml, parse_config, parse_ladder
 from csdraft.trace import Start, Stats
+from csdraft.viz import summary_table
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,8 @@ def test_stats_say_lossy():
     assert stats.lossy_label() == "LOSSY: opt alpha=0.1 at big"
     assert stats.as_dict()["deferral"] == {"big": {"rule": "opt", "alpha": 0.1}}
     assert Stats.of([Start(["big"], 3)]).as_dict()["lossless"] is True
+    assert "LOSSY: opt alpha=0.1 at big" in str(summary_table(stats).caption)
+    assert "LOSSY" not in str(summary_table(Stats.of([Start(["big"], 3)])).caption)
 
 
 def test_generate_lossy_json_and_trace(capsys, monkeypatch, ladder_dir, tmp_path):
