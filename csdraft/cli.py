@@ -208,7 +208,10 @@ def bench(
         str | None,
         typer.Option(
             help="Comma list of methods (default: all; ar is always added): ar, sd, pld, "
-            "csd-vertical, csd-horizontal, csd, hf-generate, hf-assisted, hf-lookup."
+            "csd-vertical, csd-horizontal, csd, hf-generate, hf-assisted, hf-lookup, "
+            "csd@LADDER; and lossy on purpose, METHOD+RULE@ALPHA (e.g. csd+opt@0.1, "
+            "sd+chow@0.2; csd+opt@0.1,0.2 for one alpha per reviewer; rules as in "
+            "`generate --help`)."
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
@@ -236,6 +239,15 @@ def bench(
         bool, typer.Option("--json", help="Print the results JSON on stdout (report on stderr).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    until_answer: Annotated[
+        int | None,
+        typer.Option(
+            help="GSM8K: a token budget instead of --max-new-tokens; each generation ends at "
+            "its first finished '#### <number>' line, and the report gives answers reached, "
+            "accuracy with a 95% (Wilson) interval and agreement with ar's answers.",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Measure speed honestly: every method on the same prompts, models, machine.
 
@@ -292,6 +304,7 @@ def bench(
         temperature=temperature,
         as_json=as_json,
         quiet=quiet,
+        until_answer=until_answer,
     )
     if results.get("interrupted"):
         raise typer.Exit(130)
