@@ -19,6 +19,7 @@ from typing import Any
 
 from csdraft import trace
 from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling, learn_bigram
+from csdraft.engine.deferral import Deferral
 from csdraft.engine.tree import TreeSettings
 from csdraft.errors import CsdraftError, UsageError
 from csdraft.ladder import LadderSpec, check_sampling, get_ladder
@@ -129,15 +130,22 @@ class Ladder:
         return Sampling(float(t), int(k), float(p))
 
     def proposer(
-        self, rung: int, lenience: float, min_confidence: float, tree: TreeSettings | None = None
+        self,
+        rung: int,
+        lenience: float,
+        min_confidence: float,
+        tree: TreeSettings | None = None,
+        deferral: Deferral | None = None,
     ) -> Proposer:
         """A fresh drafting rung for ladder index ``rung`` (1..D); ``tree``: how the drafts it
-        reviews branch (neural rungs only)."""
+        reviews branch, ``deferral``: its review's rule (neural rungs only)."""
         spec = self.spec
         if rung <= len(spec.drafters):
             m = spec.drafters[rung - 1]
             session = self.models[rung].session(m.name)
-            return ModelRung(session, m.name, lenience, min_confidence, tree=tree)
+            return ModelRung(
+                session, m.name, lenience, min_confidence, tree=tree, deferral=deferral
+            )
         mg = spec.maxgram
         assert mg is not None
         return MaxGram(mg.max_ngram, mg.min_ngram, self.bigram)
@@ -151,13 +159,19 @@ class Ladder:
         sampling: Sampling | None = None,
         seed: int | None = None,
         tree: Sequence[TreeSettings | None] | None = None,
+        deferral: Deferral | Sequence[Deferral | None] | None = None,
     ) -> Cascade:
         """A cascade over this ladder, or over a sub-ladder: ``rungs`` lists the drafting rungs
         to keep (ladder indices 1..D; default all), for baselines such as bench's. ``lenience``
         and ``min_confidence`` (one value, or one per kept neural drafter) default to the
         ladder's; ``tree`` (per reviewer: the target, then each kept neural drafter; a shorter
-        list leaves the rest linear) to the ladder's."""
+        list leaves the rest linear) to the ladder's. ``deferral`` (the target's rule, or one
+        per reviewer of the full ladder: target, then each neural drafter) defaults to the
+        ladder's; any lossy rule makes the output lossy on purpose (``Cascade.lossless`` is
+        then False)."""
         spec = self.spec
+        if deferral is not None:
+            spec = spec.with_settings(deferral=deferral, where=f"ladder '{spec.name}'")
         keep = list(range(1, spec.drafting_rungs + 1)) if rungs is None else list(rungs)
         if any(not 1 <= r <= spec.drafting_rungs for r in keep):
             raise UsageError(f"ladder '{spec.name}' has no drafting rung {keep}")
@@ -175,12 +189,15 @@ class Ladder:
                 spec.target.name,
                 vocab_size=self.models[0].vocab_size,
                 tree=trees[0],
+                deferral=spec.deferral[0],
             )
             drafters: list[Proposer] = []
             for r in keep:
                 if r in neural:
                     i = neural.index(r)
-                    drafters.append(self.proposer(r, lenience[i], floors[i], trees[i + 1]))
+                    drafters.append(
+                        self.proposer(r, lenience[i], floors[i], trees[i + 1], spec.deferral[r])
+                    )
                 else:
                     drafters.append(self.proposer(r, 1.0, 0.0))
             return Cascade(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -48,6 +48,41 @@ def parse_numbers(text: str | None, option: str) -> list[float] | float | None:
     except ValueError:
         raise UsageError(f"{option}: expected a number or a comma list, got {text!r}") from None
     return values[0] if len(values) == 1 else values
+
+
+DEFERRAL_HELP = (
+    "Lossy on purpose (speculative cascades): the reviewers' deferral rule: one RULE for the "
+    "target, or a comma list per reviewer (target, then each neural drafter; 'none' for a "
+    "lossless one). Rules, with alpha's useful range and lossless end (q: the drafter's "
+    "probabilities, p: the reviewer's): "
+)
+
+
+def parse_deferral(rules: str | None, alphas: str | None) -> Any:
+    """--deferral 'opt' --alpha 0.1 -> [Deferral('opt', 0.1)] (the target's); comma lists give
+    one rule per reviewer, with one alpha for all or one each."""
+    from csdraft.engine.deferral import Deferral
+
+    if rules is None:
+        if alphas is not None:
+            raise UsageError("--alpha: needs --deferral RULE")
+        return None
+    names = [r.strip() for r in rules.split(",")]
+    values = parse_numbers(alphas or "0", "--alpha")
+    values = values if isinstance(values, list) else [values] * len(names)
+    if len(values) != len(names):
+        raise UsageError(f"--alpha: expected one value or {len(names)} (one per --deferral rule)")
+    try:
+        out = [Deferral(n, a) for n, a in zip(names, values, strict=True)]
+    except ValueError as e:
+        raise UsageError(f"--deferral: {e}") from None
+    return out[0] if len(out) == 1 else out
+
+
+def _deferral_rules_help() -> str:
+    from csdraft.engine.deferral import RULES
+
+    return DEFERRAL_HELP + "; ".join(f"**{k}**: {v}" for k, v in RULES.items()) + "."
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -111,8 +146,14 @@ def generate(
     save_trace: Annotated[
         Path | None, typer.Option(help="Save the event trace (JSON lines) for `inspect --trace`.")
     ] = None,
+    deferral: Annotated[str | None, typer.Option(help=_deferral_rules_help())] = None,
+    alpha: Annotated[
+        str | None,
+        typer.Option(help="The deferral rules' dial: one value, or one per --deferral rule."),
+    ] = None,
 ) -> None:
-    """Generate with a cascade ladder: exactly the target's output, faster.
+    """Generate with a cascade ladder: exactly the target's output, faster (unless
+    --deferral makes it lossy on purpose, which the output then says).
 
     On a terminal the text streams with each token coloured by the rung that drafted it and the
     drafts the target rejected struck through; piped, only the text is written.
@@ -136,6 +177,7 @@ def generate(
         as_json=as_json,
         quiet=quiet,
         save_trace=save_trace,
+        deferral=parse_deferral(deferral, alpha),
     )
     raise typer.Exit(code)
 
@@ -177,7 +219,10 @@ def bench(
         str | None,
         typer.Option(
             help="Comma list of methods (default: all; ar is always added): ar, sd, pld, "
-            "csd-vertical, csd-horizontal, csd, csd-tree, hf-generate, hf-assisted, hf-lookup."
+            "csd-vertical, csd-horizontal, csd, csd-tree, hf-generate, hf-assisted, hf-lookup, "
+            "csd@LADDER; and lossy on purpose, METHOD+RULE@ALPHA (e.g. csd+opt@0.1, "
+            "sd+chow@0.2; csd+opt@0.1,0.2 for one alpha per reviewer; rules as in "
+            "`generate --help`)."
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
@@ -206,6 +251,15 @@ def bench(
         bool, typer.Option("--json", help="Print the results JSON on stdout (report on stderr).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    until_answer: Annotated[
+        int | None,
+        typer.Option(
+            help="GSM8K: a token budget instead of --max-new-tokens; each generation ends at "
+            "its first finished '#### <number>' line, and the report gives answers reached, "
+            "accuracy with a 95% (Wilson) interval and agreement with ar's answers.",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Measure speed honestly: every method on the same prompts, models, machine.
 
@@ -273,6 +327,7 @@ def bench(
         temperature=temperature,
         as_json=as_json,
         quiet=quiet,
+        until_answer=until_answer,
     )
     if results.get("interrupted"):
         raise typer.Exit(130)

@@ -37,12 +37,13 @@ def run_generate(
     as_json: bool = False,
     quiet: bool = False,
     save_trace: Path | None = None,
+    deferral: Any = None,
 ) -> int:
     """Load the ladder, stream the cascade's output, return the exit code. Output already
     generated is printed before anything that can fail afterwards (saving the trace)."""
     check_writable(save_trace, "--save-trace")
     spec = get_ladder(ladder, config).with_settings(
-        k_matrix=k_matrix, lenience=lenience, min_confidence=min_confidence
+        k_matrix=k_matrix, lenience=lenience, min_confidence=min_confidence, deferral=deferral
     )
     n_new = max_new_tokens or spec.generation.max_new_tokens
     check_prompt_early(spec, prompt, n_new, raw, progress=not quiet)
@@ -82,6 +83,7 @@ def run_generate(
         payload = {
             "text": result.text,
             "token_ids": result.token_ids,
+            "lossless": result.stats.lossless,
             "stats": {"ladder": spec.name, **result.stats.as_dict()},
         }
         sys.stdout.write(json.dumps(payload) + "\n")

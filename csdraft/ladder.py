@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from csdraft.engine import kmatrix
+from csdraft.engine.deferral import RULES, Deferral
 from csdraft.engine.tree import TreeSettings
 from csdraft.errors import CsdraftError, UsageError
 
@@ -69,6 +70,9 @@ class LadderSpec:
     tree: tuple[TreeSettings | None, ...] = ()
     """Per reviewing rung (target, then each neural drafter): how the drafts it reviews branch
     (None: linear drafts)."""
+    deferral: tuple[Deferral | None, ...] = ()
+    """Per reviewer (target first, then each neural drafter): its deferral rule, or None for
+    the lossless review."""
 
     def __post_init__(self) -> None:
         # Per-drafter settings left empty mean the neutral value for every drafter.
@@ -78,6 +82,13 @@ class LadderSpec:
             object.__setattr__(self, "min_confidence", (0.0,) * len(self.drafters))
         if not self.tree:
             object.__setattr__(self, "tree", (None,) * (len(self.drafters) + 1))
+        if not self.deferral:
+            object.__setattr__(self, "deferral", (None,) * (len(self.drafters) + 1))
+
+    @property
+    def lossless(self) -> bool:
+        """Whether no reviewer has a lossy deferral rule."""
+        return all(d is None or d.lossless for d in self.deferral)
 
     @property
     def rung_names(self) -> list[str]:
@@ -98,9 +109,13 @@ class LadderSpec:
         name: str | None = None,
         min_confidence: Any = None,
         where: str = "command line",
+        deferral: Any = None,
     ) -> LadderSpec:
-        """A copy with another k-matrix and/or lenience, validated like the YAML."""
+        """A copy with another k-matrix, lenience, min_confidence and/or deferral rules,
+        validated like the YAML."""
         spec = self
+        if deferral is not None:
+            spec = replace(spec, deferral=check_deferral(deferral, len(self.drafters), where))
         if k_matrix is not None:
             spec = replace(spec, k_matrix=check_k_matrix(k_matrix, self, where))
         if lenience is not None:
@@ -108,6 +123,7 @@ class LadderSpec:
         if min_confidence is not None:
             floors = check_min_confidence(min_confidence, len(self.drafters), where)
             spec = replace(spec, min_confidence=floors)
+        check_lenient_or_lossy(spec, where)
         return replace(spec, name=name) if name else spec
 
     def explain_k_matrix(self) -> list[str]:
@@ -138,6 +154,46 @@ def check_min_confidence(value: Any, drafters: int, where: str) -> tuple[float, 
     return _per_drafter(
         value, drafters, where, "min_confidence", lambda v: 0 <= v < 1, "numbers in [0, 1)"
     )
+
+
+def check_deferral(value: Any, drafters: int, where: str) -> tuple[Deferral | None, ...]:
+    """Deferral rules: one ``{rule: R, alpha: A}`` for the target, or a list with one such
+    mapping (or null) per reviewer, target first, then each neural drafter."""
+    if isinstance(value, Deferral | dict):
+        value = [value]
+    elif not isinstance(value, list | tuple) or len(value) != drafters + 1:
+        raise UsageError(
+            f"{where}: deferral: expected {{rule: R, alpha: A}} for the target or a list of "
+            f"{drafters + 1} (target, then each neural drafter), got {reprlib.repr(value)}"
+        )
+    out: list[Deferral | None] = []
+    for v in value:
+        if v is None or isinstance(v, Deferral):
+            out.append(v)
+            continue
+        if not isinstance(v, dict) or set(v) - {"rule", "alpha"} or "rule" not in v:
+            raise UsageError(
+                f"{where}: deferral: expected {{rule: R, alpha: A}} or null, got {reprlib.repr(v)}"
+            )
+        alpha = v.get("alpha", 0.0)
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+            raise UsageError(f"{where}: deferral: alpha must be a number, got {alpha!r}")
+        try:
+            out.append(Deferral(str(v["rule"]), float(alpha)))
+        except ValueError as e:
+            raise UsageError(f"{where}: deferral: {e}; rules: {', '.join(RULES)}") from None
+    return tuple(out + [None] * (drafters + 1 - len(out)))
+
+
+def check_lenient_or_lossy(spec: LadderSpec, where: str) -> None:
+    """A drafter may loosen its reviews by lenience or by a deferral rule, not both."""
+    rows = zip(spec.drafters, spec.lenience, spec.deferral[1:], strict=True)
+    for drafter, lenience, rule in rows:
+        if lenience > 1 and rule is not None and not rule.lossless:
+            raise UsageError(
+                f"{where}: deferral: {drafter.name} has lenience {lenience:g} and deferral "
+                f"{rule}; choose one"
+            )
 
 
 def _per_drafter(
@@ -186,7 +242,7 @@ def _model(
 
 _LADDER_KEYS = {
     "description", "target", "drafters", "maxgram", "k_matrix", "lenience", "dtype", "device",
-    "min_confidence", "tree",
+    "min_confidence", "tree", "deferral",
     "generation", "backend",
 }  # fmt: skip
 
@@ -264,7 +320,14 @@ def parse_ladder(name: str, raw: Any) -> LadderSpec:
         ),
         generation=gen,
     )
-    return replace(spec, tree=check_tree(raw.get("tree"), spec, f"ladder '{name}'"))
+    spec = replace(spec, tree=check_tree(raw.get("tree"), spec, f"ladder '{name}'"))
+    if raw.get("deferral") is not None:
+        rules = check_deferral(raw["deferral"], len(drafters), f"ladder '{name}'")
+        spec = replace(spec, deferral=rules)
+    check_lenient_or_lossy(spec, f"ladder '{name}'")
+    if any(t is not None for t in spec.tree) and not spec.lossless:
+        raise UsageError(f"ladder '{name}': tree and a lossy deferral rule do not combine yet")
+    return spec
 
 
 def check_tree(value: Any, spec: LadderSpec, where: str) -> tuple[TreeSettings | None, ...]:
@@ -399,6 +462,8 @@ def ladder_to_yaml(spec: LadderSpec) -> dict:
     out["min_confidence"] = list(spec.min_confidence)
     if any(t is not None for t in spec.tree):
         out["tree"] = [None if t is None else vars(t) for t in spec.tree]
+    if any(d is not None for d in spec.deferral):
+        out["deferral"] = [d and {"rule": d.rule, "alpha": d.alpha} for d in spec.deferral]
     g = spec.generation
     out["generation"] = {**vars(g), "stop": list(g.stop)}
     return out

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from csdraft.engine import Cascade
+from csdraft.engine.cascade import StopCheck
 from csdraft.trace import Commit, Event, Review, Stats
 
 
@@ -95,12 +96,19 @@ Runner = Callable[[list[int], int], Outcome]
 """Prompt ids and max_new_tokens -> outcome."""
 
 
-def cascade_runner(cascade: Cascade, eos_ids: Sequence[int], seed: int | None = None) -> Runner:
-    """A runner that generates with ``cascade`` (seeded the same for every prompt)."""
+def cascade_runner(
+    cascade: Cascade,
+    eos_ids: Sequence[int],
+    seed: int | None = None,
+    stop: Callable[[], StopCheck] | None = None,
+) -> Runner:
+    """A runner that generates with ``cascade`` (seeded the same for every prompt); ``stop``
+    makes a fresh stop check for each generation."""
 
     def run(prompt_ids: list[int], max_new_tokens: int) -> Outcome:
         start = time.perf_counter()
-        events = list(cascade.generate(prompt_ids, max_new_tokens, eos_ids, seed=seed))
+        check = stop() if stop is not None else None
+        events = list(cascade.generate(prompt_ids, max_new_tokens, eos_ids, check, seed=seed))
         return Outcome.of(events, time.perf_counter() - start)
 
     return run

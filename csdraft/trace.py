@@ -23,6 +23,9 @@ class Start:
     prompt_tokens: int
     t: float = 0.0
     kinds: list[str] = field(default_factory=list)
+    deferral: list[dict | None] = field(default_factory=list)
+    """Per rung: ``{"rule": R, "alpha": A}`` where its reviews are lossy on purpose (a deferral
+    rule, engine/deferral.py), else None; empty for lossless runs and older traces."""
 
 
 @dataclass
@@ -130,6 +133,7 @@ class Stats:
     forward_s: dict[int, float] = field(default_factory=dict)  # by rung: seconds in forwards
     drafted: dict[int, int] = field(default_factory=dict)  # by origin: final tokens drafted
     by_position: list[list[int]] = field(default_factory=list)  # target: [reached, accepted]
+    deferral: list[dict | None] = field(default_factory=list)  # by rung: lossy rule, or None
 
     def add(self, event: Event) -> None:
         """Fold one event into the counters."""
@@ -140,6 +144,7 @@ class Stats:
                 "target",
                 *("statistical" if n == "max-gram" else "model" for n in event.rungs[1:]),
             ]
+            self.deferral = list(event.deferral)
         elif isinstance(event, Review):
             r = event.reviewer
             self.forwards[r] = self.forwards.get(r, 0) + 1
@@ -181,6 +186,20 @@ class Stats:
         """Generated tokens per wall-clock second."""
         return self.new_tokens / self.wall_s if self.wall_s else 0.0
 
+    @property
+    def lossless(self) -> bool:
+        """Whether no reviewer followed a lossy deferral rule."""
+        return not any(self.deferral)
+
+    def lossy_label(self) -> str:
+        """'LOSSY: opt alpha=0.1 at qwen-1.5b' (each lossy reviewer), or '' for lossless runs."""
+        at = [
+            f"{d['rule']} alpha={d['alpha']:g} at {self.rungs[r]}"
+            for r, d in enumerate(self.deferral)
+            if d
+        ]
+        return "LOSSY: " + "; ".join(at) if at else ""
+
     def acceptance(self, reviewer: int) -> float:
         """Fraction of the proposals this reviewer scored that it kept."""
         n = self.proposed.get(reviewer, 0)
@@ -190,6 +209,8 @@ class Stats:
         """The stats for ``--json``, keyed by rung name."""
         name = self.rungs.__getitem__
         return {
+            "lossless": self.lossless,
+            "deferral": {name(r): d for r, d in enumerate(self.deferral) if d},
             "new_tokens": self.new_tokens,
             "target_forwards": self.target_forwards,
             "tokens_per_target_forward": round(self.tokens_per_forward, 4),

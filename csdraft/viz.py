@@ -75,9 +75,11 @@ class LiveView:
             self.console.print(self.line)
 
     def _render(self) -> Group:
+        lossy = self.stats.lossy_label()
         return Group(
             self.line + self.rejected,
             Text(),
+            *([Text(lossy, style="bold yellow")] if lossy else []),
             status_line(self.stats),
             legend(self.stats.rungs, self.stats.kinds),
         )
@@ -154,4 +156,6 @@ def summary_table(stats: Stats) -> Table:
         f"{stats.new_tokens} tokens in {stats.wall_s:.2f} s = {stats.tokens_per_s:.2f} tok/s; "
         f"{stats.tokens_per_forward:.2f} tokens per target forward; finished: {stats.finish}"
     )
+    if lossy := stats.lossy_label():
+        table.caption += f"\n{lossy} (output differs from the target's own by design)"
     return table

@@ -35,6 +35,7 @@ from transformers import (
 )
 
 from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling, Scorer, learn_bigram
+from csdraft.engine.deferral import Deferral
 from csdraft.engine.tree import TreeSettings
 from csdraft.trace import Commit, Event, Finish, Review, Start, Stats
 
@@ -206,10 +207,20 @@ def scorer(model: torch.nn.Module, name: str) -> Scorer:
 
 
 def model_rung(
-    model: torch.nn.Module, name: str, lenience: float = 1.0, min_confidence: float = 0.0
+    model: torch.nn.Module,
+    name: str,
+    lenience: float = 1.0,
+    min_confidence: float = 0.0,
+    deferral: Deferral | None = None,
 ) -> ModelRung:
     """A neural rung (target or drafter) over ``model``."""
-    return ModelRung(scorer(model, name), name, lenience=lenience, min_confidence=min_confidence)
+    return ModelRung(
+        scorer(model, name),
+        name,
+        lenience=lenience,
+        min_confidence=min_confidence,
+        deferral=deferral,
+    )
 
 
 def _per_neural(value: float | Sequence[float], n: int) -> list[float]:
@@ -228,19 +239,24 @@ def cascade_of(
     sampling: Sampling | None = None,
     seed: int = 0,
     tree: TreeSettings | None = None,
+    deferral: Deferral | Sequence[Deferral | None] | None = None,
 ) -> Cascade:
     """A cascade over ``target`` and ``drafters`` in ladder order: a model becomes a
     ``ModelRung`` named d0, d1, ... (in its place among the drafting rungs), a ``Proposer`` is
     used as it is. ``lenience`` and ``min_confidence``: one value for every neural drafter, or
-    one per neural drafter. ``tree``: the target's tree settings (None: linear drafts)."""
+    one per neural drafter. ``deferral``: the target's rule, or one per model rung (target
+    first, then each neural drafter). ``tree``: the target's tree settings (None: linear
+    drafts)."""
     neural = sum(isinstance(d, torch.nn.Module) for d in drafters)
     lenient = iter(_per_neural(lenience, neural))
     floors = iter(_per_neural(min_confidence, neural))
-    rungs: list[Proposer] = [model_rung(target, "target")]
+    rules = [deferral] if deferral is None or isinstance(deferral, Deferral) else list(deferral)
+    rules = iter(rules + [None] * (neural + 1 - len(rules)))
+    rungs: list[Proposer] = [model_rung(target, "target", deferral=next(rules))]
     rungs[0].tree = tree
     for i, d in enumerate(drafters):
         if isinstance(d, torch.nn.Module):
-            rungs.append(model_rung(d, f"d{i}", next(lenient), next(floors)))
+            rungs.append(model_rung(d, f"d{i}", next(lenient), next(floors), next(rules)))
         else:
             rungs.append(d)
     return Cascade(rungs, k, sampling=sampling, seed=seed)

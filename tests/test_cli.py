@@ -63,7 +63,8 @@ def test_json_output_equals_target_greedy(capsys, monkeypatch, ladder_dir):
     )
     assert code == 0, err
     result = json.loads(out)
-    assert set(result) == {"text", "token_ids", "stats"}
+    assert set(result) == {"text", "token_ids", "lossless", "stats"}
+    assert result["lossless"] is True and result["stats"]["lossless"] is True
     assert result["token_ids"] == reference(ladder_dir, 12)
     stats = result["stats"]
     assert stats["target_forwards"] >= 1

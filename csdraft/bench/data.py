@@ -99,6 +99,34 @@ def normalize_number(text: str) -> str | None:
     return format(value.normalize(), "f")
 
 
+ANSWER_LINE = re.compile(r"####[^\n]*\d[^\n]*\n")
+"""A finished GSM8K answer line: '####', a number, then the end of the line."""
+
+
+def answer_cut(tokenizer: Any, ids: Sequence[int], start: int = 0) -> int | None:
+    """The fewest tokens of ``ids`` (at least ``start`` + 1) whose text holds a finished
+    '#### <number>' line, or None: where ``bench --until-answer`` ends a generation."""
+    for k in range(start + 1, len(ids) + 1):
+        if ANSWER_LINE.search(tokenizer.decode(ids[:k], skip_special_tokens=True)):
+            return k
+    return None
+
+
+class AnswerStop:
+    """A cascade stop check (``engine.cascade.StopCheck``) ending a generation at the first
+    finished '#### <number>' line; one per generation."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+
+    def __call__(self, tokens: list[int]) -> int | None:
+        start = len(self.ids)
+        self.ids += tokens
+        cut = answer_cut(self.tokenizer, self.ids, start)
+        return None if cut is None else cut - start
+
+
 def gsm8k_answer(text: str) -> str | None:
     """The number after the last '####' in ``text`` (commas and '$' allowed, normalised), or
     None when there is no '####' followed by a number."""

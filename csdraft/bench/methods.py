@@ -3,7 +3,9 @@
 Engine methods are sub-ladders of the loaded ladder run through the one engine
 (``Ladder.cascade``); ``hf-*`` methods are transformers' own ``generate`` on the same
 loaded models. Adding a method is one entry in ``METHODS``; ``csd@LADDER`` runs another ladder's
-settings on the same models.
+settings on the same models. ``METHOD+RULE@ALPHA`` (e.g. ``csd+opt@0.1``, ``sd+chow@0.2``) is an
+engine method made lossy on purpose by a speculative-cascades deferral rule at the target's
+review; ``csd+opt@0.1,0.2`` gives one alpha per reviewer (target, then each neural drafter).
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from csdraft.api import Ladder
+from csdraft.bench.data import AnswerStop, answer_cut
 from csdraft.console import quiet_transformers
 from csdraft.engine import Sampling, kmatrix
+from csdraft.engine.deferral import Deferral
 from csdraft.engine.tree import TreeSettings
 from csdraft.ladder import LadderSpec
 from csdraft.runs import Outcome, Runner, cascade_runner
@@ -46,6 +50,8 @@ class Settings:
     pld_block: int = 10
     temperature: float = 0.0
     seed: int = 0
+    until_answer: bool = False
+    """End each generation at its first finished '#### <number>' line (GSM8K)."""
 
     @property
     def greedy(self) -> bool:
@@ -62,6 +68,8 @@ class EngineConfig:
     lenience: list[float] | None = None
     min_confidence: list[float] | None = None
     tree: list[TreeSettings | None] | None = None  # per reviewer, target first
+    deferral: list[Deferral | None] | None = None
+    """Per reviewer of the loaded ladder (target, then each neural drafter); None: lossless."""
 
 
 # ------------------------------------------------------------------------------ methods
@@ -97,6 +105,14 @@ class EngineMethod:
             out |= {"lenience": plan.lenience, "min_confidence": plan.min_confidence}
         if plan.tree is not None:
             out["tree"] = [None if t is None else vars(t) for t in plan.tree]
+        out["lossless"] = self.lossless
+        if plan.deferral is not None:
+            reviewers = [names[0], *(d.name for d in spec.drafters)]
+            out["deferral"] = {
+                reviewers[i]: {"rule": d.rule, "alpha": d.alpha}
+                for i, d in enumerate(plan.deferral)
+                if d is not None
+            }
         return out
 
     def runner(self, ladder: Ladder, settings: Settings) -> Runner:
@@ -111,8 +127,52 @@ class EngineMethod:
             sampling=Sampling(settings.temperature),
             seed=settings.seed,
             tree=plan.tree,
+            deferral=plan.deferral or [None] * (len(ladder.spec.drafters) + 1),
         )
-        return cascade_runner(cascade, ladder.eos_ids, settings.seed)
+        tok = ladder.tokenizer
+        stop = (lambda: AnswerStop(tok)) if settings.until_answer else None
+        return cascade_runner(cascade, ladder.eos_ids, settings.seed, stop)
+
+
+class LossyMethod(EngineMethod):
+    """An engine method whose reviewers follow a deferral rule: lossy on purpose, so its
+    differences from ar are its quality cost, not errors."""
+
+    lossless = False
+
+    def __init__(self, name: str, base: EngineMethod, rule: str, alphas: list[float]) -> None:
+        def configure(spec: LadderSpec, s: Settings) -> EngineConfig | str:
+            plan = base._configure(spec, s)
+            if isinstance(plan, str):
+                return plan
+            if len(alphas) > len(spec.drafters) + 1:
+                return f"{len(alphas)} alphas for {len(spec.drafters) + 1} reviewers"
+            rules = [Deferral(rule, a) for a in alphas]
+            return replace(plan, deferral=rules + [None] * (len(spec.drafters) + 1 - len(rules)))
+
+        alpha = ",".join(f"{a:g}" for a in alphas)
+        super().__init__(name, f"{base.description}; LOSSY: {rule} alpha={alpha}", configure)
+
+
+def lossy_method(name: str) -> LossyMethod:
+    """``BASE+RULE@ALPHA[,ALPHA...]`` as a method, or a one-line UsageError."""
+    from csdraft.errors import UsageError
+
+    base_name, _, rest = name.partition("+")
+    rule, _, alpha_text = rest.partition("@")
+    base = METHODS.get(base_name)
+    if not isinstance(base, EngineMethod):
+        raise UsageError(
+            f"--methods: {name}: a lossy method needs an engine method before '+' "
+            f"({', '.join(n for n, m in METHODS.items() if isinstance(m, EngineMethod))})"
+        )
+    try:
+        alphas = [float(a) for a in alpha_text.split(",")] if alpha_text else [0.0]
+        for a in alphas:
+            Deferral(rule, a)
+    except ValueError as e:
+        raise UsageError(f"--methods: {name}: {e}") from None
+    return LossyMethod(name, base, rule, alphas)
 
 
 def _ar(spec: LadderSpec, s: Settings) -> EngineConfig | str:
@@ -191,6 +251,8 @@ def method(name: str, config: Path | None = None) -> EngineMethod | HFMethod:
     the config run on the loaded ladder's models, to compare settings in one run)."""
     if name in METHODS:
         return METHODS[name]
+    if "+" in name:
+        return lossy_method(name)
     from csdraft.ladder import get_ladder
 
     other = get_ladder(name.removeprefix("csd@"), config)
@@ -255,6 +317,7 @@ class HFMethod:
 
     def config(self, spec: LadderSpec, settings: Settings) -> dict[str, Any]:
         out: dict[str, Any] = {"rungs": [spec.target.name], "transformers": "generate"}
+        out["lossless"] = True
         if self.mode == "assisted":
             out["rungs"].append(spec.drafters[0].name)
             out["assistant_model"] = spec.drafters[0].name
@@ -286,11 +349,14 @@ class HFMethod:
         else:
             kwargs.update(do_sample=True, temperature=settings.temperature, top_k=0, top_p=1.0)
         device = next(target.parameters()).device
+        tok = ladder.tokenizer
 
         def run(prompt_ids: list[int], max_new_tokens: int) -> Outcome:
             ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
             if not settings.greedy:
                 torch.manual_seed(settings.seed)
+            if settings.until_answer:
+                kwargs["stopping_criteria"] = [_answer_criterion(tok, len(prompt_ids))]
             with (
                 quiet_transformers(),
                 count_forwards(target) as n_target,
@@ -308,6 +374,8 @@ class HFMethod:
                 wall = time.perf_counter() - start
             new = out[0, len(prompt_ids) :].tolist()
             cut = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
+            if settings.until_answer:
+                cut = min(cut, answer_cut(tok, new) or cut)
             forwards = {names[0]: n_target[0]}
             if assistant is not None:
                 forwards[names[1]] = n_assist[0]
@@ -372,18 +440,52 @@ METHODS: dict[str, EngineMethod | HFMethod] = {
 
 def parse_methods(text: str | None) -> list[str]:
     """'sd,csd' -> ['ar', 'sd', 'csd']: names checked against ``METHODS`` (or of the form
-    ``csd@LADDER``), duplicates dropped, and ``ar`` added when missing, since every speedup
+    ``csd@LADDER`` or ``METHOD+RULE@ALPHA[,ALPHA...]``: a bare number after a lossy method is
+    its next alpha), duplicates dropped, and ``ar`` added when missing, since every speedup
     and output check is against it."""
     from csdraft.errors import UsageError
 
     if text is None:
         return list(DEFAULT_METHODS)
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in METHODS and not n.startswith("csd@")]
+    names: list[str] = []
+    for n in (n.strip() for n in text.split(",")):
+        if names and "+" in names[-1] and _is_number(n):
+            names[-1] += f",{n}"
+        elif n:
+            names.append(n)
+    for n in names:
+        if "+" in n:
+            lossy_method(n)  # a one-line error for a bad rule or alpha
+    unknown = [n for n in names if n not in METHODS and not n.startswith("csd@") and "+" not in n]
     if unknown or not names:
         raise UsageError(
             f"--methods: unknown {', '.join(unknown) or 'empty list'}; "
-            f"choose from {', '.join(METHODS)}, or csd@LADDER"
+            f"choose from {', '.join(METHODS)}, or csd@LADDER, or METHOD+RULE@ALPHA (lossy)"
         )
     names = list(dict.fromkeys(names))
     return names if "ar" in names else ["ar", *names]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _answer_criterion(tokenizer: Any, prompt_tokens: int) -> Any:
+    """transformers' StoppingCriteria ending generate at a finished '#### <number>' line in
+    the generated text (the runner then cuts at the same token ``answer_cut`` finds)."""
+    from transformers import StoppingCriteria
+
+    from csdraft.bench.data import ANSWER_LINE
+
+    class Answer(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            new = input_ids[0, prompt_tokens:].tolist()
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            done = bool(ANSWER_LINE.search(text))
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
+
+    return Answer()

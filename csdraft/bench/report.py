@@ -74,8 +74,10 @@ def results_table(results: Mapping[str, Any]) -> Table:
             continue
         sp = s["speedup"]
         mism = s["mismatches"]
+        lossy = not s.get("lossless", True)
+        style = "bold" if name == "csd" else ("dim" if name.startswith(_HF) else "")
         table.add_row(
-            Text(name, style="bold" if name == "csd" else ("dim" if name.startswith(_HF) else "")),
+            Text(name + (" LOSSY" if lossy else ""), style="yellow" if lossy else style),
             Text(fx(sp["median"]), style=_speed_style(sp["median"])),
             "-" if sp["min"] is None else f"{sp['min']:.2f}-{sp['max']:.2f}",
             fx(sp["mean"]),
@@ -84,14 +86,15 @@ def results_table(results: Mapping[str, Any]) -> Table:
             num(s["swi_params"]),
             num(s["swi_measured"]),
             pct(s["accuracy"]),
-            Text(str(mism), style="red bold" if mism else "green")
+            Text(str(mism), style="yellow" if lossy else ("red bold" if mism else "green"))
             if greedy and name != "ar"
             else Text("-", style="dim"),
         )
     table.caption = (
         "speedup: tok/s over ar's on each prompt. tok/fwd: tokens per target forward. SWI: "
         "ar's cost over the forwards spent, a forward costed by parameter count (Max-Gram 0) or "
-        "by its mean time here. out ≠ar: prompts whose output differs from ar's."
+        "by its mean time here. out ≠ar: prompts whose output differs from ar's. LOSSY: a "
+        "deferral rule on purpose, so its ≠ar count is its quality cost, not an error."
     )
     table.caption_justify = "left"
     return table
@@ -204,13 +207,15 @@ def speed_chart(results: Mapping[str, Any], width: int = 36) -> Text:
     scale = max(max(sp["median"] for _, sp in items), 1.0)
     label = max(len(n) for n, _ in items)
     for name, sp in items:
-        text.append(f"{name:<{label}} ")
+        lossy = not summary[name].get("lossless", True)
+        text.append(f"{name:<{label}} ", style="yellow" if lossy else "")
         style = "dim" if name.startswith(_HF) else ("green" if sp["median"] >= 1 else "red")
         drawn = bar(sp["median"], scale, width)
         text.append(drawn, style="bold " + style if name == "csd" else style)
         text.append(" " * (width + 1 - len(drawn)))
         text.append(fx(sp["median"]), style="bold" if name == "csd" else "")
-        text.append(f"  ({sp['min']:.2f}-{sp['max']:.2f})\n", style="dim")
+        text.append(f"  ({sp['min']:.2f}-{sp['max']:.2f})", style="dim")
+        text.append(" LOSSY\n" if lossy else "\n", style="yellow")
     one = round(width / scale)
     text.append(" " * (label + 1) + "─" * max(0, one - 1) + "┴ 1.0x = ar", style="dim")
     return text
@@ -248,6 +253,39 @@ def notes(results: Mapping[str, Any]) -> list[Text]:
                 style="yellow" if m["near_tie"] else "bold red",
             )
         )
+    greedy = not results["settings"]["temperature"]
+    if results["settings"].get("until_answer"):
+        for name, s in results.get("summary", {}).items():
+            ci = s.get("accuracy_ci95")
+            acc = (
+                f"; accuracy {pct(s['accuracy'])} (95% CI {100 * ci[0]:.0f}-{100 * ci[1]:.0f}%)"
+                if ci
+                else ""
+            )
+            agree = s.get("answers_agree_with_ar")
+            agree_text = f"; agree with ar's {100 * agree:.0f}%" if agree is not None else ""
+            out.append(
+                Text(
+                    f"{name}: answers reached {s['answers_reached']}/{s['prompts']}"
+                    f"{acc}{agree_text}",
+                    style="dim",
+                )
+            )
+    for name, s in results.get("summary", {}).items():
+        if not s.get("lossless", True):
+            cost = (
+                f"{s['mismatches']} of {s['prompts']} outputs differ from ar's (its quality "
+                "cost; not counted by the speed bar)"
+                if greedy
+                else "outputs not compared when sampling"
+            )
+            agree = s.get("answers_agree_with_ar")
+            if agree is not None:
+                cost += f"; answers agree with ar's on {100 * agree:.0f}% of prompts"
+            if s.get("accuracy") is not None and s.get("accuracy_ci95"):
+                lo, hi = s["accuracy_ci95"]
+                cost += f"; accuracy {pct(s['accuracy'])} (95% CI {100 * lo:.0f}-{100 * hi:.0f}%)"
+            out.append(Text(f"{name} is LOSSY on purpose: {cost}", style="yellow"))
     if results.get("interrupted"):
         out.append(Text("interrupted: only the prompts finished are reported", style="yellow"))
     spread = results.get("ar_spread")
@@ -323,6 +361,8 @@ def write_png(results: Mapping[str, Any], path: Path) -> None:
         fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=[1.1, 1])
     colors = ["#2b6cb0" if not n.startswith(_HF) else "#a0aec0" for n in names]
     colors = ["#c05621" if n == "csd" else c for n, c in zip(names, colors, strict=True)]
+    lossy = {n for n in names if not summary[n].get("lossless", True)}
+    colors = ["#d69e2e" if n in lossy else c for n, c in zip(names, colors, strict=True)]
     med = [summary[n]["speedup"]["median"] for n in names]
     xs = range(len(names))
     left.bar(xs, med, color=colors, width=0.65)
@@ -333,7 +373,8 @@ def write_png(results: Mapping[str, Any], path: Path) -> None:
         left.annotate(f"{sp['median']:.2f}x", (x, sp["max"]), ha="center", va="bottom",
                       xytext=(0, 3), textcoords="offset points", fontsize=8)  # fmt: skip
     left.axhline(1.0, color="#444", linestyle="--", linewidth=0.8)
-    left.set_xticks(list(xs), names, rotation=30, ha="right")
+    labels = [f"{n} (LOSSY)" if n in lossy else n for n in names]
+    left.set_xticks(list(xs), labels, rotation=30, ha="right")
     left.set_ylabel("speedup over ar (median per prompt)")
     left.set_title("speedup by method (thick: IQR, thin: min-max)", fontsize=10)
     left.margins(y=0.12)

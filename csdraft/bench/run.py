@@ -107,9 +107,12 @@ def run_bench(
     temperature: float = 0.0,
     as_json: bool = False,
     quiet: bool = False,
+    until_answer: int | None = None,
 ) -> dict[str, Any]:
     """``csdraft bench``: measure the methods on the dataset, report, write files; return the
-    results dict (also what ``--out`` holds)."""
+    results dict (also what ``--out`` holds). ``until_answer`` (GSM8K): a token budget, each
+    generation ending at its first finished '#### <number>' line, so task accuracy is measured
+    where answers are reached."""
     from csdraft.api import Ladder
     from csdraft.ladder import get_ladder
 
@@ -120,9 +123,17 @@ def run_bench(
     check_writable(out, "--out")
     check_writable(png, "--plot")
     names = parse_methods(methods if not isinstance(methods, list | tuple) else ",".join(methods))
+    if until_answer is not None:
+        if until_answer < 1:
+            raise UsageError(f"--until-answer must be >= 1, got {until_answer}")
+        max_new_tokens = until_answer
     ds = load_dataset(dataset, data=data, field=field, limit=limit, category_field=category_field)
+    if until_answer is not None and ds.kind != "gsm8k":
+        raise UsageError(f"--until-answer needs GSM8K (its '#### <number>' line); got {ds.name}")
     spec = get_ladder(ladder, config)
-    settings = Settings(sd_block, pld_block, temperature, spec.generation.seed)
+    settings = Settings(
+        sd_block, pld_block, temperature, spec.generation.seed, until_answer is not None
+    )
     table = {n: method(n, config) for n in names}
     skipped = {n: r for n, m in table.items() if (r := m.skip_reason(spec, settings))}
     chosen = [n for n in names if n not in skipped]
@@ -249,6 +260,7 @@ def _skeleton(
             "pld_block": settings.pld_block,
             "temperature": settings.temperature,
             "seed": settings.seed,
+            "until_answer": settings.until_answer,
             "order": "interleaved: every method on each prompt, order rotated per prompt",
             "speedup": "per prompt: tok/s over ar tok/s (the wall-time ratio for equal output)",
             "decode_speedup": "per prompt: new tokens per second after the prompt phase, over "
@@ -357,7 +369,7 @@ def _finish(results: dict[str, Any], settings: Settings) -> None:
         }
         for p in prompts
         for name, rec in p["results"].items()
-        if rec.get("mismatch")
+        if rec.get("mismatch") and results["summary"][name]["lossless"]
     ]
     results["speed_bar"] = metrics.speed_bar(results["summary"], prompts, settings.greedy)
     results["ar_spread"] = ar_spread(results)

@@ -30,7 +30,8 @@ StopCheck = Callable[[list[int]], int | None]
 
 
 class Cascade:
-    """Generates exactly what ``rungs[0]`` would, drafting with the rungs below it."""
+    """Generates exactly what ``rungs[0]`` would, drafting with the rungs below it; or, when
+    some rung has a lossy deferral rule, what the rules' pi say (``lossless`` is False)."""
 
     def __init__(
         self,
@@ -58,13 +59,31 @@ class Cascade:
         self.generator = torch.Generator().manual_seed(seed)
         lenient = any(getattr(r, "lenience", 1.0) > 1 for r in self.rungs)
         trees = any(getattr(r, "tree", None) is not None for r in self.rungs)
-        if self.sampling.greedy:
-            self.rule = GreedyReview(hand_on_probs=lenient or trees)  # grow needs probs
+        lossy = [getattr(r, "lossy", False) for r in self.rungs]
+        self.lossless = not any(lossy)
+        if trees and not self.lossless:
+            raise ValueError("token trees and deferral rules do not combine yet: use one")
+        self.hand_on_raw = [any(lossy[:i]) for i in range(len(self.rungs))]
+        """Per rung: whether a lossy review above it judges its outputs' raw distributions."""
+        if self.sampling.greedy:  # growing trees and lossy reviews need the probabilities
+            self.rule = GreedyReview(hand_on_probs=lenient or trees or not self.lossless)
         else:
             self.rule = SamplingReview(self.sampling, self.generator)
         self.vocab_size = self.rungs[0].vocab_size
         self._events: list[Event] = []
         self._t0 = 0.0
+
+    @property
+    def deferral(self) -> list[dict | None]:
+        """Per rung, for the trace: its lossy rule and alpha, or None (empty when lossless)."""
+        if self.lossless:
+            return []
+        return [
+            {"rule": r.deferral.rule, "alpha": r.deferral.alpha}
+            if getattr(r, "lossy", False)
+            else None
+            for r in self.rungs
+        ]
 
     @property
     def kinds(self) -> list[str]:
@@ -102,7 +121,7 @@ class Cascade:
     ) -> Iterator[Event]:
         eos = set(eos_ids)
         target = self.rungs[0]
-        yield Start(self.names, len(seq), t=0.0, kinds=self.kinds)
+        yield Start(self.names, len(seq), t=0.0, kinds=self.kinds, deferral=self.deferral)
         produced = 0
         while produced < max_new_tokens:
             draft = self.block(0, seq, max_new_tokens - produced - 1)
@@ -176,11 +195,15 @@ class Cascade:
         if rung.index and self.vocab_size and logits.shape[-1] != self.vocab_size:
             logits = fit_vocab(logits, self.vocab_size)
         forward_s = time.perf_counter() - start
-        if chain:
-            verdict = self.rule(logits, draft, rung.lenience)
-        else:
+        if not chain:
             verdict = self.tree_rule(logits, draft, rung.lenience)
             rung.scorer.keep_path(verdict.path)
+        elif rung.lossy or self.hand_on_raw[rung.index]:
+            verdict = self.rule(
+                logits, draft, rung.lenience, rung.deferral, self.hand_on_raw[rung.index]
+            )
+        else:  # the lossless fast path: no raw distributions computed
+            verdict = self.rule(logits, draft, rung.lenience)
         a = verdict.accepted
         self._events.append(
             Review(
@@ -198,7 +221,7 @@ class Cascade:
         kept = draft.path(verdict.kept())
         kept.tokens.append(verdict.token)
         kept.origins.append(rung.index)
-        return Draft(kept.tokens, kept.origins, verdict.q), verdict.confidence
+        return Draft(kept.tokens, kept.origins, verdict.q, q_raw=verdict.q_raw), verdict.confidence
 
 
 def fit_vocab(logits: torch.Tensor, size: int) -> torch.Tensor:

@@ -21,12 +21,16 @@ class Draft:
 
     ``q[j]`` is a probability vector over the vocabulary, or ``None`` for a deterministic
     proposal (Max-Gram, any proposer without probabilities), which counts as one-hot.
+    ``q_raw`` (None unless a lossy review above needs it) holds each proposal's untempered
+    distribution, which deferral rules judge (engine/deferral.py); None entries for
+    deterministic proposals.
     """
 
     tokens: list[int] = field(default_factory=list)
     origins: list[int] = field(default_factory=list)
     q: list[torch.Tensor | None] = field(default_factory=list)
     parents: list[int] | None = None
+    q_raw: list[torch.Tensor | None] | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -47,6 +51,8 @@ class Draft:
         if not self.is_chain:
             raise ValueError("only chains can be extended; grow trees node by node")
         n = len(self)
+        if self.q_raw is not None or other.q_raw is not None:
+            self.q_raw = self.raw() + other.raw()
         if not other.is_chain:
             own = list(range(-1, n - 1))
             self.parents = own + [p + n if p >= 0 else n - 1 for p in other.parents]
@@ -54,12 +60,17 @@ class Draft:
         self.origins += other.origins
         self.q += other.q
 
+    def raw(self) -> list[torch.Tensor | None]:
+        """``q_raw``, or None for every node where it was not computed."""
+        return self.q_raw if self.q_raw is not None else [None] * len(self)
+
     def path(self, nodes: Sequence[int]) -> Draft:
         """The chain made of ``nodes`` (a root-to-node path, in order)."""
         return Draft(
             [self.tokens[i] for i in nodes],
             [self.origins[i] for i in nodes],
             [self.q[i] for i in nodes],
+            q_raw=None if self.q_raw is None else [self.q_raw[i] for i in nodes],
         )
 
     def depth(self) -> list[int]:

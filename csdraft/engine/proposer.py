@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from csdraft.engine.deferral import Deferral
 from csdraft.engine.draft import Draft
 from csdraft.engine.tree import TreeSettings
 
@@ -101,7 +102,10 @@ class ModelRung(Proposer):
     target, writes its own drafts by reviewing the rungs below it (vertical cascade), ending a
     draft after a token it gives less than ``min_confidence``. ``lenience`` >= 1 loosens its
     reviews; the cascade never lets the target's review be lenient. ``tree``: the drafts it
-    reviews branch where the drafter is unsure (engine/tree.py)."""
+    reviews branch where the drafter is unsure (engine/tree.py). ``deferral`` makes its
+    reviews lossy on purpose (speculative cascades, engine/deferral.py), the target's too; a
+    rung is lenient or lossy, not both (lenience's output law against a deferral target is not
+    derived), and lossy reviews need linear drafts."""
 
     kind = "model"
 
@@ -113,11 +117,18 @@ class ModelRung(Proposer):
         min_confidence: float = 0.0,
         vocab_size: int | None = None,
         tree: TreeSettings | None = None,
+        deferral: Deferral | None = None,
     ) -> None:
         if not lenience >= 1:  # NaN too
             raise ValueError(f"{name}: lenience must be >= 1, got {lenience}")
         if tree is not None and lenience != 1:
             raise ValueError(f"{name}: lenience needs linear drafts (no tree with lenience > 1)")
+        if lenience > 1 and deferral is not None and not deferral.lossless:
+            raise ValueError(
+                f"{name}: lenience {lenience:g} and deferral {deferral} on one rung: choose one"
+            )
+        if tree is not None and deferral is not None and not deferral.lossless:
+            raise ValueError(f"{name}: deferral rules need linear drafts (no tree with {deferral})")
         if not 0 <= min_confidence < 1:
             raise ValueError(f"{name}: min_confidence must be in [0, 1), got {min_confidence}")
         self.scorer = scorer
@@ -125,10 +136,16 @@ class ModelRung(Proposer):
         self.lenience = float(lenience)
         self.min_confidence = float(min_confidence)
         self.vocab_size = vocab_size
+        self.deferral = deferral
         """The width of this model's logits, when known. The target's sets the width every
         drafter's logits are fitted to (drafters may pad their vocabulary differently)."""
         self.tree = tree
         """How the drafts this rung reviews branch (None: linear drafts)."""
+
+    @property
+    def lossy(self) -> bool:
+        """Whether this rung's reviews follow a deferral rule's pi instead of its own p."""
+        return self.deferral is not None and not self.deferral.lossless
 
     def release(self) -> None:
         self.scorer.reset()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from csdraft.engine.deferral import Deferral
 from csdraft.engine.draft import Draft
 
 
@@ -60,6 +61,8 @@ class Verdict:
     confidence: float = 1.0
     path: list[int] | None = None
     """The kept nodes of a tree draft, root first (None for a chain: its first ``accepted``)."""
+    q_raw: list[torch.Tensor | None] | None = None
+    """Each output token's untempered distribution, when a lossy review above needs it."""
 
     def kept(self) -> list[int]:
         """Indices of the kept proposals in the draft, root first."""
@@ -104,6 +107,30 @@ def lenient_output(q: torch.Tensor, p: torch.Tensor, lenience: float) -> torch.T
     return kept + beta * _residual(p, q)
 
 
+def deferred_target(
+    deferral: Deferral, draft: Draft, q: torch.Tensor, p: torch.Tensor, p_raw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distributions a lossy review checks against, one row per position of ``draft``
+    and one more: (pi, pi_raw) from ``deferral.target`` where a neural proposal was made, p
+    and p_raw where the proposal was deterministic (always deferred: it carries no
+    probability, engine/deferral.py) and at the bonus position (no proposal to keep).
+
+    ``q`` holds the proposals' tempered distributions (one-hot where deterministic), ``p`` and
+    ``p_raw`` the reviewer's, m + 1 rows; the proposals' raw ones come from ``draft.q_raw``.
+    """
+    m = len(draft)
+    neural = [x is not None for x in draft.q]
+    raws = draft.raw()
+    if any(n and r is None for n, r in zip(neural, raws, strict=True)):
+        raise ValueError("a neural proposal reached a lossy review without its raw distribution")
+    q_raw = torch.stack([q[j] if r is None else r for j, r in enumerate(raws)])
+    pi, pi_raw = deferral.target(q[:m], q_raw, p[:m], p_raw[:m])
+    mask = torch.tensor(neural)[:, None]
+    pi = torch.where(mask, pi, p[:m])
+    pi_raw = torch.where(mask, pi_raw, p_raw[:m])
+    return torch.cat([pi, p[m:]]), torch.cat([pi_raw, p_raw[m:]])
+
+
 def _residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """normalise(max(0, p - q)), falling back to p where p <= q everywhere (then p == q)."""
     r = (p - q).clamp_min(0)
@@ -113,18 +140,40 @@ def _residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 class GreedyReview:
     """Keep a proposal when it is the reviewer's argmax, or (lenience l > 1, inner reviews only)
-    when p(x) > q(x) / l, where q(x) is the probability its proposer gave it."""
+    when p(x) > q(x) / l, where q(x) is the probability its proposer gave it.
+
+    With a lossy ``deferral`` (never with lenience) it keeps a proposal iff it is the argmax of
+    pi, built as the notebook does at temperature 0: the tempered q and p are one-hot (q at the
+    proposal, p at the reviewer's argmax), the raw ones are the softmaxes; so pi is one-hot at
+    the proposal (kept) or at the reviewer's argmax (deferred, which is then the output). In
+    greedy decoding the distributions handed on (``q``) are raw softmaxes, so ``q_raw`` is the
+    same list; a lossy review hands on pi_raw for the tokens it kept or deferred on.
+    """
 
     def __init__(self, hand_on_probs: bool) -> None:
-        self.hand_on_probs = hand_on_probs  # only lenient reviews above need proposal probs
+        self.hand_on_probs = hand_on_probs  # only lenient or lossy reviews above need them
 
-    def __call__(self, logits: torch.Tensor, draft: Draft, lenience: float) -> Verdict:
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        draft: Draft,
+        lenience: float,
+        deferral: Deferral | None = None,
+        hand_on_raw: bool = False,
+    ) -> Verdict:
         _chain_only(draft)
         best = logits.argmax(-1)
         m = len(draft)
         proposed = torch.tensor(draft.tokens, dtype=torch.long)
         ok = best[:m] == proposed
-        probs = torch.softmax(logits.float(), -1) if (lenience > 1 or self.hand_on_probs) else None
+        lossy = deferral is not None and not deferral.lossless
+        wanted = lenience > 1 or self.hand_on_probs or lossy
+        probs = torch.softmax(logits.float(), -1) if wanted else None
+        if lossy and m:
+            vocab = logits.shape[-1]
+            q, p = (torch.nn.functional.one_hot(t, vocab).float() for t in (proposed, best))
+            pi, probs = deferred_target(deferral, draft, q, p, probs)
+            ok = pi[:m].argmax(-1) == proposed
         if lenience > 1 and m:
             px = probs[torch.arange(m), proposed]
             pairs = zip(draft.tokens, draft.q, strict=True)
@@ -134,39 +183,64 @@ class GreedyReview:
         handed = list(probs[: accepted + 1]) if self.hand_on_probs else [None] * (accepted + 1)
         row = logits[accepted].float()
         confidence = float(torch.exp(row.max() - torch.logsumexp(row, -1)))
-        return Verdict(accepted, int(best[accepted]), handed, confidence)
+        q_raw = handed if self.hand_on_probs else None
+        return Verdict(accepted, int(best[accepted]), handed, confidence, q_raw=q_raw)
 
 
 class SamplingReview:
     """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023): keep x ~ q with
     probability min(1, l p(x) / q(x)); at the first refusal draw from normalise(max(0, p - q));
     after a fully kept block draw the bonus token from p. With l = 1 (always at the target) the
-    output follows p exactly; inner lenient reviews hand on ``lenient_output``."""
+    output follows p exactly; inner lenient reviews hand on ``lenient_output``.
+
+    A lossy ``deferral`` (never with lenience) replaces p by pi (``deferred_target``) in the
+    acceptance ratio and the residual: ordinary speculative sampling against pi, so each output
+    token follows pi exactly, and pi is what the review hands on (the same argument as for p:
+    P(out = y) = min(q(y), pi(y)) + (1 - sum min(q, pi)) normalise(max(0, pi - q))(y) = pi(y)).
+    The bonus token after a fully kept block is drawn from p. With ``hand_on_raw`` it also
+    hands on each output's raw distribution: pi_raw for kept or deferred tokens, the raw
+    softmax p_raw after a lossless review (its output follows p). A lenient review hands on
+    p_raw too: the raw distribution only feeds the rules' criteria, so it decides which pi the
+    rung above aims at, never whether its output follows that pi.
+    """
 
     def __init__(self, sampling: Sampling, generator: torch.Generator) -> None:
         self.sampling = sampling
         self.generator = generator
 
-    def __call__(self, logits: torch.Tensor, draft: Draft, lenience: float) -> Verdict:
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        draft: Draft,
+        lenience: float,
+        deferral: Deferral | None = None,
+        hand_on_raw: bool = False,
+    ) -> Verdict:
         _chain_only(draft)
         p = self.sampling.probs(logits)
+        lossy = deferral is not None and not deferral.lossless
+        p_raw = torch.softmax(logits.float(), -1) if (lossy or hand_on_raw) else None
+        target, target_raw = p, p_raw
         m = len(draft)
         if m:
             q = _proposal_probs(draft, p.shape[-1])
+            if lossy:
+                target, target_raw = deferred_target(deferral, draft, q, p, p_raw)
             idx = torch.arange(m)
             proposed = torch.tensor(draft.tokens, dtype=torch.long)
-            ratio = lenience * p[idx, proposed] / q[idx, proposed]
+            ratio = lenience * target[idx, proposed] / q[idx, proposed]
             u = torch.rand(m, generator=self.generator)
             accepted = _first_false(u < ratio)
         else:
             accepted = 0
-        draw_from = _residual(p[accepted], q[accepted]) if accepted < m else p[m]
+        draw_from = _residual(target[accepted], q[accepted]) if accepted < m else p[m]
         token = int(torch.multinomial(draw_from, 1, generator=self.generator))
         if lenience == 1:
-            handed = [p[j] for j in range(accepted + 1)]
+            handed = [target[j] for j in range(accepted + 1)]
         else:
             handed = [lenient_output(q[j], p[j], lenience) for j in range(accepted)]
             handed.append(
                 lenient_output(q[accepted], p[accepted], lenience) if accepted < m else p[m]
             )
-        return Verdict(accepted, token, handed, float(p[accepted, token]))
+        q_raw = [target_raw[j] for j in range(accepted + 1)] if hand_on_raw else None
+        return Verdict(accepted, token, handed, float(p[accepted, token]), q_raw=q_raw)

@@ -43,6 +43,7 @@ def test_another_ladder_on_the_same_models(tiny_config):
         "k_matrix": [[2, 0], [0, 2]],
         "lenience": [1.0],
         "min_confidence": [0.3],
+        "lossless": True,
     }
     assert "Max-Gram" in method("csd@tiny-lookup", tiny_config).skip_reason(spec, s)
     assert "another target" in method("csd@tiny-swapped", tiny_config).skip_reason(spec, s)
