@@ -36,6 +36,7 @@ from transformers import (
 
 from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling, Scorer, learn_bigram
 from csdraft.engine.deferral import Deferral
+from csdraft.engine.review import SamplingReview
 from csdraft.engine.tree import TreeSettings
 from csdraft.trace import Commit, Event, Finish, Review, Start, Stats
 
@@ -50,43 +51,44 @@ LARGE_VOCAB = 2048
 def build_model(
     arch: str,
     vocab: int,
-    *,
     hidden: int = 16,
     layers: int = 1,
+    *,
     seed: int = 0,
     init_range: float = 0.3,
+    **overrides,
 ) -> torch.nn.Module:
-    """A tiny random causal LM of one architecture, with no eos/bos/pad token configured."""
+    """A tiny random causal LM of one architecture, with no eos/bos/pad token configured unless
+    ``overrides`` (more settings of the architecture's config, e.g. ``eos_token_id``) say so."""
     special = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     if arch in ("llama", "qwen2"):
         config_cls, cls = {
             "llama": (LlamaConfig, LlamaForCausalLM),
             "qwen2": (Qwen2Config, Qwen2ForCausalLM),
         }[arch]
-        config = config_cls(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=512,
-            initializer_range=init_range,
-            **special,
-        )
+        settings = {
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 512,
+            "initializer_range": init_range,
+        }
     elif arch == "gpt2":
-        config = GPT2Config(
-            vocab_size=vocab,
-            n_embd=hidden,
-            n_layer=layers,
-            n_head=2,
-            n_positions=512,
-            initializer_range=init_range,
-            **special,
-        )
-        cls = GPT2LMHeadModel
+        config_cls, cls = GPT2Config, GPT2LMHeadModel
+        settings = {
+            "vocab_size": vocab,
+            "n_embd": hidden,
+            "n_layer": layers,
+            "n_head": 2,
+            "n_positions": 512,
+            "initializer_range": init_range,
+        }
     else:
         raise ValueError(f"unknown architecture {arch!r}")
+    config = config_cls(**(settings | special | overrides))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(config)
@@ -154,18 +156,9 @@ class Zoo:
         self._refs: dict[tuple[int, tuple[int, ...], int | None], list[int]] = {}
 
     @cache  # noqa: B019 - the zoo lives for the whole session
-    def model(
-        self,
-        arch: str,
-        vocab: int,
-        hidden: int = 16,
-        layers: int = 1,
-        seed: int = 0,
-        init_range: float = 0.3,
-    ) -> torch.nn.Module:
-        return build_model(
-            arch, vocab, hidden=hidden, layers=layers, seed=seed, init_range=init_range
-        )
+    def model(self, arch: str, vocab: int, *args, **kwargs) -> torch.nn.Module:
+        """``build_model(arch, vocab, ...)``, built once per set of arguments."""
+        return build_model(arch, vocab, *args, **kwargs)
 
     @cache  # noqa: B019
     def noisy(self, base: torch.nn.Module, noise: float, seed: int = 1) -> torch.nn.Module:
@@ -605,6 +598,24 @@ def exact_law(model, prompt, sampling: Sampling, depth: int) -> torch.Tensor:
     return joint
 
 
+def spec_cascade(
+    models: dict[str, torch.nn.Module],
+    spec: dict,
+    drafters: Sequence[torch.nn.Module | Proposer],
+    seed: int = 0,
+) -> Cascade:
+    """The sampling cascade over ``models["target"]`` and ``drafters`` with the k-matrix,
+    lenience and sampling settings of a ladder ``spec`` (keys k, lenience, sampling)."""
+    return cascade_of(
+        models["target"],
+        drafters,
+        spec["k"],
+        lenience=spec["lenience"],
+        sampling=spec["sampling"],
+        seed=seed,
+    )
+
+
 def sample_runs(cascade: Cascade, prompt, max_new_tokens: int, runs: int, seed: int) -> np.ndarray:
     """Generated ids of ``runs`` generations, one row each, generation i seeded ``seed + i``."""
     out = np.empty((runs, max_new_tokens), dtype=np.int64)
@@ -644,6 +655,18 @@ def distribution_check(cascade, target, sampling, max_new_tokens, runs, prompt, 
 
 def passes(results: dict[str, float]) -> bool:
     return min(results.values()) > P_THRESHOLD
+
+
+class ResampleFromP(SamplingReview):
+    """Wrong: after a rejection draws from p instead of normalise(max(0, p - q)). The sampling
+    check must reject it."""
+
+    def __call__(self, logits, draft, lenience):
+        verdict = super().__call__(logits, draft, lenience)
+        if verdict.accepted < len(draft):
+            p = self.sampling.probs(logits)[verdict.accepted]
+            verdict.token = int(torch.multinomial(p, 1, generator=self.generator))
+        return verdict
 
 
 def sampling_zoo() -> dict[str, torch.nn.Module]:

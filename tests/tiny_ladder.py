@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 WORDS = [f"w{i}" for i in range(60)]
+
+
+@pytest.fixture(autouse=True, name="_env")
+def own_env(tmp_path, monkeypatch):
+    """For the test modules that import it: every test gets its own cache and user config, and
+    no hub access."""
+    monkeypatch.setenv("CSDRAFT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CSDRAFT_CONFIG", str(tmp_path / "user-cascades.yaml"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def tiny_tokenizer(words: list[str] = WORDS):
@@ -30,18 +40,29 @@ def tiny_tokenizer(words: list[str] = WORDS):
     )
 
 
-def tiny_model_dir(path: Path, seed: int, tokenizer, base: Path | None = None, noise: float = 0.0):
-    """Save a tiny Llama (or a noisy copy of ``base``, so drafts often agree) with the tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+def small_config(config_cls, vocab_size: int, max_positions: int, **settings):
+    """A ``config_cls`` (LlamaConfig, Qwen2Config) for a tiny model: two layers 32 wide, four
+    attention heads sharing two key/value heads; ``settings``: the rest of the config."""
+    return config_cls(
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
+        **settings,
+    )
+
+
+def tiny_model_dir(path: Path, seed: int, tokenizer, base: Path | None = None, noise: float = 0.0):
+    """Save a tiny Llama (or a noisy copy of ``base``, so drafts often agree) with the tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = small_config(
+        LlamaConfig,
+        len(tokenizer),
+        256,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )

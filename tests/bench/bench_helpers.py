@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from engine_helpers import build_model
 
 GSM8K_ROWS = [
     {
@@ -48,21 +49,8 @@ def byte_tokenizer():
 
 
 def tiny_llama(vocab: int, eos: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        initializer_range=0.3,  # spread-out logits: no near-ties between the two best tokens
-        eos_token_id=eos,
-        pad_token_id=eos,
-        bos_token_id=None,
+    """engine_helpers' tiny float32 Llama (16 wide, one layer, spread-out logits: no near-ties
+    between the two best tokens), with ``eos`` as its eos and pad token."""
+    return build_model(
+        "llama", vocab, max_position_embeddings=1024, eos_token_id=eos, pad_token_id=eos
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return LlamaForCausalLM(config).eval()

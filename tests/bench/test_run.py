@@ -14,6 +14,33 @@ from csdraft.errors import UsageError
 from csdraft.runs import Outcome
 
 
+def add_wrapped_ar(monkeypatch, name: str, doc: str, wrap) -> None:
+    """Register method ``name``: ar, with each runner it makes passed through ``wrap``."""
+    ar = METHODS["ar"]
+
+    class Wrapped(EngineMethod):
+        def runner(self, ladder, settings):
+            return wrap(ar.runner(ladder, settings))
+
+    monkeypatch.setitem(METHODS, name, Wrapped(name, doc, ar._configure))
+
+
+def bench_ar_and(method: str, config: Path, data: Path, **options) -> dict:
+    """run_bench of ar and ``method`` on the tiny ladder, quiet, with no warmup and no plot;
+    ``options``: the rest of run_bench's settings."""
+    return run_bench(
+        "gsm8k",
+        data=data,
+        config=config,
+        ladder="tiny",
+        methods=f"ar,{method}",
+        warmup=0,
+        no_plot=True,
+        quiet=True,
+        **options,
+    )
+
+
 def test_run_bench_end_to_end(tiny_config, gsm8k_file, tmp_path, capsys):
     out = tmp_path / "res" / "r.json"
     results = run_bench(
@@ -72,32 +99,18 @@ def test_bench_compares_another_ladder(tiny_config, gsm8k_file, tmp_path):
 
 def test_mismatch_reported_with_margin(tiny_config, gsm8k_file, tmp_path, monkeypatch, capsys):
     """A method that flips one token is caught, with the target's logit margin there."""
-    ar = METHODS["ar"]
 
-    class Flip(EngineMethod):
-        def runner(self, ladder, settings):
-            run = ar.runner(ladder, settings)
+    def flipped(run):
+        def flip(ids, n):
+            o = run(ids, n)
+            tokens = list(o.ids)
+            tokens[3] = (tokens[3] + 1) % 200
+            return Outcome(tokens, o.wall_s, o.target_forwards, o.forwards, finish=o.finish)
 
-            def flipped(ids, n):
-                o = run(ids, n)
-                tokens = list(o.ids)
-                tokens[3] = (tokens[3] + 1) % 200
-                return Outcome(tokens, o.wall_s, o.target_forwards, o.forwards, finish=o.finish)
+        return flip
 
-            return flipped
-
-    monkeypatch.setitem(METHODS, "flip", Flip("flip", "flips token 3", ar._configure))
-    results = run_bench(
-        "gsm8k",
-        data=gsm8k_file,
-        config=tiny_config,
-        ladder="tiny",
-        max_new_tokens=8,
-        methods="ar,flip",
-        warmup=0,
-        no_plot=True,
-        quiet=True,
-    )
+    add_wrapped_ar(monkeypatch, "flip", "flips token 3", flipped)
+    results = bench_ar_and("flip", tiny_config, gsm8k_file, max_new_tokens=8)
     assert results["summary"]["flip"]["mismatches"] == 2
     assert results["summary"]["flip"]["mismatches_beyond_ties"] == 2  # not hidden as ties
     first = results["mismatches"][0]
@@ -173,32 +186,21 @@ def test_cli(tiny_config, gsm8k_file, tmp_path, monkeypatch):
 
 def test_interrupt_reports_finished_prompts(tiny_config, gsm8k_file, tmp_path, monkeypatch):
     """Ctrl-C during prompt 2 keeps prompt 1's numbers, marked as interrupted."""
-    ar = METHODS["ar"]
 
-    class Stop(EngineMethod):
-        def runner(self, ladder, settings):
-            run, calls = ar.runner(ladder, settings), []
+    def stopping(run):
+        calls = []
 
-            def stop(ids, n):
-                calls.append(1)
-                if len(calls) == 2:
-                    raise KeyboardInterrupt
-                return run(ids, n)
+        def stop(ids, n):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return run(ids, n)
 
-            return stop
+        return stop
 
-    monkeypatch.setitem(METHODS, "stop", Stop("stop", "stops on its second call", ar._configure))
-    results = run_bench(
-        "gsm8k",
-        data=gsm8k_file,
-        config=tiny_config,
-        ladder="tiny",
-        max_new_tokens=4,
-        methods="ar,stop",
-        warmup=0,
-        out=tmp_path / "r.json",
-        no_plot=True,
-        quiet=True,
+    add_wrapped_ar(monkeypatch, "stop", "stops on its second call", stopping)
+    results = bench_ar_and(
+        "stop", tiny_config, gsm8k_file, max_new_tokens=4, out=tmp_path / "r.json"
     )
     assert results["interrupted"] is True and len(results["prompts"]) == 1
     assert json.loads((tmp_path / "r.json").read_text())["interrupted"] is True

@@ -28,12 +28,14 @@ import torch
 from engine_helpers import (
     P_THRESHOLD,
     SMALL_VOCAB,
+    ResampleFromP,
     cascade_of,
     chi_square_pvalue,
     distribution_check,
     hf_probs,
     ids_of,
     passes,
+    spec_cascade,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -219,14 +221,10 @@ LADDERS = {
 
 
 def make_cascade(models, spec, seed):
-    return cascade_of(
-        models["target"],
-        [models[name] for name in spec["drafters"]] + ([MaxGram()] if spec["maxgram"] else []),
-        spec["k"],
-        lenience=spec["lenience"],
-        sampling=spec["sampling"],
-        seed=seed,
+    drafters = [models[name] for name in spec["drafters"]] + (
+        [MaxGram()] if spec["maxgram"] else []
     )
+    return spec_cascade(models, spec, drafters, seed)
 
 
 @pytest.mark.parametrize("name", list(LADDERS))
@@ -246,17 +244,6 @@ def test_cascade_samples_the_target_distribution(sampling_models, name):
 
 
 # Deliberately wrong reviews: the same check must reject each of them.
-
-
-class ResampleFromP(SamplingReview):
-    """Wrong: after a rejection draws from p instead of normalise(max(0, p - q))."""
-
-    def __call__(self, logits, draft, lenience):
-        verdict = super().__call__(logits, draft, lenience)
-        if verdict.accepted < len(draft):
-            p = self.sampling.probs(logits)[verdict.accepted]
-            verdict.token = int(torch.multinomial(p, 1, generator=self.generator))
-        return verdict
 
 
 class LenientTarget(SamplingReview):

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-import torch
 from engine_helpers import (
     SMALL_VOCAB,
     TARGETS,
+    ResampleFromP,
     cascade_of,
     cases,
     distribution_check,
@@ -25,13 +25,13 @@ from engine_helpers import (
     ids_of,
     passes,
     run_greedy_case,
+    spec_cascade,
     target_of,
 )
 from hypothesis import HealthCheck, given, settings
 
 from csdraft.engine import Draft, MaxGram, Proposer, Sampling
 from csdraft.engine.proposer import Engine
-from csdraft.engine.review import SamplingReview
 from csdraft.trace import Commit, Review, Stats
 from csdraft.viz import rung_style
 
@@ -197,14 +197,7 @@ def toy_cascade(models, spec, seed=0):
         RepeatLast() if d == "toy" else MaxGram() if d == "max-gram" else models[d]
         for d in spec["drafters"]
     ]
-    return cascade_of(
-        models["target"],
-        drafters,
-        spec["k"],
-        lenience=spec["lenience"],
-        sampling=spec["sampling"],
-        seed=seed,
-    )
+    return spec_cascade(models, spec, drafters, seed)
 
 
 @pytest.mark.parametrize("name", list(TOY_LADDERS))
@@ -223,17 +216,6 @@ def test_toy_ladder_samples_the_target_distribution(sampling_models, name):
     ]
     assert all(e.origins[:1] == [toy_index] for e in first)
     assert any(e.accepted for e in first)
-
-
-class ResampleFromP(SamplingReview):
-    """Wrong: after a rejection draws from p instead of normalise(max(0, p - q))."""
-
-    def __call__(self, logits, draft, lenience):
-        verdict = super().__call__(logits, draft, lenience)
-        if verdict.accepted < len(draft):
-            p = self.sampling.probs(logits)[verdict.accepted]
-            verdict.token = int(torch.multinomial(p, 1, generator=self.generator))
-        return verdict
 
 
 def test_check_rejects_a_wrong_review_of_toy_drafts(sampling_models):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from tiny_models import write_tiny_dir
+from model_fixtures import own_home, tiny_dir_fixture  # noqa: F401 - fixtures
 
 from csdraft.errors import UsageError
 from csdraft.ladder import ModelSpec
@@ -22,17 +21,6 @@ from csdraft.models import (
     load,
     load_model,
 )
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("CSDRAFT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return write_tiny_dir(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def test_backends_table_and_unknown_backend(tiny_dir):

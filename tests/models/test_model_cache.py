@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import own_home, tiny_dir_fixture  # noqa: F401 - fixtures
 from tiny_models import (
     assert_one_line,
     fake_pack,
     overwrite_middle,
     prepared_copy,
-    write_tiny_dir,
     write_tiny_gguf,
 )
 
@@ -44,17 +44,6 @@ from csdraft.models import cache as mcache
 from csdraft.models.int8 import int8_cache_digest
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("CSDRAFT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return write_tiny_dir(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")

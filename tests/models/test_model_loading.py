@@ -6,17 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import own_home, tiny_dir_fixture  # noqa: F401 - fixtures
 from tiny_models import (
     WORDS,
     assert_one_line,
     fake_pack,
     make_tokenizer,
     prepared_copy,
-    write_tiny_dir,
     write_tiny_gguf,
 )
 
@@ -31,18 +30,6 @@ from csdraft.models import (
     load_tokenizer,
     tokenizer_fingerprint,
 )
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    """Every test gets its own cache and no hub access."""
-    monkeypatch.setenv("CSDRAFT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return write_tiny_dir(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")

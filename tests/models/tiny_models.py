@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_ladder import tiny_tokenizer
+from tiny_ladder import small_config, tiny_tokenizer
 
 from csdraft.models import MANIFEST, PACKS, OfflinePack, cache_dir
 
@@ -28,16 +28,7 @@ def write_tiny_dir(path: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = make_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=tok.eos_token_id,
-    )
+    config = small_config(LlamaConfig, len(tok), 64, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
@@ -66,16 +57,7 @@ def write_tiny_gguf(path: Path):
 
     tokens = ["<|endoftext|>", "<|im_end|>", "Ġ"]
     tokens += [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["Ġa", "ab"]
-    config = Qwen2Config(
-        vocab_size=len(tokens),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
+    config = small_config(Qwen2Config, len(tokens), 128, tie_word_embeddings=False)
     torch.manual_seed(1)
     model = Qwen2ForCausalLM(config).eval()
     w = gguf.GGUFWriter(str(path), "qwen2")

@@ -7,20 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_ladder import make_tiny_ladder
+from tiny_ladder import make_tiny_ladder, own_env  # noqa: F401 - own_env: a fixture
 from typer.testing import CliRunner
 
 from csdraft.cli import app
 from csdraft.errors import UsageError
 from csdraft.ladder import check_k_matrix, get_ladder, load_ladders
 from csdraft.tune import noise
-
-
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("CSDRAFT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CSDRAFT_CONFIG", str(tmp_path / "user-cascades.yaml"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
