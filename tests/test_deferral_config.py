@@ -5,28 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_cli import PROMPT, reference, run
+from test_cli import PROMPT, _env, ladder_dir, reference, run  # noqa: F401 - fixtures
 from test_ladder import config, usage_error
-from tiny_ladder import make_tiny_ladder
 
 from csdraft.engine.deferral import Deferral
 from csdraft.ladder import ladder_to_yaml, parse_config, parse_ladder
 from csdraft.trace import Start, Stats
 from csdraft.viz import summary_table
-
-
-@pytest.fixture(scope="module")
-def ladder_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ladder")
-    make_tiny_ladder(root, drafters=1, maxgram=True)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("CSDRAFT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CSDRAFT_CONFIG", str(tmp_path / "user.yaml"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def test_yaml_target_rule_and_per_reviewer_list():

@@ -9,20 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_ladder import make_tiny_ladder
+from tiny_ladder import make_tiny_ladder, own_env  # noqa: F401 - fixtures
 from tune_helpers import synthetic_calibration
 
 from csdraft import tune
 from csdraft.engine import Cascade, ModelRung, kmatrix
 from csdraft.ladder import get_ladder
 from csdraft.trace import Commit, Review, Stats
-
-
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("CSDRAFT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CSDRAFT_CONFIG", str(tmp_path / "user-cascades.yaml"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def test_replay_perfect_drafter_fills_blocks():
