@@ -93,9 +93,13 @@ def results_table(results: Mapping[str, Any]) -> Table:
     table.caption = (
         "speedup: tok/s over ar's on each prompt. tok/fwd: tokens per target forward. SWI: "
         "ar's cost over the forwards spent, a forward costed by parameter count (Max-Gram 0) or "
-        "by its mean time here. out ≠ar: prompts whose output differs from ar's. LOSSY: a "
-        "deferral rule on purpose, so its ≠ar count is its quality cost, not an error."
+        "by its mean time here. out ≠ar: prompts whose output differs from ar's."
     )
+    if any(not s.get("lossless", True) for s in summary.values()):
+        table.caption += (
+            " LOSSY: a deferral rule on purpose, so its ≠ar count is its quality cost, not an "
+            "error."
+        )
     table.caption_justify = "left"
     return table
 
