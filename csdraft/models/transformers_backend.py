@@ -205,11 +205,6 @@ class TransformersModel:
         """The torch dtype name of the parameters (int8 models compute in float32)."""
         return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
-    @property
-    def logits_dtype(self) -> str:
-        """The torch dtype name the logits are computed in (that of the parameters)."""
-        return self.compute_dtype
-
 
 # --------------------------------------------------------------------------- loading
 
