@@ -28,6 +28,8 @@ from csdraft.engine.tree import TreeSettings
 from csdraft.ladder import LadderSpec
 from csdraft.runs import Outcome, Runner, cascade_runner
 
+DEFAULT_TREE = TreeSettings(16, 2, 0.8)
+"""The tree settings of the ``csd-tree`` method."""
 DEFAULT_METHODS = (
     "ar",
     "sd",
@@ -205,12 +207,31 @@ def _full(transform: Callable[[Sequence[Sequence[int]]], list[list[int]]] | None
     return configure
 
 
-def _tree(spec: LadderSpec, s: Settings) -> EngineConfig | str:
-    if not spec.drafters:
-        return "needs a neural drafter: trees branch where its probabilities say it is unsure"
-    plan = _full(None, 1)(spec, s)
-    assert isinstance(plan, EngineConfig)
-    return EngineConfig(plan.rungs, plan.k_matrix, tree=[TreeSettings()])
+def _tree(tree: TreeSettings) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
+    """The ladder's own k-matrix with token trees ``tree`` at the target's review."""
+
+    def configure(spec: LadderSpec, s: Settings) -> EngineConfig | str:
+        if not spec.drafters:
+            return "needs a neural drafter: trees branch where its probabilities say it is unsure"
+        plan = _full(None, 1)(spec, s)
+        assert isinstance(plan, EngineConfig)
+        return EngineConfig(plan.rungs, plan.k_matrix, tree=[tree])
+
+    return configure
+
+
+def tree_method(name: str) -> EngineMethod:
+    """``csd-tree@BUDGET/TOP_K/MIN_PROB``: the ladder with those tree settings at the target's
+    review (a one-line error for a malformed name)."""
+    from csdraft.errors import UsageError
+
+    try:
+        budget, top_k, min_prob = name.removeprefix("csd-tree@").split("/")
+        tree = TreeSettings(int(budget), int(top_k), float(min_prob))
+    except ValueError as e:
+        detail = str(e) if "must" in str(e) else "expected csd-tree@BUDGET/TOP_K/MIN_PROB"
+        raise UsageError(f"--methods {name}: {detail}") from None
+    return EngineMethod(name, f"the ladder with {tree.explain()}", _tree(tree))
 
 
 def _ladder(other: LadderSpec) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
@@ -241,6 +262,7 @@ def _ladder(other: LadderSpec) -> Callable[[LadderSpec, Settings], EngineConfig 
             [list(r) for r in other.k_matrix],
             list(other.lenience),
             list(other.min_confidence),
+            tree=list(other.tree) if any(t is not None for t in other.tree) else None,
         )
 
     return configure
@@ -253,6 +275,8 @@ def method(name: str, config: Path | None = None) -> EngineMethod | HFMethod:
         return METHODS[name]
     if "+" in name:
         return lossy_method(name)
+    if name.startswith("csd-tree@"):
+        return tree_method(name)
     from csdraft.ladder import get_ladder
 
     other = get_ladder(name.removeprefix("csd@"), config)
@@ -421,7 +445,7 @@ METHODS: dict[str, EngineMethod | HFMethod] = {
             "csd-tree",
             "the ladder with token trees at the target's review (default tree settings: "
             "siblings where the drafter is unsure, one forward pass per tree)",
-            _tree,
+            _tree(DEFAULT_TREE),
         ),
         HFMethod("hf-generate", "transformers greedy generate of the target", "generate"),
         HFMethod(
@@ -456,11 +480,18 @@ def parse_methods(text: str | None) -> list[str]:
     for n in names:
         if "+" in n:
             lossy_method(n)  # a one-line error for a bad rule or alpha
-    unknown = [n for n in names if n not in METHODS and not n.startswith("csd@") and "+" not in n]
+        elif n.startswith("csd-tree@"):
+            tree_method(n)
+    unknown = [
+        n
+        for n in names
+        if n not in METHODS and not n.startswith(("csd@", "csd-tree@")) and "+" not in n
+    ]
     if unknown or not names:
         raise UsageError(
             f"--methods: unknown {', '.join(unknown) or 'empty list'}; "
-            f"choose from {', '.join(METHODS)}, or csd@LADDER, or METHOD+RULE@ALPHA (lossy)"
+            f"choose from {', '.join(METHODS)}, or csd@LADDER, csd-tree@BUDGET/TOP_K/MIN_PROB, "
+            "or METHOD+RULE@ALPHA (lossy)"
         )
     names = list(dict.fromkeys(names))
     return names if "ar" in names else ["ar", *names]

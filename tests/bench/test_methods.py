@@ -33,6 +33,17 @@ def test_parse_methods():
         parse_methods("ar,nope")
 
 
+def test_tree_methods_name_their_settings(tiny_config):
+    assert parse_methods("csd-tree@12/1/0.5") == ["ar", "csd-tree@12/1/0.5"]
+    spec = get_ladder("tiny", tiny_config)
+    config = method("csd-tree@12/1/0.5").config(spec, Settings())
+    assert config["tree"] == [{"budget": 12, "top_k": 1, "min_prob": 0.5}]
+    with pytest.raises(UsageError, match="BUDGET/TOP_K/MIN_PROB"):
+        parse_methods("csd-tree@12/1")
+    with pytest.raises(UsageError, match="min_prob must be in"):
+        parse_methods("csd-tree@12/1/2")
+
+
 def test_another_ladder_on_the_same_models(tiny_config):
     spec = get_ladder("tiny", tiny_config)
     s = Settings()
