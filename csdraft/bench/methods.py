@@ -72,6 +72,8 @@ class EngineConfig:
     tree: list[TreeSettings | None] | None = None  # per reviewer, target first
     deferral: list[Deferral | None] | None = None
     """Per reviewer of the loaded ladder (target, then each neural drafter); None: lossless."""
+    window: int | None = None
+    """Prompt tokens every neural drafter sees (None: as the ladder's models say)."""
 
 
 # ------------------------------------------------------------------------------ methods
@@ -107,6 +109,8 @@ class EngineMethod:
             out |= {"lenience": plan.lenience, "min_confidence": plan.min_confidence}
         if plan.tree is not None:
             out["tree"] = [None if t is None else vars(t) for t in plan.tree]
+        if plan.window is not None:
+            out["window"] = plan.window
         out["lossless"] = self.lossless
         if plan.deferral is not None:
             reviewers = [names[0], *(d.name for d in spec.drafters)]
@@ -130,6 +134,7 @@ class EngineMethod:
             seed=settings.seed,
             tree=plan.tree,
             deferral=plan.deferral or [None] * (len(ladder.spec.drafters) + 1),
+            window=plan.window,
         )
         tok = ladder.tokenizer
         stop = (lambda: AnswerStop(tok)) if settings.until_answer else None
@@ -220,6 +225,34 @@ def _tree(tree: TreeSettings) -> Callable[[LadderSpec, Settings], EngineConfig |
     return configure
 
 
+def _window(tokens: int) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
+    """The ladder's own settings with every neural drafter seeing the last ``tokens`` prompt
+    tokens only."""
+
+    def configure(spec: LadderSpec, s: Settings) -> EngineConfig | str:
+        if not spec.drafters:
+            return "needs a neural drafter: only drafters see part of the prompt"
+        plan = _full(None, 1)(spec, s)
+        assert isinstance(plan, EngineConfig)
+        return replace(plan, window=tokens)
+
+    return configure
+
+
+def window_method(name: str) -> EngineMethod:
+    """``csd-window@N``: the ladder with each neural drafter seeing only the last N prompt
+    tokens (a cheaper drafter pass over a long prompt; output unchanged)."""
+    from csdraft.errors import UsageError
+
+    text = name.removeprefix("csd-window@")
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--methods {name}: expected csd-window@TOKENS, TOKENS >= 1")
+    tokens = int(text)
+    return EngineMethod(
+        name, f"the ladder, its drafters seeing the last {tokens} prompt tokens", _window(tokens)
+    )
+
+
 def tree_method(name: str) -> EngineMethod:
     """``csd-tree@BUDGET/TOP_K/MIN_PROB``: the ladder with those tree settings at the target's
     review (a one-line error for a malformed name)."""
@@ -277,6 +310,8 @@ def method(name: str, config: Path | None = None) -> EngineMethod | HFMethod:
         return lossy_method(name)
     if name.startswith("csd-tree@"):
         return tree_method(name)
+    if name.startswith("csd-window@"):
+        return window_method(name)
     from csdraft.ladder import get_ladder
 
     other = get_ladder(name.removeprefix("csd@"), config)
@@ -482,16 +517,20 @@ def parse_methods(text: str | None) -> list[str]:
             lossy_method(n)  # a one-line error for a bad rule or alpha
         elif n.startswith("csd-tree@"):
             tree_method(n)
+        elif n.startswith("csd-window@"):
+            window_method(n)
     unknown = [
         n
         for n in names
-        if n not in METHODS and not n.startswith(("csd@", "csd-tree@")) and "+" not in n
+        if n not in METHODS
+        and not n.startswith(("csd@", "csd-tree@", "csd-window@"))
+        and "+" not in n
     ]
     if unknown or not names:
         raise UsageError(
             f"--methods: unknown {', '.join(unknown) or 'empty list'}; "
             f"choose from {', '.join(METHODS)}, or csd@LADDER, csd-tree@BUDGET/TOP_K/MIN_PROB, "
-            "or METHOD+RULE@ALPHA (lossy)"
+            "csd-window@TOKENS, or METHOD+RULE@ALPHA (lossy)"
         )
     names = list(dict.fromkeys(names))
     return names if "ar" in names else ["ar", *names]
