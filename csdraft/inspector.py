@@ -58,7 +58,7 @@ def model_facts(model: Any) -> dict[str, Any]:
     dtype = model.compute_dtype
     weights = getattr(model, "weight_format", None)  # llama.cpp: the GGUF's quantization
     if weights:
-        dtype = f"{weights} (llama.cpp), {dtype} activations"
+        dtype = f"{weights} (llama.cpp), float32 activations"
     return {
         "params": model.parameter_count(),
         "bytes": model.weight_bytes(),

@@ -425,11 +425,17 @@ class LlamaCppMethod:
         return spec.target.backend == "llama.cpp"
 
     def config(self, spec: LadderSpec, settings: Settings) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "rungs": [spec.target.name],
             "llama.cpp": "Llama.generate, greedy (temp 0), one token per decode",
             "lossless": self.same_model(spec),
         }
+        if not self.same_model(spec):
+            out["lossy_why"] = (
+                "the target's GGUF in llama.cpp, not the target as loaded (another numeric "
+                "model of the same weights)"
+            )
+        return out
 
     def runner(self, ladder: Ladder, settings: Settings) -> Runner:
         from csdraft.models.llamacpp_backend import (

@@ -66,12 +66,25 @@ def import_llama_cpp() -> Any:
         import llama_cpp
     except ImportError as exc:
         raise UsageError(f"backend llama.cpp needs llama-cpp-python: {INSTALL_HINT}") from exc
+    global _QUIET_LOG
+    if _QUIET_LOG is None:
+        _QUIET_LOG = llama_cpp.llama_log_callback(_quiet)
     if not getattr(import_llama_cpp, "_ready", False):
-        # llama-cpp-python prints llama.cpp's log through this logger (everything by default)
+        # llama.cpp's log (model loading, vocabulary warnings) is noise here: errors come back
+        # as return codes, which csdraft turns into one-line errors
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        llama_cpp.llama_log_set(_QUIET_LOG, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         import_llama_cpp._ready = True  # type: ignore[attr-defined]
     return llama_cpp
+
+
+def _quiet(level: int, text: bytes, user_data: Any) -> None:
+    """A llama.cpp log callback that drops every message."""
+
+
+_QUIET_LOG: Any = None
+"""``_quiet`` as a ctypes callback, kept alive here for as long as llama.cpp may call it."""
 
 
 def available() -> bool:
@@ -410,8 +423,9 @@ class LlamaCppModel:
 
     @property
     def compute_dtype(self) -> str:
-        """What activations and logits are computed in."""
-        return "float32"
+        """``"gguf"``: llama.cpp's own kernels over the GGUF's quantized weights (float32
+        activations and logits); ``exactness.NEAR_TIE`` holds its near-tie width."""
+        return "gguf"
 
     def close(self) -> None:
         """Free the contexts and the model (the object is unusable afterwards)."""

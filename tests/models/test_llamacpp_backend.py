@@ -72,7 +72,7 @@ def one_at_a_time(model, seq: np.ndarray, start: int) -> torch.Tensor:
 def test_model_facts(target):
     assert target.vocab_size == VOCAB and len(target.tokenizer) == VOCAB
     assert target.eos_ids == [1]  # <|im_end|>, the GGUF's eos and the tokenizer's
-    assert target.context_length == 128 and target.compute_dtype == "float32"
+    assert target.context_length == 128 and target.compute_dtype == "gguf"
     assert target.int8_layers() == 0 and target.dtype == "gguf"
     assert target.parameter_count() > 0 and target.weight_bytes() > 0
     assert "F32" in target.weight_format or target.weight_format
