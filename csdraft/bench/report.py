@@ -97,8 +97,9 @@ def results_table(results: Mapping[str, Any]) -> Table:
     )
     if any(not s.get("lossless", True) for s in summary.values()):
         table.caption += (
-            " LOSSY: a deferral rule on purpose, so its ≠ar count is its quality cost, not an "
-            "error."
+            " LOSSY: a deferral rule on purpose (or, for llama.cpp beside a transformers "
+            "target, another numeric model of the target), so its ≠ar count is its quality "
+            "cost, not an error."
         )
     table.caption_justify = "left"
     return table
