@@ -262,6 +262,10 @@ class LlamaCppScorer:
             self.ctx = None
         self.tokens = np.empty(0, dtype=np.int64)
 
+    def __del__(self) -> None:  # a session dropped without reset gives its context back
+        with contextlib.suppress(Exception):
+            self.reset()
+
     def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
         """Logits [len(seq) - start + 1, vocab] (float32): row i predicts seq[start - 1 + i + 1],
         the last row the token after ``seq``, as ``TransformersScorer.score`` returns them."""

