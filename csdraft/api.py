@@ -136,15 +136,23 @@ class Ladder:
         min_confidence: float,
         tree: TreeSettings | None = None,
         deferral: Deferral | None = None,
+        window: int | None = None,
     ) -> Proposer:
         """A fresh drafting rung for ladder index ``rung`` (1..D); ``tree``: how the drafts it
-        reviews branch, ``deferral``: its review's rule (neural rungs only)."""
+        reviews branch, ``deferral``: its review's rule, ``window``: how much of a long prompt
+        it sees (default: its model's ``window``) (neural rungs only)."""
         spec = self.spec
         if rung <= len(spec.drafters):
             m = spec.drafters[rung - 1]
             session = self.models[rung].session(m.name)
             return ModelRung(
-                session, m.name, lenience, min_confidence, tree=tree, deferral=deferral
+                session,
+                m.name,
+                lenience,
+                min_confidence,
+                tree=tree,
+                deferral=deferral,
+                window=m.window if window is None else window,
             )
         mg = spec.maxgram
         assert mg is not None
@@ -160,6 +168,7 @@ class Ladder:
         seed: int | None = None,
         tree: Sequence[TreeSettings | None] | None = None,
         deferral: Deferral | Sequence[Deferral | None] | None = None,
+        window: int | None = None,
     ) -> Cascade:
         """A cascade over this ladder, or over a sub-ladder: ``rungs`` lists the drafting rungs
         to keep (ladder indices 1..D; default all), for baselines such as bench's. ``lenience``
@@ -168,7 +177,8 @@ class Ladder:
         list leaves the rest linear) to the ladder's. ``deferral`` (the target's rule, or one
         per reviewer of the full ladder: target, then each neural drafter) defaults to the
         ladder's; any lossy rule makes the output lossy on purpose (``Cascade.lossless`` is
-        then False)."""
+        then False). ``window``: every neural drafter sees only the last ``window`` prompt
+        tokens (default: each drafter model's own ``window``)."""
         spec = self.spec
         if deferral is not None:
             spec = spec.with_settings(deferral=deferral, where=f"ladder '{spec.name}'")
@@ -196,7 +206,9 @@ class Ladder:
                 if r in neural:
                     i = neural.index(r)
                     drafters.append(
-                        self.proposer(r, lenience[i], floors[i], trees[i + 1], spec.deferral[r])
+                        self.proposer(
+                            r, lenience[i], floors[i], trees[i + 1], spec.deferral[r], window
+                        )
                     )
                 else:
                     drafters.append(self.proposer(r, 1.0, 0.0))

@@ -140,6 +140,13 @@ def k_matrix_lines(spec: Any) -> list[str]:
             "min_confidence (a drafter ends its draft after a token it doubts): "
             + ", ".join(f"{v:g}" for v in spec.min_confidence)
         )
+    names = spec.rung_names
+    for reviewer, tree in enumerate(spec.tree):
+        if tree is not None:
+            drafter = names[reviewer + 1] if reviewer + 1 < len(names) else "its drafter"
+            lines.append(f"{names[reviewer]} reviews {tree.explain(drafter)}")
+    if not any(t is not None for t in spec.tree):
+        lines.append("linear drafts (no token trees)")
     return lines
 
 
@@ -193,7 +200,7 @@ def run_inspect(
     if spec.k_matrix:
         lenience: Any = tuple(spec.lenience) if spec.lenience else 1.0
         floor: Any = tuple(spec.min_confidence) if spec.min_confidence else 0.0
-        pred = Replay(cal).predict(spec.k_matrix, lenience, floor)
+        pred = Replay(cal).predict(spec.k_matrix, lenience, floor, spec.tree[0])
         analytic = AnalyticModel.from_calibration(cal, agree).predict(spec.k_matrix)
         out.print(
             f"predicted speedup of this k-matrix over ar: [bold]{pred.speedup:.2f}x[/] "

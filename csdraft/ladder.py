@@ -38,6 +38,9 @@ class ModelSpec:
     dtype: str = "bfloat16"
     device: str = "cpu"
     backend: str = "transformers"
+    window: int | None = None
+    """A drafter's view of a long prompt: only its last ``window`` tokens (and every token
+    after the prompt). A cheaper pass over the prompt; drafts may change, output never."""
 
 
 @dataclass(frozen=True)
@@ -225,18 +228,24 @@ def _model(
         value = {"model": value}
     if not isinstance(value, dict) or not isinstance(value.get("model"), str):
         raise UsageError(f"{where}: expected a model reference or {{model: REF, name: NAME}}")
-    unknown = set(value) - {"model", "name", "dtype", "device", "backend"}
+    unknown = set(value) - {"model", "name", "dtype", "device", "backend", "window"}
     if unknown:
         raise UsageError(
             f"{where}: unknown keys {sorted(unknown)} (allowed: model, name, dtype, device, "
-            "backend)"
+            "backend, window)"
         )
+    window = value.get("window")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
+        raise UsageError(f"{where}: window: expected a whole number of tokens, got {window!r}")
+    if window is not None and window < 1:
+        raise UsageError(f"{where}: window: expected at least 1 token, got {window}")
     spec = ModelSpec(
         ref=value["model"],
         name=str(value.get("name") or Path(value["model"]).name),
         dtype=str(value.get("dtype", dtype)),
         device=str(value.get("device", device)),
         backend=str(value.get("backend", backend)),
+        window=window,
     )
     if spec.backend not in BACKENDS:
         raise UsageError(
@@ -298,6 +307,11 @@ def parse_ladder(name: str, raw: Any) -> LadderSpec:
         )
     backend = str(raw.get("backend", "transformers"))
     target = _model(raw["target"], _where(name, "target"), dtype, device, backend)
+    if target.window is not None:
+        raise UsageError(
+            f"{_where(name, 'target')}: window: only drafters may see part of the prompt; "
+            "the target sees all of it"
+        )
     drafters_raw = raw.get("drafters") or []
     if not isinstance(drafters_raw, list):
         raise UsageError(f"{_where(name, 'drafters')}: expected a list, largest model first")
@@ -489,7 +503,8 @@ def ladder_to_yaml(spec: LadderSpec) -> dict:
         out = {"model": m.ref, "name": m.name, "dtype": m.dtype, "device": m.device}
         if m.backend == "llama.cpp":
             del out["dtype"]
-        return out | ({"backend": m.backend} if m.backend != "transformers" else {})
+        out |= {"backend": m.backend} if m.backend != "transformers" else {}
+        return out | ({"window": m.window} if m.window is not None else {})
 
     out: dict[str, Any] = {"description": spec.description} if spec.description else {}
     out["target"] = model(spec.target)

@@ -68,6 +68,14 @@ def test_round_trip_through_yaml():
     assert again == spec
 
 
+def test_drafter_window_round_trips():
+    drafters = [{"model": "org/mid", "name": "mid", "window": 256}, "org/small"]
+    spec = parse_config(config(drafters=drafters), SOURCE)["tiny"]
+    assert spec.drafters[0].window == 256 and spec.target.window is None
+    again = parse_ladder("tiny", yaml.safe_load(yaml.safe_dump(ladder_to_yaml(spec))))
+    assert again == spec
+
+
 def test_tree_settings():
     spec = parse_config(config(), SOURCE)["tiny"]
     assert spec.tree == (None, None, None)  # absent: linear drafts everywhere
@@ -114,6 +122,9 @@ def test_a_config_that_is_no_mapping():
         (dict(target={"model": "org/big", "backend": "vllm"}), "target: backend", "'vllm'"),
         (dict(drafters=[{"model": "org/mid", "backend": "x"}]), "drafters[0]: backend", "'x'"),
         (dict(drafters=[{"model": "org/mid", "name": "big"}]), "names must be unique", "big"),
+        (dict(target={"model": "org/big", "window": 64}), "target: window", "the target sees"),
+        (dict(drafters=[{"model": "org/mid", "window": 0}]), "drafters[0]: window", "at least 1"),
+        (dict(drafters=[{"model": "org/mid", "window": "x"}]), "drafters[0]: window", "'x'"),
         (dict(drafters=[{"model": "org/m", "name": "max-gram"}]), "not 'max-gram'", "max-gram"),
         # Max-Gram.
         (dict(maxgram={"max_ngram": 2, "min_ngram": 3}), "maxgram", "min_ngram <= max_ngram"),

@@ -28,6 +28,8 @@ from csdraft.engine.tree import TreeSettings
 from csdraft.ladder import TREE_BACKENDS, LadderSpec
 from csdraft.runs import Outcome, Runner, cascade_runner
 
+DEFAULT_TREE = TreeSettings(16, 2, 0.8)
+"""The tree settings of the ``csd-tree`` method."""
 DEFAULT_METHODS = (
     "ar",
     "sd",
@@ -70,6 +72,8 @@ class EngineConfig:
     tree: list[TreeSettings | None] | None = None  # per reviewer, target first
     deferral: list[Deferral | None] | None = None
     """Per reviewer of the loaded ladder (target, then each neural drafter); None: lossless."""
+    window: int | None = None
+    """Prompt tokens every neural drafter sees (None: as the ladder's models say)."""
 
 
 # ------------------------------------------------------------------------------ methods
@@ -105,6 +109,8 @@ class EngineMethod:
             out |= {"lenience": plan.lenience, "min_confidence": plan.min_confidence}
         if plan.tree is not None:
             out["tree"] = [None if t is None else vars(t) for t in plan.tree]
+        if plan.window is not None:
+            out["window"] = plan.window
         out["lossless"] = self.lossless
         if plan.deferral is not None:
             reviewers = [names[0], *(d.name for d in spec.drafters)]
@@ -128,6 +134,7 @@ class EngineMethod:
             seed=settings.seed,
             tree=plan.tree,
             deferral=plan.deferral or [None] * (len(ladder.spec.drafters) + 1),
+            window=plan.window,
         )
         tok = ladder.tokenizer
         stop = (lambda: AnswerStop(tok)) if settings.until_answer else None
@@ -205,14 +212,61 @@ def _full(transform: Callable[[Sequence[Sequence[int]]], list[list[int]]] | None
     return configure
 
 
-def _tree(spec: LadderSpec, s: Settings) -> EngineConfig | str:
-    if not spec.drafters:
-        return "needs a neural drafter: trees branch where its probabilities say it is unsure"
-    if spec.target.backend not in TREE_BACKENDS:
-        return f"the target's backend ({spec.target.backend}) does not score token trees"
-    plan = _full(None, 1)(spec, s)
-    assert isinstance(plan, EngineConfig)
-    return EngineConfig(plan.rungs, plan.k_matrix, tree=[TreeSettings()])
+def _tree(tree: TreeSettings) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
+    """The ladder's own k-matrix with token trees ``tree`` at the target's review."""
+
+    def configure(spec: LadderSpec, s: Settings) -> EngineConfig | str:
+        if not spec.drafters:
+            return "needs a neural drafter: trees branch where its probabilities say it is unsure"
+        if spec.target.backend not in TREE_BACKENDS:
+            return f"the target's backend ({spec.target.backend}) does not score token trees"
+        plan = _full(None, 1)(spec, s)
+        assert isinstance(plan, EngineConfig)
+        return EngineConfig(plan.rungs, plan.k_matrix, tree=[tree])
+
+    return configure
+
+
+def _window(tokens: int) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
+    """The ladder's own settings with every neural drafter seeing the last ``tokens`` prompt
+    tokens only."""
+
+    def configure(spec: LadderSpec, s: Settings) -> EngineConfig | str:
+        if not spec.drafters:
+            return "needs a neural drafter: only drafters see part of the prompt"
+        plan = _full(None, 1)(spec, s)
+        assert isinstance(plan, EngineConfig)
+        return replace(plan, window=tokens)
+
+    return configure
+
+
+def window_method(name: str) -> EngineMethod:
+    """``csd-window@N``: the ladder with each neural drafter seeing only the last N prompt
+    tokens (a cheaper drafter pass over a long prompt; output unchanged)."""
+    from csdraft.errors import UsageError
+
+    text = name.removeprefix("csd-window@")
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--methods {name}: expected csd-window@TOKENS, TOKENS >= 1")
+    tokens = int(text)
+    return EngineMethod(
+        name, f"the ladder, its drafters seeing the last {tokens} prompt tokens", _window(tokens)
+    )
+
+
+def tree_method(name: str) -> EngineMethod:
+    """``csd-tree@BUDGET/TOP_K/MIN_PROB``: the ladder with those tree settings at the target's
+    review (a one-line error for a malformed name)."""
+    from csdraft.errors import UsageError
+
+    try:
+        budget, top_k, min_prob = name.removeprefix("csd-tree@").split("/")
+        tree = TreeSettings(int(budget), int(top_k), float(min_prob))
+    except ValueError as e:
+        detail = str(e) if "must" in str(e) else "expected csd-tree@BUDGET/TOP_K/MIN_PROB"
+        raise UsageError(f"--methods {name}: {detail}") from None
+    return EngineMethod(name, f"the ladder with {tree.explain()}", _tree(tree))
 
 
 def _ladder(other: LadderSpec) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
@@ -243,6 +297,7 @@ def _ladder(other: LadderSpec) -> Callable[[LadderSpec, Settings], EngineConfig 
             [list(r) for r in other.k_matrix],
             list(other.lenience),
             list(other.min_confidence),
+            tree=list(other.tree) if any(t is not None for t in other.tree) else None,
         )
 
     return configure
@@ -255,6 +310,10 @@ def method(name: str, config: Path | None = None) -> EngineMethod | HFMethod | L
         return METHODS[name]
     if "+" in name:
         return lossy_method(name)
+    if name.startswith("csd-tree@"):
+        return tree_method(name)
+    if name.startswith("csd-window@"):
+        return window_method(name)
     from csdraft.ladder import get_ladder
 
     other = get_ladder(name.removeprefix("csd@"), config)
@@ -530,7 +589,7 @@ METHODS: dict[str, EngineMethod | HFMethod | LlamaCppMethod] = {
             "csd-tree",
             "the ladder with token trees at the target's review (default tree settings: "
             "siblings where the drafter is unsure, one forward pass per tree)",
-            _tree,
+            _tree(DEFAULT_TREE),
         ),
         HFMethod("hf-generate", "transformers greedy generate of the target", "generate"),
         HFMethod(
@@ -566,11 +625,22 @@ def parse_methods(text: str | None) -> list[str]:
     for n in names:
         if "+" in n:
             lossy_method(n)  # a one-line error for a bad rule or alpha
-    unknown = [n for n in names if n not in METHODS and not n.startswith("csd@") and "+" not in n]
+        elif n.startswith("csd-tree@"):
+            tree_method(n)
+        elif n.startswith("csd-window@"):
+            window_method(n)
+    unknown = [
+        n
+        for n in names
+        if n not in METHODS
+        and not n.startswith(("csd@", "csd-tree@", "csd-window@"))
+        and "+" not in n
+    ]
     if unknown or not names:
         raise UsageError(
             f"--methods: unknown {', '.join(unknown) or 'empty list'}; "
-            f"choose from {', '.join(METHODS)}, or csd@LADDER, or METHOD+RULE@ALPHA (lossy)"
+            f"choose from {', '.join(METHODS)}, or csd@LADDER, csd-tree@BUDGET/TOP_K/MIN_PROB, "
+            "csd-window@TOKENS, or METHOD+RULE@ALPHA (lossy)"
         )
     names = list(dict.fromkeys(names))
     return names if "ar" in names else ["ar", *names]

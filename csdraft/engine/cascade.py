@@ -45,6 +45,8 @@ class Cascade:
             raise ValueError("the first rung must be the target model")
         if self.rungs[0].lenience != 1:
             raise ValueError("the target's review is never lenient")
+        if self.rungs[0].window is not None:
+            raise ValueError("the target sees the whole prompt (a window is for drafters)")
         for i, rung in enumerate(self.rungs):
             rung.index = i
         self.names = [r.name for r in self.rungs]
@@ -187,11 +189,12 @@ class Cascade:
         and its probability of that token."""
         start = time.perf_counter()
         chain = draft.is_chain
+        seen = context[rung.offset :]  # a drafter with a window skips the prompt's start
         if chain:
-            full = np.concatenate([context, np.asarray(draft.tokens, dtype=np.int64)])
-            logits = rung.scorer.score(full, len(context))
+            full = np.concatenate([seen, np.asarray(draft.tokens, dtype=np.int64)])
+            logits = rung.scorer.score(full, len(seen))
         else:
-            logits = rung.scorer.score_tree(context, draft)
+            logits = rung.scorer.score_tree(seen, draft)
         if rung.index and self.vocab_size and logits.shape[-1] != self.vocab_size:
             logits = fit_vocab(logits, self.vocab_size)
         forward_s = time.perf_counter() - start

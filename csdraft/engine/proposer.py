@@ -119,7 +119,10 @@ class ModelRung(Proposer):
         vocab_size: int | None = None,
         tree: TreeSettings | None = None,
         deferral: Deferral | None = None,
+        window: int | None = None,
     ) -> None:
+        if window is not None and window < 1:
+            raise ValueError(f"{name}: window must be at least 1 token, got {window}")
         if not lenience >= 1:  # NaN too
             raise ValueError(f"{name}: lenience must be >= 1, got {lenience}")
         if tree is not None and lenience != 1:
@@ -146,6 +149,10 @@ class ModelRung(Proposer):
         drafter's logits are fitted to (drafters may pad their vocabulary differently)."""
         self.tree = tree
         """How the drafts this rung reviews branch (None: linear drafts)."""
+        self.window = window
+        """A drafter sees only the last ``window`` prompt tokens (None: all of them)."""
+        self.offset = 0
+        """Context tokens this rung does not see (set from ``window`` when a prompt comes)."""
 
     @property
     def lossy(self) -> bool:
@@ -157,6 +164,7 @@ class ModelRung(Proposer):
 
     def reset(self, prompt: Sequence[int]) -> None:
         self.scorer.reset()
+        self.offset = max(0, len(prompt) - self.window) if self.window else 0
 
     def propose(self, context: np.ndarray, n: int, engine: Engine) -> Draft:
         out = Draft()

@@ -39,6 +39,20 @@ class TreeSettings:
         if not 0 <= self.min_prob <= 1:
             raise ValueError(f"min_prob must be in [0, 1], got {self.min_prob}")
 
+    @property
+    def short(self) -> str:
+        """'tree 16/1/0.5' (budget, top_k, min_prob), for tables."""
+        return f"tree {self.budget}/{self.top_k}/{self.min_prob:g}"
+
+    def explain(self, drafter: str = "the drafter") -> str:
+        """The settings in words."""
+        siblings = "its second choice" if self.top_k == 1 else f"its next {self.top_k} choices"
+        return (
+            f"token trees of at most {self.budget} nodes: where {drafter} gives its token less "
+            f"than {self.min_prob:.0%}, {siblings} join the draft as siblings, all checked in "
+            "the same forward pass"
+        )
+
 
 def children(draft: Draft) -> list[list[int]]:
     """``out[i + 1]``: the children of node i in node order (``out[0]``: the root's)."""

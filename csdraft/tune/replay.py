@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling, kmatrix
+from csdraft.engine.draft import Draft
 from csdraft.engine.proposer import common_prefix
+from csdraft.engine.tree import TreeSettings
 from csdraft.trace import Commit, Review
 from csdraft.tune import settings
 from csdraft.tune.analytic import Prediction
@@ -49,6 +51,8 @@ class ReplayRung:
         self.table = table
         self.prompt_len = prompt_len
         self.fed: list[int] = []
+        self.fed_tree: list[int] = []
+        """Tokens fed by the passes that scored a token tree (costed by the tree curve)."""
         self.seconds = 0.0  # spent in ``score`` itself (not part of the engine's overhead)
         self.tokens = np.empty(0, dtype=np.int64)
         self._fresh = True
@@ -61,6 +65,7 @@ class ReplayRung:
         """Forget the cache and the log: a new replay starts."""
         self.reset()
         self.fed = []
+        self.fed_tree = []
         self.seconds = 0.0
 
     def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
@@ -73,6 +78,36 @@ class ReplayRung:
         out = self.table[first : len(seq) - self.prompt_len + 1]
         self.seconds += time.perf_counter() - began
         return out
+
+    def score_tree(self, context: np.ndarray, draft: Draft) -> torch.Tensor:
+        """Rows after the context and after each node of ``draft``: a node on its parent's
+        greedy path (its token is the recorded argmax there) gets the recorded row of its
+        depth, any other node a row whose argmax is the dummy token (a greedy review never
+        walks past it, so its row is never read). Feeds the catch-up plus every node."""
+        began = time.perf_counter()
+        c = len(context)
+        keep = 0 if self._fresh else min(common_prefix(self.tokens, context), c - 1)
+        self._fresh = False
+        self.fed_tree.append(c - keep + len(draft))
+        base = c - self.prompt_len
+        rows = [self.table[base]]
+        on_path: list[bool] = []
+        dummy = self.table[-1]
+        for i, (parent, depth) in enumerate(zip(draft.parents, draft.depth(), strict=True)):
+            above = rows[parent + 1]
+            good = (parent < 0 or on_path[parent]) and int(above.argmax()) == draft.tokens[i]
+            on_path.append(good)
+            rows.append(self.table[min(base + depth, len(self.table) - 1)] if good else dummy)
+        self._tree = (context, draft)
+        self.seconds += time.perf_counter() - began
+        return torch.stack(rows)
+
+    def keep_path(self, path: Sequence[int]) -> None:
+        """The cache keeps the context and the accepted path of the last tree."""
+        context, draft = self._tree
+        self.tokens = np.concatenate(
+            [context, np.asarray([draft.tokens[i] for i in path], dtype=np.int64)]
+        )
 
 
 def replay_table(
@@ -172,7 +207,12 @@ class Replay:
         return MaxGram(cal.maxgram.max_ngram, cal.maxgram.min_ngram, p.bigram)
 
     def _run(
-        self, p: _ReplayPrompt, k: Sequence[Sequence[int]], lenience: Lenience, floor: PerDrafter
+        self,
+        p: _ReplayPrompt,
+        k: Sequence[Sequence[int]],
+        lenience: Lenience,
+        floor: PerDrafter,
+        tree: TreeSettings | None = None,
     ) -> tuple[float, int, bool]:
         """Replay one prompt: (predicted seconds, target reviews, output equals reference).
 
@@ -183,7 +223,7 @@ class Replay:
         """
         cal = self.cal
         kept, sub = kmatrix.sub_ladder(k)
-        target = ModelRung(p.sessions[0], cal.names[0])
+        target = ModelRung(p.sessions[0], cal.names[0], tree=tree)
         rungs = [target, *(self._proposer(p, r, lenience, floor) for r in kept)]
         cascade = Cascade(rungs, sub, Sampling(), 0)
         lenient = any(getattr(r, "lenience", 1.0) > 1 for r in rungs)
@@ -201,6 +241,8 @@ class Replay:
                 out += event.tokens
         engine_s = time.perf_counter() - began - sum(s.seconds for s in p.sessions)
         seconds = sum(cal.costs[r](n) for r, s in enumerate(p.sessions) for n in s.fed)
+        tree_cost = cal.tree_cost or cal.costs[0]
+        seconds += sum(tree_cost(n) for n in p.sessions[0].fed_tree)
         return seconds + max(0.0, engine_s) + vocab_s, target_reviews, out == p.ref
 
     def ar_seconds(self) -> list[float]:
@@ -210,13 +252,18 @@ class Replay:
         return self._ar
 
     def predict(
-        self, k: Sequence[Sequence[int]], lenience: Lenience = 1.0, floor: PerDrafter = 0.0
+        self,
+        k: Sequence[Sequence[int]],
+        lenience: Lenience = 1.0,
+        floor: PerDrafter = 0.0,
+        tree: TreeSettings | None = None,
     ) -> Prediction:
         """Predicted speedup over ``ar`` (ratio of summed seconds) and tokens per target
-        review of ``k`` (over the whole ladder) with ``lenience`` and min_confidence
-        ``floor``, over all calibration prompts."""
+        review of ``k`` (over the whole ladder) with ``lenience``, min_confidence ``floor``
+        and, at the target's review, token trees ``tree`` (costed by the measured tree
+        curve), over all calibration prompts."""
         ar = self.ar_seconds()
-        runs = [self._run(p, k, lenience, floor) for p in self.prompts]
+        runs = [self._run(p, k, lenience, floor, tree) for p in self.prompts]
         seconds = [r[0] for r in runs]
         tokens = sum(len(p.ref) for p in self.prompts)
         reviews = sum(r[1] for r in runs)

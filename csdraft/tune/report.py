@@ -18,6 +18,12 @@ from csdraft.tune.search import Candidate
 from csdraft.tune.verify import tokens_per_forward, tokens_per_s
 
 
+def family(c: Candidate) -> str:
+    """The candidate's family, its label and tree: '1 (vertical, tree 16/1/0.5)'."""
+    name = kmatrix.family(c.k) + ("" if c.tree is None else f", {c.tree.short}")
+    return f"{c.label} ({name})" if c.label else name
+
+
 def costs_table(cal: Calibration) -> Any:
     """Measured forward cost by block length, per neural rung (ms)."""
     from rich.table import Table
@@ -127,7 +133,7 @@ def candidates_table(
         err = (pred - got) / got if (got and pred) else None
         table.add_row(
             str(rank.get(c.key, "")),
-            f"{c.label} ({kmatrix.family(c.k)})" if c.label else kmatrix.family(c.k),
+            family(c),
             rungs_text(c.k, names),
             kmatrix.text(c.k),
             settings.text(c.lenience),

@@ -186,9 +186,10 @@ def run_tune(
 def _setting_text(c: Candidate, names: list[str]) -> str:
     """'k-matrix [[4, 2], [0, 6]] over d1+max-gram, lenience 1, min_confidence 0.3'."""
     _, sub = kmatrix.sub_ladder(c.k)
+    tree = "" if c.tree is None else f", {c.tree.short}"
     return (
         f"k-matrix {[list(r) for r in sub]} over {rungs_text(c.k, names)}, lenience "
-        f"{settings.text(c.lenience)}, min_confidence {settings.text(c.floor)}"
+        f"{settings.text(c.lenience)}, min_confidence {settings.text(c.floor)}{tree}"
     )
 
 

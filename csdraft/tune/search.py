@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from csdraft.engine import kmatrix
 from csdraft.engine.kmatrix import KMatrix
+from csdraft.engine.tree import TreeSettings
 from csdraft.ladder import LadderSpec
 from csdraft.runs import Outcome
 from csdraft.tune import settings
@@ -35,18 +36,24 @@ GRID_LIMIT = 20000
 """Most grid points the analytic model ranks."""
 REFINE_REPLAYS = 120
 """Replays spent refining around the best by hill climbing."""
+TREES = tuple(TreeSettings(budget, 1, p) for budget in (12, 16, 24) for p in (0.3, 0.5, 0.7, 0.9))
+"""Token trees tried at the target's review of the best linear settings: one sibling (the
+drafter's second choice; calibration records each rung's top two) where the drafter's best
+token has less than ``min_prob``, within ``budget`` nodes."""
 
 
 @dataclass
 class Candidate:
     """One setting: k-matrix (over the full ladder; unused rungs have zero columns), lenience,
-    min_confidence (``floor``), its predictions and, if it ran for real, its measurements:
+    min_confidence (``floor``), token trees at the target's review (``tree``, None: linear),
+    its predictions and, if it ran for real, its measurements:
     ``outcomes`` (one per prompt run, the fastest of its rounds), how many of its ``runs``
     gave output ``identical`` to ar's, and where the others diverged."""
 
     k: KMatrix
     lenience: Lenience = 1.0
     floor: PerDrafter = 0.0
+    tree: TreeSettings | None = None
     label: str = ""
     analytic: float | None = None
     pred: Prediction | None = None
@@ -57,7 +64,7 @@ class Candidate:
 
     @property
     def key(self) -> tuple:
-        return (self.k, self.lenience, self.floor)
+        return (self.k, self.lenience, self.floor, self.tree)
 
     @property
     def speedup(self) -> float:
@@ -142,23 +149,32 @@ def uses_neural_drafter(k: KMatrix, n_neural: int) -> bool:
     return any(d < n_neural for d in kmatrix.used_rungs(k))
 
 
-def setting_key(k: KMatrix, lenience: Lenience, floor: PerDrafter, n_neural: int) -> tuple:
-    """(k, lenience, floor) with the settings that cannot act on ``k`` made neutral: lenience
-    without inner reviews, min_confidence without a neural drafter. ``n_neural`` counts the
-    ladder's neural rungs, target included (``len(spec.drafters) + 1``)."""
+def setting_key(
+    k: KMatrix,
+    lenience: Lenience,
+    floor: PerDrafter,
+    n_neural: int,
+    tree: TreeSettings | None = None,
+) -> tuple:
+    """(k, lenience, floor, tree) with the settings that cannot act on ``k`` made neutral:
+    lenience without inner reviews, min_confidence and trees without a neural drafter (trees
+    branch on its probabilities). ``n_neural`` counts the ladder's neural rungs, target
+    included (``len(spec.drafters) + 1``)."""
     if not has_inner_reviews(k, n_neural):
         lenience = 1.0
     if not uses_neural_drafter(k, n_neural):
-        floor = 0.0
-    return (k, lenience, floor)
+        floor, tree = 0.0, None
+    return (k, lenience, floor, tree)
 
 
 def current_setting(spec: LadderSpec) -> tuple:
-    """The ladder's own (k-matrix, lenience, min_confidence), as ``setting_key`` keys it."""
+    """The ladder's own (k-matrix, lenience, min_confidence, target's tree), as
+    ``setting_key`` keys it."""
     k = kmatrix.canonical(spec.k_matrix)
     lenience = settings.from_spec(spec.lenience, 1.0)
     floor = settings.from_spec(spec.min_confidence, 0.0)
-    return setting_key(k, lenience, floor, len(spec.drafters) + 1) if k else (None, 1.0, 0.0)
+    n = len(spec.drafters) + 1
+    return setting_key(k, lenience, floor, n, spec.tree[0]) if k else (None, 1.0, 0.0, None)
 
 
 def search(
@@ -173,7 +189,9 @@ def search(
     """Rank the grid with the analytic model and replay the best of it (and the best of each
     family and rung subset, and the ladder's current setting); try min_confidence values on
     the best; refine around the replay's best by hill climbing over k-matrix entries and
-    min_confidence; try lenience values. Return candidates, best predicted first."""
+    min_confidence; try lenience values; try token trees at the target's review of the best
+    linear settings (``TREES``) when the target's tree cost was measured. Return candidates,
+    best predicted first."""
     d = spec.drafting_rungs
     grid = candidate_grid(d, seed=seed)
     tid = (
@@ -205,14 +223,19 @@ def search(
     out: dict[tuple, Candidate] = {}
     n = cal.n_neural
 
-    def evaluate(k: KMatrix, lenience: Lenience = 1.0, floor: PerDrafter = 0.0) -> Candidate:
-        key = setting_key(k, lenience, floor, n)
-        k, lenience, floor = key
+    def evaluate(
+        k: KMatrix,
+        lenience: Lenience = 1.0,
+        floor: PerDrafter = 0.0,
+        tree: TreeSettings | None = None,
+    ) -> Candidate:
+        key = setting_key(k, lenience, floor, n, tree)
+        k, lenience, floor, tree = key
         if key not in out:
             if k not in analytic:
                 analytic[k] = model.predict(k).speedup
-            pred = replay.predict(k, lenience, floor)
-            out[key] = Candidate(k, lenience, floor, analytic=analytic[k], pred=pred)
+            pred = replay.predict(k, lenience, floor, tree)
+            out[key] = Candidate(k, lenience, floor, tree, analytic=analytic[k], pred=pred)
         return out[key]
 
     def best(count: int, keep: Callable[[Candidate], bool] = lambda c: True) -> list[Candidate]:
@@ -240,7 +263,8 @@ def search(
             for setting in nearby(cand):
                 if budget <= 0:
                     break
-                if setting_key(*setting, n) in out:
+                k, lenience, floor, tree = setting
+                if setting_key(k, lenience, floor, n, tree) in out:
                     continue
                 budget -= 1
                 new = evaluate(*setting)
@@ -254,18 +278,21 @@ def search(
 
     lenient = best(4, lambda c: has_inner_reviews(c.k, n) and c.lenience == 1.0)
     stage("trying lenience", [(c.k, v, c.floor) for c in lenient for v in LENIENCES[1:]])
+    if cal.tree_cost is not None:
+        linear = best(3, lambda c: uses_neural_drafter(c.k, n) and c.lenience == 1.0)
+        stage("trying token trees", [(c.k, 1.0, c.floor, t) for c in linear for t in TREES])
     return sorted(out.values(), key=lambda c: (-c.speedup, settings.largest(c.lenience)))
 
 
 def nearby(cand: Candidate) -> list[tuple]:
     """Settings one step from ``cand``: a k-matrix neighbour, or the next min_confidence up or
     down (when it is one of ``MIN_CONFIDENCES``)."""
-    out = [(k, cand.lenience, cand.floor) for k in neighbours(cand.k)]
+    out = [(k, cand.lenience, cand.floor, cand.tree) for k in neighbours(cand.k)]
     if isinstance(cand.floor, int | float) and cand.floor in MIN_CONFIDENCES:
         i = MIN_CONFIDENCES.index(cand.floor)
         for j in (i - 1, i + 1):
             if 0 <= j < len(MIN_CONFIDENCES):
-                out.append((cand.k, cand.lenience, MIN_CONFIDENCES[j]))
+                out.append((cand.k, cand.lenience, MIN_CONFIDENCES[j], cand.tree))
     return out
 
 
@@ -283,7 +310,8 @@ def pick_for_measurement(
     best lenient one (its outputs checked like every other's), the best vertical-only and
     horizontal-only, the best without the smallest neural drafter (rung ``n_neural - 1``) or
     without Max-Gram (the last drafting rung, when ``has_maxgram``); as many as one round
-    over one prompt fits in the budget (at least the best and the current)."""
+    over one prompt fits in the budget (at least the best and the current). The best with a
+    token tree comes after the best lenient one."""
     by_speed = [c for c in ranked if c.pred]
     wanted: list[Candidate] = []
 
@@ -298,6 +326,7 @@ def pick_for_measurement(
     add(current)
     add(best(lambda c: current is not None and c.k == current.k))
     add(best(lambda c: c.lenience != 1.0))
+    add(best(lambda c: c.tree is not None))
     add(best(lambda c: kmatrix.is_vertical(c.k) and kmatrix.family(c.k) != "single"))
     add(best(lambda c: kmatrix.is_horizontal(c.k) and kmatrix.family(c.k) != "single"))
     d = len(by_speed[0].k) if by_speed else 0

@@ -69,7 +69,7 @@ def tokens_per_forward(outcomes: Sequence[Outcome]) -> float | None:
 def runners(ladder: Ladder, chosen: Sequence[Candidate]) -> dict[str, Runner]:
     """``ar``, then each chosen setting (named '1', '2', ... in order), each a cascade over the
     sub-ladder its k-matrix uses (``kmatrix.sub_ladder``) with its lenience and
-    min_confidence for the neural drafters it keeps."""
+    min_confidence for the neural drafters it keeps and its tree at the target's review."""
     spec, eos = ladder.spec, ladder.eos_ids
     plain = ladder.cascade(rungs=[], k_matrix=[], sampling=Sampling())
     out = {AR: cascade_runner(plain, eos)}
@@ -82,6 +82,7 @@ def runners(ladder: Ladder, chosen: Sequence[Candidate]) -> dict[str, Runner]:
             lenience=settings.for_rungs(cand.lenience, neural),
             min_confidence=settings.for_rungs(cand.floor, neural),
             sampling=Sampling(),
+            tree=[cand.tree],
         )
         out[str(i + 1)] = cascade_runner(cascade, eos)
     return out

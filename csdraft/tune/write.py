@@ -49,6 +49,7 @@ def tuned_spec(spec: LadderSpec, cand: Candidate, name: str, description: str = 
         k_matrix=(),
         lenience=(),
         min_confidence=(),
+        tree=(cand.tree, *(None for _ in neural)),
         description=description or spec.description,
     )
     where = f"ladder '{name}'"

@@ -24,7 +24,7 @@ def test_methods_skip_what_does_not_apply():
     assert METHODS["sd"].config(sd_only, Settings(sd_block=7))["k_matrix"] == [[7]]
     tree = METHODS["csd-tree"].config(sd_only, s)
     assert tree["k_matrix"] == [[4]] and tree["tree"] == [
-        {"budget": 16, "top_k": 2, "min_prob": 0.1}
+        {"budget": 16, "top_k": 2, "min_prob": 0.8}
     ]
 
 
@@ -34,6 +34,25 @@ def test_parse_methods():
     assert parse_methods("csd,csd@mine") == ["ar", "csd", "csd@mine"]
     with pytest.raises(UsageError, match="unknown nope"):
         parse_methods("ar,nope")
+
+
+def test_tree_methods_name_their_settings(tiny_config):
+    assert parse_methods("csd-tree@12/1/0.5") == ["ar", "csd-tree@12/1/0.5"]
+    spec = get_ladder("tiny", tiny_config)
+    config = method("csd-tree@12/1/0.5").config(spec, Settings())
+    assert config["tree"] == [{"budget": 12, "top_k": 1, "min_prob": 0.5}]
+    with pytest.raises(UsageError, match="BUDGET/TOP_K/MIN_PROB"):
+        parse_methods("csd-tree@12/1")
+    with pytest.raises(UsageError, match="min_prob must be in"):
+        parse_methods("csd-tree@12/1/2")
+
+
+def test_window_methods(tiny_config):
+    assert parse_methods("csd-window@256") == ["ar", "csd-window@256"]
+    spec = get_ladder("tiny", tiny_config)
+    assert method("csd-window@256").config(spec, Settings())["window"] == 256
+    with pytest.raises(UsageError, match="csd-window@TOKENS"):
+        parse_methods("csd-window@0")
 
 
 def test_another_ladder_on_the_same_models(tiny_config):

@@ -14,8 +14,10 @@ from tune_helpers import synthetic_calibration
 
 from csdraft import tune
 from csdraft.engine import Cascade, ModelRung, kmatrix
+from csdraft.engine.tree import TreeSettings
 from csdraft.ladder import get_ladder
 from csdraft.trace import Commit, Review, Stats
+from csdraft.tune.costs import CostCurve
 
 
 def test_replay_perfect_drafter_fills_blocks():
@@ -34,6 +36,31 @@ def test_replay_counts_rejections_exactly():
     assert pred.exact
     # each review keeps 2 drafts and corrects the third: 3 tokens per target review
     assert pred.tokens_per_review == pytest.approx(3)
+
+
+def test_replay_predicts_trees_from_the_drafters_second_choices():
+    """The drafter is wrong at positions 5, 11 and 17 of 20, where the target's token is its
+    close second choice. Linear blocks of 4: 5 tokens, then 1 (the correction), ... 7 reviews.
+    With one sibling where the drafter doubts, the sibling is the target's token and the
+    review also gets the target's next one: 5, 2, 5, 5, 2, 1: 6 reviews, two of them trees
+    (costed by the tree curve), the rest chains."""
+    cal = synthetic_calibration(6, t=20)
+    rec = cal.records[0]
+    ids, probs = rec.top_ids[1], rec.top_p[1]
+    wrong = ids[:, 0] == 100
+    ids[wrong, 1] = np.asarray(rec.ref + [7])[wrong]
+    probs[wrong] = [0.45, 0.40, 0.01]
+    cal.tree_cost = CostCurve.constant(2.0)
+    replay = tune.Replay(cal)
+    linear = replay.predict([[4]])
+    tree = replay.predict([[4]], tree=TreeSettings(16, 1, 0.5))
+    assert linear.exact and tree.exact
+    assert linear.tokens_per_review == pytest.approx(20 / 7)
+    assert tree.tokens_per_review == pytest.approx(20 / 6)
+    target = replay.prompts[0].sessions[0]
+    assert len(target.fed_tree) == 2 and len(target.fed) == 4  # trees where siblings grew
+    no_doubt = replay.predict([[4]], tree=TreeSettings(16, 1, 0.3))  # 0.45 >= 0.3: linear
+    assert no_doubt.tokens_per_review == pytest.approx(20 / 7)
 
 
 def test_replay_rung_is_a_scorer_whose_log_outlives_the_engines_resets():

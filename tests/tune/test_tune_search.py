@@ -39,14 +39,15 @@ def test_candidate_grid_samples_large_ladders_reproducibly():
 
 def test_settings_that_cannot_act_are_neutral():
     # one drafter + Max-Gram: n_neural = 2 (target and drafter)
-    assert tune.setting_key(((0, 5), (0, 0)), 3.0, 0.5, 2) == (((0, 5), (0, 0)), 1.0, 0.0)
-    assert tune.setting_key(((4, 0), (0, 0)), 3.0, 0.5, 2) == (((4, 0), (0, 0)), 1.0, 0.5)
-    assert tune.setting_key(((4, 0), (0, 3)), 3.0, 0.5, 2) == (((4, 0), (0, 3)), 3.0, 0.5)
+    assert tune.setting_key(((0, 5), (0, 0)), 3.0, 0.5, 2) == (((0, 5), (0, 0)), 1.0, 0.0, None)
+    assert tune.setting_key(((4, 0), (0, 0)), 3.0, 0.5, 2) == (((4, 0), (0, 0)), 1.0, 0.5, None)
+    assert tune.setting_key(((4, 0), (0, 3)), 3.0, 0.5, 2) == (((4, 0), (0, 3)), 3.0, 0.5, None)
     spec = spec_with(1, True).with_settings(k_matrix=[[8, 0], [0, 4]], min_confidence=0.4)
-    assert tune.current_setting(spec) == (((8, 0), (0, 4)), 1.0, 0.4)
+    assert tune.current_setting(spec) == (((8, 0), (0, 4)), 1.0, 0.4, None)
     steps = tune.nearby(tune.Candidate(((8, 0), (0, 4)), 1.0, 0.4))
-    assert (((8, 0), (0, 4)), 1.0, 0.3) in steps and (((8, 0), (0, 4)), 1.0, 0.5) in steps
-    assert (((9, 0), (0, 4)), 1.0, 0.4) in steps
+    assert (((8, 0), (0, 4)), 1.0, 0.3, None) in steps
+    assert (((8, 0), (0, 4)), 1.0, 0.5, None) in steps
+    assert (((9, 0), (0, 4)), 1.0, 0.4, None) in steps
 
 
 def test_pick_for_measurement_covers_the_questions():
