@@ -218,10 +218,11 @@ def bench(
     methods: Annotated[
         str | None,
         typer.Option(
-            help="Comma list of methods (default: all; ar is always added): ar, sd, pld, "
-            "csd-vertical, csd-horizontal, csd, csd-tree, hf-generate, hf-assisted, hf-lookup, "
-            "csd@LADDER; and lossy on purpose, METHOD+RULE@ALPHA (e.g. csd+opt@0.1, "
-            "sd+chow@0.2; csd+opt@0.1,0.2 for one alpha per reviewer; rules as in "
+            help="Comma list of methods (default: all but llama.cpp; ar is always added): ar, "
+            "sd, pld, csd-vertical, csd-horizontal, csd, csd-tree, hf-generate, hf-assisted, "
+            "hf-lookup, llama.cpp (llama-cpp-python's plain decoding of the target's GGUF; the "
+            "llamacpp extra), csd@LADDER; and lossy on purpose, METHOD+RULE@ALPHA (e.g. "
+            "csd+opt@0.1, sd+chow@0.2; csd+opt@0.1,0.2 for one alpha per reviewer; rules as in "
             "`generate --help`)."
         ),
     ] = None,

@@ -56,6 +56,9 @@ def model_facts(model: Any) -> dict[str, Any]:
     """Parameter count, dtype, device and weight bytes of a loaded model, as the model reports
     them (int8 layers counted with their int8 weights and scales)."""
     dtype = model.compute_dtype
+    weights = getattr(model, "weight_format", None)  # llama.cpp: the GGUF's quantization
+    if weights:
+        dtype = f"{weights} (llama.cpp), float32 activations"
     return {
         "params": model.parameter_count(),
         "bytes": model.weight_bytes(),

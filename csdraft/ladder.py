@@ -18,8 +18,15 @@ from csdraft.engine.tree import TreeSettings
 from csdraft.errors import CsdraftError, UsageError
 
 DTYPES = ("bfloat16", "float16", "float32", "int8")
-BACKENDS = ("transformers",)
-"""What can run a model rung (``backend:`` in the YAML); see ``csdraft.models.load``."""
+BACKENDS = ("transformers", "llama.cpp")
+"""What can run a model rung (``backend:`` in the YAML); see ``csdraft.models.load``.
+``llama.cpp`` runs a GGUF file as it is (its own quantization: no ``dtype``), on the CPU."""
+
+TREE_BACKENDS = ("transformers",)
+"""Backends whose scorers score token trees (``score_tree``, ``keep_path``)."""
+
+GGUF_DTYPE = "gguf"
+"""The ``dtype`` of a llama.cpp model: the GGUF's own quantization runs."""
 
 
 @dataclass(frozen=True)
@@ -240,13 +247,38 @@ def _model(
         backend=str(value.get("backend", backend)),
         window=window,
     )
-    if spec.dtype not in DTYPES:
-        raise UsageError(f"{where}: dtype: expected one of {', '.join(DTYPES)}, got {spec.dtype!r}")
     if spec.backend not in BACKENDS:
         raise UsageError(
             f"{where}: backend: expected one of {', '.join(BACKENDS)}, got {spec.backend!r}"
         )
+    if spec.backend == "llama.cpp":
+        return _llamacpp_model(spec, value, where)
+    if spec.dtype not in DTYPES:
+        raise UsageError(f"{where}: dtype: expected one of {', '.join(DTYPES)}, got {spec.dtype!r}")
     return spec
+
+
+def _llamacpp_model(spec: ModelSpec, value: dict, where: str) -> ModelSpec:
+    """A llama.cpp model: a GGUF (offline pack or .gguf path) on the CPU. A ``dtype`` set on
+    the model itself is refused (the GGUF's quantization runs); the ladder's ``dtype`` applies
+    to its transformers models only and is ignored here."""
+    if "dtype" in value and value["dtype"] != GGUF_DTYPE:
+        raise UsageError(
+            f"{where}: dtype does not apply to backend llama.cpp (it runs the GGUF's own "
+            f"quantization); drop dtype {value['dtype']!r} from this model"
+        )
+    if spec.device != "cpu":
+        raise UsageError(
+            f"{where}: backend llama.cpp runs on the CPU here; got device {spec.device!r}"
+        )
+    from csdraft.models.packs import PACKS
+
+    if spec.ref.removeprefix("pack:") not in PACKS and not spec.ref.lower().endswith(".gguf"):
+        raise UsageError(
+            f"{where}: backend llama.cpp runs GGUF files: {spec.ref!r} is neither an offline "
+            "pack nor a path ending in .gguf"
+        )
+    return replace(spec, dtype=GGUF_DTYPE)
 
 
 _LADDER_KEYS = {
@@ -375,6 +407,12 @@ def check_tree(value: Any, spec: LadderSpec, where: str) -> tuple[TreeSettings |
             out.append(TreeSettings(budget, top_k, float(min_prob)))
         except ValueError as e:
             raise UsageError(f"{where}: tree ({reviewer}): {e}") from None
+        backend = [spec.target, *spec.drafters][i].backend
+        if backend not in TREE_BACKENDS:
+            raise UsageError(
+                f"{where}: tree ({reviewer}): backend {backend} does not score token trees; "
+                f"drop {reviewer}'s tree"
+            )
         if i and spec.lenience[i - 1] != 1:
             raise UsageError(
                 f"{where}: tree ({reviewer}): lenience needs linear drafts; "
@@ -463,6 +501,8 @@ def ladder_to_yaml(spec: LadderSpec) -> dict:
 
     def model(m: ModelSpec) -> dict:
         out = {"model": m.ref, "name": m.name, "dtype": m.dtype, "device": m.device}
+        if m.backend == "llama.cpp":
+            del out["dtype"]
         out |= {"backend": m.backend} if m.backend != "transformers" else {}
         return out | ({"window": m.window} if m.window is not None else {})
 

@@ -25,7 +25,7 @@ from csdraft.console import quiet_transformers
 from csdraft.engine import Sampling, kmatrix
 from csdraft.engine.deferral import Deferral
 from csdraft.engine.tree import TreeSettings
-from csdraft.ladder import LadderSpec
+from csdraft.ladder import TREE_BACKENDS, LadderSpec
 from csdraft.runs import Outcome, Runner, cascade_runner
 
 DEFAULT_TREE = TreeSettings(16, 2, 0.8)
@@ -218,6 +218,8 @@ def _tree(tree: TreeSettings) -> Callable[[LadderSpec, Settings], EngineConfig |
     def configure(spec: LadderSpec, s: Settings) -> EngineConfig | str:
         if not spec.drafters:
             return "needs a neural drafter: trees branch where its probabilities say it is unsure"
+        if spec.target.backend not in TREE_BACKENDS:
+            return f"the target's backend ({spec.target.backend}) does not score token trees"
         plan = _full(None, 1)(spec, s)
         assert isinstance(plan, EngineConfig)
         return EngineConfig(plan.rungs, plan.k_matrix, tree=[tree])
@@ -301,7 +303,7 @@ def _ladder(other: LadderSpec) -> Callable[[LadderSpec, Settings], EngineConfig 
     return configure
 
 
-def method(name: str, config: Path | None = None) -> EngineMethod | HFMethod:
+def method(name: str, config: Path | None = None) -> EngineMethod | HFMethod | LlamaCppMethod:
     """The method named ``name``: one of ``METHODS``, or ``csd@LADDER`` (another ladder of
     the config run on the loaded ladder's models, to compare settings in one run)."""
     if name in METHODS:
@@ -454,7 +456,114 @@ class HFMethod:
         return run
 
 
-METHODS: dict[str, EngineMethod | HFMethod] = {
+class LlamaCppMethod:
+    """Plain greedy decoding of the target's GGUF by llama-cpp-python's own ``Llama`` (what a
+    CPU user would run instead of csdraft): the same prompt ids, eos and token budget, one
+    token per decode, its greedy sampler. Its output is compared with ar's like every method's
+    when the target runs on llama.cpp too (the same numbers); with a transformers target it is
+    another numeric model of the same weights, so differences are reported as its cost, not as
+    errors."""
+
+    name = "llama.cpp"
+    description = "llama-cpp-python's plain greedy decoding of the target's GGUF (Llama.generate)"
+
+    def skip_reason(self, spec: LadderSpec, settings: Settings) -> str | None:
+        from csdraft.models.llamacpp_backend import EXTRA, available, has_gguf
+
+        if not settings.greedy:
+            return "plain greedy decoding only; this bench samples (--temperature > 0)"
+        if not has_gguf(spec.target.ref):
+            return f"the target ({spec.target.ref}) is neither an offline pack nor a .gguf file"
+        if not available():
+            return f"needs llama-cpp-python: {EXTRA}"
+        return None
+
+    @staticmethod
+    def same_model(spec: LadderSpec) -> bool:
+        """Whether ar runs the very numbers this method runs (a llama.cpp target)."""
+        return spec.target.backend == "llama.cpp"
+
+    def config(self, spec: LadderSpec, settings: Settings) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "rungs": [spec.target.name],
+            "llama.cpp": "Llama.generate, greedy (temp 0), one token per decode",
+            "lossless": self.same_model(spec),
+        }
+        if not self.same_model(spec):
+            out["lossy_why"] = (
+                "the target's GGUF in llama.cpp, not the target as loaded (another numeric "
+                "model of the same weights)"
+            )
+        return out
+
+    def runner(self, ladder: Ladder, settings: Settings) -> Runner:
+        from csdraft.models.llamacpp_backend import (
+            N_BATCH,
+            N_CTX,
+            cpu_threads,
+            gguf_source,
+            import_llama_cpp,
+        )
+
+        import_llama_cpp()
+        from llama_cpp import Llama
+
+        target = ladder.target
+        gguf = getattr(target, "gguf", None) or gguf_source(ladder.spec.target.ref, False).gguf
+        limit = ladder.context_length or N_CTX
+        threads = getattr(target, "n_threads", None) or cpu_threads()
+        llm = Llama(
+            model_path=str(gguf),
+            n_ctx=min(limit, N_CTX) + 64,
+            n_batch=N_BATCH,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=0,
+            verbose=False,
+        )
+        eos = set(ladder.eos_ids)
+        tok = ladder.tokenizer
+
+        def run(prompt_ids: list[int], max_new_tokens: int) -> Outcome:
+            llm.reset()  # a cold prompt, as every other method gets: no prefix reuse
+            stop = AnswerStop(tok) if settings.until_answer else None
+            ids: list[int] = []
+            finish = "length"
+            first: float | None = None
+            start = time.perf_counter()
+            steps = llm.generate(
+                prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0
+            )
+            for token in steps:
+                if first is None:
+                    first = time.perf_counter()
+                ids.append(int(token))
+                if ids[-1] in eos:
+                    finish = "eos"
+                    break
+                if stop is not None and (cut := stop([ids[-1]])) is not None:
+                    del ids[len(ids) - 1 + cut :]
+                    finish = "stop"
+                    break
+                if len(ids) >= max_new_tokens:
+                    break
+            steps.close()
+            wall = time.perf_counter() - start
+            name = ladder.spec.target.name
+            return Outcome(
+                ids,
+                wall,
+                len(ids),
+                {name: len(ids)},
+                finish=finish,
+                prefill_s=wall if first is None else first - start,
+                prefill_tokens=min(1, len(ids)),
+            )
+
+        return run
+
+
+METHODS: dict[str, EngineMethod | HFMethod | LlamaCppMethod] = {
     m.name: m
     for m in (
         EngineMethod("ar", "the target alone, one token per forward pass (the baseline)", _ar),
@@ -493,6 +602,7 @@ METHODS: dict[str, EngineMethod | HFMethod] = {
             "transformers prompt lookup (prompt_lookup_num_tokens=--pld-block)",
             "lookup",
         ),
+        LlamaCppMethod(),
     )
 }
 

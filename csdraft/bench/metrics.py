@@ -275,6 +275,7 @@ def summarize(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         name: {
             **summarize_method(name, prompts, target, results["costs"]),
             "lossless": configs.get(name, {}).get("lossless", True),
+            **({"lossy_why": why} if (why := configs.get(name, {}).get("lossy_why")) else {}),
         }
         for name in results["methods"]
         if any(name in p["results"] for p in prompts)

@@ -97,8 +97,9 @@ def results_table(results: Mapping[str, Any]) -> Table:
     )
     if any(not s.get("lossless", True) for s in summary.values()):
         table.caption += (
-            " LOSSY: a deferral rule on purpose, so its ≠ar count is its quality cost, not an "
-            "error."
+            " LOSSY: a deferral rule on purpose (or, for llama.cpp beside a transformers "
+            "target, another numeric model of the target), so its ≠ar count is its quality "
+            "cost, not an error."
         )
     table.caption_justify = "left"
     return table
@@ -289,7 +290,9 @@ def notes(results: Mapping[str, Any]) -> list[Text]:
             if s.get("accuracy") is not None and s.get("accuracy_ci95"):
                 lo, hi = s["accuracy_ci95"]
                 cost += f"; accuracy {pct(s['accuracy'])} (95% CI {100 * lo:.0f}-{100 * hi:.0f}%)"
-            out.append(Text(f"{name} is LOSSY on purpose: {cost}", style="yellow"))
+            why = s.get("lossy_why")
+            head = f"{name} runs {why}" if why else f"{name} is LOSSY on purpose"
+            out.append(Text(f"{head}: {cost}", style="yellow"))
     if results.get("interrupted"):
         out.append(Text("interrupted: only the prompts finished are reported", style="yellow"))
     spread = results.get("ar_spread")

@@ -35,7 +35,8 @@ class Scorer(Protocol):
         """Forget the cache."""
         ...
 
-    # Optional, for token trees (TransformersScorer has them):
+    # Optional, for token trees (TransformersScorer has them; a rung whose scorer lacks them
+    # is refused a tree setting):
     #   score_tree(context, draft) -> logits [1 + len(draft), vocab]: row 0 after ``context``,
     #     row i + 1 after node i, each node seeing the context and its ancestors only.
     #   keep_path(path): keep only those nodes (root first) of the last tree in the cache.
@@ -132,6 +133,10 @@ class ModelRung(Proposer):
             )
         if tree is not None and deferral is not None and not deferral.lossless:
             raise ValueError(f"{name}: deferral rules need linear drafts (no tree with {deferral})")
+        if tree is not None and not hasattr(scorer, "score_tree"):
+            raise ValueError(
+                f"{name}: its backend does not score token trees; drop its tree setting"
+            )
         if not 0 <= min_confidence < 1:
             raise ValueError(f"{name}: min_confidence must be in [0, 1), got {min_confidence}")
         self.scorer = scorer

@@ -1,5 +1,6 @@
-"""Loading a model rung: the backend factory (``BACKENDS``, ``load``) and the transformers
-loaders kept under their old names (``load_model``, ``load_tokenizer``).
+"""Loading a model rung: the backend factory (``BACKENDS``, ``load``: transformers, and
+llama.cpp for GGUF files) and the transformers loaders kept under their old names
+(``load_model``, ``load_tokenizer``).
 
 A backend is a function ``(spec, progress, share_tokenizer) -> loaded model``; the loaded
 model offers ``session(name)`` (a scorer the engine can drive), ``next_logits``, ``eos_ids``,
@@ -26,7 +27,16 @@ def _load_transformers_spec(
     return load_model(spec.ref, spec.dtype, spec.device, progress, share_tokenizer)
 
 
-BACKENDS: dict[str, Callable[..., Any]] = {"transformers": _load_transformers_spec}
+def _load_llamacpp_spec(spec: Any, progress: bool = True, share_tokenizer: Any = None) -> Any:
+    from csdraft.models.llamacpp_backend import load_spec
+
+    return load_spec(spec, progress, share_tokenizer)
+
+
+BACKENDS: dict[str, Callable[..., Any]] = {
+    "transformers": _load_transformers_spec,
+    "llama.cpp": _load_llamacpp_spec,
+}
 """Backend name (``backend:`` of a ladder's model) -> loader of a ``ModelSpec``."""
 
 

@@ -14,10 +14,13 @@ def test_methods_skip_what_does_not_apply():
     sd_only = parse_ladder("s", {"target": "x", "drafters": ["y"], "k_matrix": [[4]]})
     s = Settings()
     skipped = {n for n, m in METHODS.items() if m.skip_reason(lookup, s)}
-    assert skipped == {"sd", "csd-vertical", "csd-horizontal", "csd-tree", "hf-assisted"}
+    # llama.cpp: target "x" is no GGUF
+    assert skipped == {
+        "sd", "csd-vertical", "csd-horizontal", "csd-tree", "hf-assisted", "llama.cpp"
+    }  # fmt: skip
     assert "csd itself" in METHODS["csd-vertical"].skip_reason(lookup, s)
     skipped = {n for n, m in METHODS.items() if m.skip_reason(sd_only, s)}
-    assert skipped == {"pld", "csd-vertical", "csd-horizontal"}
+    assert skipped == {"pld", "csd-vertical", "csd-horizontal", "llama.cpp"}
     assert METHODS["sd"].config(sd_only, Settings(sd_block=7))["k_matrix"] == [[7]]
     tree = METHODS["csd-tree"].config(sd_only, s)
     assert tree["k_matrix"] == [[4]] and tree["tree"] == [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from bench_helpers import write_jsonl
 
-from csdraft.bench.methods import METHODS, EngineMethod
+from csdraft.bench.methods import DEFAULT_METHODS, METHODS, EngineMethod
 from csdraft.bench.run import read_results, run_bench, run_compare
 from csdraft.errors import UsageError
 from csdraft.runs import Outcome
@@ -59,7 +59,7 @@ def test_run_bench_end_to_end(tiny_config, gsm8k_file, tmp_path, capsys):
         "skipped", "costs", "prompts", "mismatches", "summary", "speed_bar",
     ):  # fmt: skip
         assert key in saved, key
-    assert saved["methods"] == list(METHODS) and saved["skipped"] == {}
+    assert saved["methods"] == list(DEFAULT_METHODS) and saved["skipped"] == {}
     assert {"platform", "cpu_count", "torch", "transformers", "torch_threads"} <= set(
         saved["machine"]
     )

@@ -24,13 +24,13 @@ from csdraft.models import (
 
 
 def test_backends_table_and_unknown_backend(tiny_dir):
-    assert list(BACKENDS) == ["transformers"]
+    assert list(BACKENDS) == ["transformers", "llama.cpp"]
     spec = SimpleNamespace(ref=str(tiny_dir), name="drafty", dtype="float32", device="cpu")
-    spec.backend = "llama.cpp"
+    spec.backend = "vllm"
     with pytest.raises(UsageError) as err:
         load(spec, progress=False)
     msg = str(err.value)
-    assert "drafty" in msg and "'llama.cpp'" in msg and "known backends: transformers" in msg
+    assert "drafty" in msg and "'vllm'" in msg and "known backends: llama.cpp, transformers" in msg
 
 
 def test_load_spec_returns_a_transformers_model(tiny_dir):
@@ -97,7 +97,7 @@ def test_importing_models_stays_cheap():
     code = (
         "import sys, csdraft.models as m; "
         "assert callable(m.load) and 'transformers' in m.BACKENDS; "
-        "print(sorted(x for x in ('torch', 'transformers') if x in sys.modules))"
+        "print(sorted(x for x in ('torch', 'transformers', 'llama_cpp') if x in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

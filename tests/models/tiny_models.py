@@ -50,7 +50,7 @@ _QWEN2_NAMES = {
 }
 
 
-def write_tiny_gguf(path: Path):
+def write_tiny_gguf(path: Path, seed: int = 1):
     """Write a tiny random Qwen2 model with a byte-level BPE vocab as an F32 GGUF file."""
     import gguf
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -58,7 +58,7 @@ def write_tiny_gguf(path: Path):
     tokens = ["<|endoftext|>", "<|im_end|>", "Ġ"]
     tokens += [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["Ġa", "ab"]
     config = small_config(Qwen2Config, len(tokens), 128, tie_word_embeddings=False)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).eval()
     w = gguf.GGUFWriter(str(path), "qwen2")
     w.add_name("tiny")
