@@ -8,9 +8,18 @@ neural drafters largest first, then Max-Gram when the ladder has it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+
+def node_depths(parents: Sequence[int]) -> list[int]:
+    """Each node's depth in a tree given by its parents (-1: a child of the root, depth 1);
+    parents come before their children."""
+    depth: list[int] = []
+    for p in parents:
+        depth.append(1 if p < 0 else depth[p] + 1)
+    return depth
 
 
 @dataclass
@@ -54,10 +63,7 @@ class Review:
         """How deep the draft goes (its length for a chain)."""
         if self.parents is None:
             return len(self.proposed)
-        depth: list[int] = []
-        for p in self.parents:
-            depth.append(1 if p < 0 else depth[p] + 1)
-        return max(depth, default=0)
+        return max(node_depths(self.parents), default=0)
 
 
 @dataclass

@@ -107,12 +107,11 @@ class LiveView:
     def _lost(self, commit: Commit) -> str:
         """The rejected text: a chain's refused tail, or each node of a tree that lost (its
         refused siblings and their subtrees), one by one, separated by '|'."""
-        review = self.review
-        if review is None or review.parents is None:
+        if self.review is None or self.review.parents is None:
             return self.tokenizer.decode(commit.rejected, skip_special_tokens=True)
-        kept = set(review.kept())
-        lost = [t for i, t in enumerate(review.proposed) if i not in kept]
-        return "|".join(self.tokenizer.decode([t], skip_special_tokens=True) for t in lost)
+        return "|".join(
+            self.tokenizer.decode([t], skip_special_tokens=True) for t in commit.rejected
+        )
 
 
 class PlainView:

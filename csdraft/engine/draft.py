@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from csdraft.trace import node_depths
+
 
 @dataclass
 class Draft:
@@ -77,7 +79,4 @@ class Draft:
         """Each node's depth (1 for children of the root)."""
         if self.parents is None:
             return list(range(1, len(self) + 1))
-        depth: list[int] = []
-        for p in self.parents:
-            depth.append(1 if p < 0 else depth[p] + 1)
-        return depth
+        return node_depths(self.parents)

@@ -141,12 +141,14 @@ def grow(draft: Draft, settings: TreeSettings) -> Draft:
         raise ValueError("grow starts from a chain")
     m = len(draft)
     room = settings.budget - m
+    if room <= 0:
+        return draft
     candidates: list[tuple[float, int, int]] = []  # (cumulative prob, position, token)
     prefix = 1.0
     for j, (x, q) in enumerate(zip(draft.tokens, draft.q, strict=True)):
         if q is None:
             continue  # a deterministic proposal: no alternatives known
-        if room > 0 and float(q.max()) < settings.min_prob:
+        if float(q.max()) < settings.min_prob:
             top = torch.topk(q, min(settings.top_k + 1, q.shape[-1]))
             others = [
                 (float(v), int(t))
@@ -155,7 +157,7 @@ def grow(draft: Draft, settings: TreeSettings) -> Draft:
             ]
             candidates += [(prefix * v, j, t) for v, t in others[: settings.top_k] if v > 0]
         prefix *= float(q[x])
-    if room <= 0 or not candidates:
+    if not candidates:
         return draft
     candidates.sort(key=lambda c: -c[0])
     chosen = sorted(candidates[:room], key=lambda c: c[1])  # by position: siblings in order

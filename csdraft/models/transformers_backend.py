@@ -109,15 +109,18 @@ class TransformersScorer:
         self.tree = np.asarray(draft.tokens, dtype=np.int64)
         return out.logits[0].float().cpu()
 
+    @torch.inference_mode()
     def keep_path(self, path: Sequence[int]) -> None:
         """Keep only the tree nodes ``path`` (root first) in the cache after the last
-        ``score_tree``: the cache then equals feeding the context and that path alone."""
-        n = len(self.tokens)
-        keep = torch.cat([torch.arange(n), n + torch.as_tensor(list(path), dtype=torch.long)])
-        keep = keep.to(self.device)
+        ``score_tree``: the cache then equals feeding the context and that path alone. Only the
+        path's entries move (into the slots after the context); the context's stay put."""
+        n, k = len(self.tokens), len(path)
+        nodes = n + torch.as_tensor(list(path), dtype=torch.long, device=self.device)
         for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(2, keep)
-            layer.values = layer.values.index_select(2, keep)
+            layer.keys[:, :, n : n + k] = layer.keys.index_select(2, nodes)
+            layer.values[:, :, n : n + k] = layer.values.index_select(2, nodes)
+            layer.keys = layer.keys[:, :, : n + k]
+            layer.values = layer.values[:, :, : n + k]
         self.tokens = np.concatenate([self.tokens, self.tree[list(path)]])
         self.tree = np.empty(0, dtype=np.int64)
 
