@@ -91,7 +91,7 @@ class Calibration:
     eos_ids: list[int]
     tree_cost: CostCurve | None = None
     """The target's forward pass by new tokens when they form a token tree (``score_tree``,
-    mask included), when its backend scores trees. Measured, not yet used by the search."""
+    mask included), when its backend scores trees: what the replay charges a tree pass."""
 
     @property
     def drafting_rungs(self) -> int:

@@ -56,6 +56,7 @@ class ReplayRung:
         self.seconds = 0.0  # spent in ``score`` itself (not part of the engine's overhead)
         self.tokens = np.empty(0, dtype=np.int64)
         self._fresh = True
+        self._tree: tuple[np.ndarray, Draft] | None = None  # the last tree scored
 
     def reset(self) -> None:
         self.tokens = np.empty(0, dtype=np.int64)
@@ -68,11 +69,15 @@ class ReplayRung:
         self.fed_tree = []
         self.seconds = 0.0
 
+    def _kept(self, seq: np.ndarray, most: int) -> int:
+        """How many tokens of ``seq`` the real session's cache would keep (at most ``most``)."""
+        keep = 0 if self._fresh else min(common_prefix(self.tokens, seq), most)
+        self._fresh = False
+        return keep
+
     def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
         began = time.perf_counter()
-        keep = 0 if self._fresh else min(common_prefix(self.tokens, seq), start - 1)
-        self._fresh = False
-        self.fed.append(len(seq) - keep)
+        self.fed.append(len(seq) - self._kept(seq, start - 1))
         self.tokens = seq
         first = start - self.prompt_len
         out = self.table[first : len(seq) - self.prompt_len + 1]
@@ -86,9 +91,7 @@ class ReplayRung:
         walks past it, so its row is never read). Feeds the catch-up plus every node."""
         began = time.perf_counter()
         c = len(context)
-        keep = 0 if self._fresh else min(common_prefix(self.tokens, context), c - 1)
-        self._fresh = False
-        self.fed_tree.append(c - keep + len(draft))
+        self.fed_tree.append(c - self._kept(context, c - 1) + len(draft))
         base = c - self.prompt_len
         rows = [self.table[base]]
         on_path: list[bool] = []
@@ -104,6 +107,7 @@ class ReplayRung:
 
     def keep_path(self, path: Sequence[int]) -> None:
         """The cache keeps the context and the accepted path of the last tree."""
+        assert self._tree is not None, "keep_path follows a score_tree"
         context, draft = self._tree
         self.tokens = np.concatenate(
             [context, np.asarray([draft.tokens[i] for i in path], dtype=np.int64)]
