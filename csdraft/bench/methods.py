@@ -212,33 +212,31 @@ def _full(transform: Callable[[Sequence[Sequence[int]]], list[list[int]]] | None
     return configure
 
 
-def _tree(tree: TreeSettings) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
-    """The ladder's own k-matrix with token trees ``tree`` at the target's review."""
+def _csd_with(why: str, **changes: Any) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
+    """The ladder's own settings (``csd``) with ``changes`` to its ``EngineConfig``, for a
+    setting that acts through a neural drafter (``why``: the skip reason without one)."""
 
     def configure(spec: LadderSpec, s: Settings) -> EngineConfig | str:
         if not spec.drafters:
-            return "needs a neural drafter: trees branch where its probabilities say it is unsure"
-        if spec.target.backend not in TREE_BACKENDS:
+            return f"needs a neural drafter: {why}"
+        if "tree" in changes and spec.target.backend not in TREE_BACKENDS:
             return f"the target's backend ({spec.target.backend}) does not score token trees"
         plan = _full(None, 1)(spec, s)
         assert isinstance(plan, EngineConfig)
-        return EngineConfig(plan.rungs, plan.k_matrix, tree=[tree])
+        return replace(plan, **changes)
 
     return configure
+
+
+def _tree(tree: TreeSettings) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
+    """The ladder's own settings with token trees ``tree`` at the target's review."""
+    return _csd_with("trees branch where its probabilities say it is unsure", tree=[tree])
 
 
 def _window(tokens: int) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
     """The ladder's own settings with every neural drafter seeing the last ``tokens`` prompt
     tokens only."""
-
-    def configure(spec: LadderSpec, s: Settings) -> EngineConfig | str:
-        if not spec.drafters:
-            return "needs a neural drafter: only drafters see part of the prompt"
-        plan = _full(None, 1)(spec, s)
-        assert isinstance(plan, EngineConfig)
-        return replace(plan, window=tokens)
-
-    return configure
+    return _csd_with("only drafters see part of the prompt", window=tokens)
 
 
 def window_method(name: str) -> EngineMethod:
@@ -267,6 +265,18 @@ def tree_method(name: str) -> EngineMethod:
         detail = str(e) if "must" in str(e) else "expected csd-tree@BUDGET/TOP_K/MIN_PROB"
         raise UsageError(f"--methods {name}: {detail}") from None
     return EngineMethod(name, f"the ladder with {tree.explain()}", _tree(tree))
+
+
+def parametrised(name: str) -> EngineMethod | None:
+    """The method a parametrised name makes (``METHOD+RULE@ALPHA``, ``csd-tree@...``,
+    ``csd-window@N``; a one-line UsageError when malformed), or None for any other name."""
+    if "+" in name:
+        return lossy_method(name)
+    if name.startswith("csd-tree@"):
+        return tree_method(name)
+    if name.startswith("csd-window@"):
+        return window_method(name)
+    return None
 
 
 def _ladder(other: LadderSpec) -> Callable[[LadderSpec, Settings], EngineConfig | str]:
@@ -308,12 +318,8 @@ def method(name: str, config: Path | None = None) -> EngineMethod | HFMethod | L
     the config run on the loaded ladder's models, to compare settings in one run)."""
     if name in METHODS:
         return METHODS[name]
-    if "+" in name:
-        return lossy_method(name)
-    if name.startswith("csd-tree@"):
-        return tree_method(name)
-    if name.startswith("csd-window@"):
-        return window_method(name)
+    if (made := parametrised(name)) is not None:
+        return made
     from csdraft.ladder import get_ladder
 
     other = get_ladder(name.removeprefix("csd@"), config)
@@ -498,6 +504,7 @@ class LlamaCppMethod:
 
     def runner(self, ladder: Ladder, settings: Settings) -> Runner:
         from csdraft.models.llamacpp_backend import (
+            CONTEXT_SLACK,
             N_BATCH,
             N_CTX,
             cpu_threads,
@@ -514,7 +521,7 @@ class LlamaCppMethod:
         threads = getattr(target, "n_threads", None) or cpu_threads()
         llm = Llama(
             model_path=str(gguf),
-            n_ctx=min(limit, N_CTX) + 64,
+            n_ctx=min(limit, N_CTX) + CONTEXT_SLACK,
             n_batch=N_BATCH,
             n_threads=threads,
             n_threads_batch=threads,
@@ -587,8 +594,7 @@ METHODS: dict[str, EngineMethod | HFMethod | LlamaCppMethod] = {
         EngineMethod("csd", "the ladder with its own k-matrix", _full(None, 1)),
         EngineMethod(
             "csd-tree",
-            "the ladder with token trees at the target's review (default tree settings: "
-            "siblings where the drafter is unsure, one forward pass per tree)",
+            f"the ladder with {DEFAULT_TREE.explain()}, at the target's review",
             _tree(DEFAULT_TREE),
         ),
         HFMethod("hf-generate", "transformers greedy generate of the target", "generate"),
@@ -622,19 +628,11 @@ def parse_methods(text: str | None) -> list[str]:
             names[-1] += f",{n}"
         elif n:
             names.append(n)
-    for n in names:
-        if "+" in n:
-            lossy_method(n)  # a one-line error for a bad rule or alpha
-        elif n.startswith("csd-tree@"):
-            tree_method(n)
-        elif n.startswith("csd-window@"):
-            window_method(n)
+    # a parametrised name is built here, so a bad one is a one-line error before any loading
     unknown = [
         n
         for n in names
-        if n not in METHODS
-        and not n.startswith(("csd@", "csd-tree@", "csd-window@"))
-        and "+" not in n
+        if n not in METHODS and parametrised(n) is None and not n.startswith("csd@")
     ]
     if unknown or not names:
         raise UsageError(

@@ -55,7 +55,7 @@ context is shorter: each context's KV cache is allocated in full (about 230 MB f
 N_BATCH = 512
 """Tokens per ``llama_decode`` (a longer prompt is fed in several)."""
 
-_CONTEXT_SLACK = 64
+CONTEXT_SLACK = 64
 """Positions allocated beyond ``context_length``: a draft block may run a little past it."""
 
 
@@ -418,7 +418,7 @@ class LlamaCppModel:
     @property
     def context_length(self) -> int:
         """The longest prompt plus generation a session holds (``N_CTX`` at most)."""
-        return self.n_ctx - _CONTEXT_SLACK
+        return self.n_ctx - CONTEXT_SLACK
 
     @property
     def vocab_size(self) -> int:
@@ -497,7 +497,7 @@ def load_llamacpp(
         gguf=src.gguf,
         handle=handle,
         tokenizer=tokenizer,
-        n_ctx=min(N_CTX, trained) + _CONTEXT_SLACK if trained > 0 else N_CTX + _CONTEXT_SLACK,
+        n_ctx=min(N_CTX, trained) + CONTEXT_SLACK if trained > 0 else N_CTX + CONTEXT_SLACK,
         n_threads=n_threads or cpu_threads(),
         weight_format=buf.value.decode("utf-8", "replace"),
         _vocab=n_vocab,
