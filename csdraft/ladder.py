@@ -271,9 +271,9 @@ def _llamacpp_model(spec: ModelSpec, value: dict, where: str) -> ModelSpec:
         raise UsageError(
             f"{where}: backend llama.cpp runs on the CPU here; got device {spec.device!r}"
         )
-    from csdraft.models.packs import PACKS
+    from csdraft.models.packs import has_gguf
 
-    if spec.ref.removeprefix("pack:") not in PACKS and not spec.ref.lower().endswith(".gguf"):
+    if not has_gguf(spec.ref):
         raise UsageError(
             f"{where}: backend llama.cpp runs GGUF files: {spec.ref!r} is neither an offline "
             "pack nor a path ending in .gguf"
@@ -397,14 +397,17 @@ def check_tree(value: Any, spec: LadderSpec, where: str) -> tuple[TreeSettings |
             continue
         if not isinstance(raw, dict) or set(raw) - set(TreeSettings.__dataclass_fields__):
             raise UsageError(f"{where}: tree ({reviewer}): expected a mapping of {allowed}")
-        budget, top_k = raw.get("budget", 16), raw.get("top_k", 2)
-        min_prob = raw.get("min_prob", 0.1)
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (budget, top_k)):
+        given = dict(raw)  # unset keys take TreeSettings' own defaults
+        counts = [given[k] for k in ("budget", "top_k") if k in given]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
             raise UsageError(f"{where}: tree ({reviewer}): budget and top_k must be integers")
-        if isinstance(min_prob, bool) or not isinstance(min_prob, int | float):
-            raise UsageError(f"{where}: tree ({reviewer}): min_prob must be a number in [0, 1]")
+        if "min_prob" in given:
+            p = given["min_prob"]
+            if isinstance(p, bool) or not isinstance(p, int | float):
+                raise UsageError(f"{where}: tree ({reviewer}): min_prob must be a number in [0, 1]")
+            given["min_prob"] = float(p)
         try:
-            out.append(TreeSettings(budget, top_k, float(min_prob)))
+            out.append(TreeSettings(**given))
         except ValueError as e:
             raise UsageError(f"{where}: tree ({reviewer}): {e}") from None
         backend = [spec.target, *spec.drafters][i].backend

