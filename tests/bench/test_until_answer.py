@@ -1,4 +1,5 @@
-"""bench --until-answer: generations end at the first finished '#### <number>' line."""
+"""bench --until-answer: generations end at the first finished answer ('#### <number>' line
+or '\\boxed{<number>}')."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ def test_answer_cut_and_stop_agree():
             break
     assert kept == ids[:cut]
     assert answer_cut(tok, tok("#### <number>'.\n", add_special_tokens=False)["input_ids"]) is None
+
+
+def test_answer_cut_ends_at_a_closed_box():
+    tok = byte_tokenizer()
+    ids = tok("so \\(\\boxed{18}\\). Done", add_special_tokens=False)["input_ids"]
+    cut = answer_cut(tok, ids)
+    assert tok.decode(ids[:cut]) == "so \\(\\boxed{18}"
+    assert answer_cut(tok, ids[: cut - 1]) is None
 
 
 def test_until_answer_runs_every_method_within_the_budget(tiny_config, gsm8k_file):
