@@ -248,6 +248,14 @@ def bench(
             help="Show two results files side by side (no dataset needed).", show_default=False
         ),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Report a results file again (its summaries recomputed, charts redrawn; a "
+            "partial file from a run cut short too); no dataset needed.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the results JSON on stdout (report on stderr).")
     ] = False,
@@ -297,13 +305,19 @@ def bench(
     * `csdraft bench spec-bench --limit 3 --out spec.json` (3 per task: 18 prompts)
     * `csdraft bench prompts.jsonl --field text --methods ar,csd`
     * `csdraft bench --compare before.json after.json`
+    * `csdraft bench gsm8k --limit 30 --until-answer 512 --methods ar,csd,csd+v3@0.4`
+      (quality against speed: answers reached, accuracy, agreement with ar)
+    * `csdraft bench --report gsm8k.json` (the report and charts again)
     """
-    from csdraft.bench import run_bench, run_compare
+    from csdraft.bench import run_bench, run_compare, run_report
 
-    if compare is not None:
-        if dataset is not None:
-            raise UsageError("--compare takes two results files and no dataset")
-        run_compare(compare[0], compare[1], as_json=as_json)
+    if compare is not None or report is not None:
+        if dataset is not None or (compare is not None and report is not None):
+            raise UsageError("--compare and --report each take results files and no dataset")
+        if compare is not None:
+            run_compare(compare[0], compare[1], as_json=as_json)
+        else:
+            run_report(report, plot, no_plot, as_json)
         return
     if dataset is None:
         raise UsageError(
@@ -446,6 +460,89 @@ def tune_k_matrix(
             seed=seed,
             max_new_tokens=max_new_tokens,
             config=config,
+        )
+    )
+
+
+@tune_app.command("deferral")
+def tune_deferral(
+    min_agreement: Annotated[
+        float,
+        typer.Option(
+            "--min-agreement",
+            min=0,
+            max=1,
+            help="The floor: the share of prompts whose answer must equal the target's own.",
+        ),
+    ] = 0.9,
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="NAME",
+            help="With --write: the new ladder's name (default LADDER-lossy-RULE-ALPHA).",
+            show_default=False,
+        ),
+    ] = None,
+    ladder: LadderOpt = None,
+    config: ConfigOpt = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The GSM8K test file or folder (default: found as bench finds it)."),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="GSM8K prompts (drawn with --seed).")
+    ] = 10,
+    seed: Annotated[int, typer.Option(help="Seed for drawing the prompts.")] = 0,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            help="Settings to try, RULE@ALPHA comma-separated (default: chow, diff, v2 and v3 "
+            "at three alphas each).",
+            show_default=False,
+        ),
+    ] = None,
+    until_answer: Annotated[
+        int, typer.Option(min=1, help="Token budget per answer (as bench --until-answer).")
+    ] = 512,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the measurements (bench's results JSON, and its charts)."),
+    ] = None,
+    write: Annotated[
+        bool,
+        typer.Option(
+            "--write",
+            help="Store the winner as a new LOSSY ladder in --config (or your user config).",
+        ),
+    ] = False,
+) -> None:
+    """Find the fastest lossy setting whose answers still agree with the target's (LOSSY).
+
+    Runs, as `csdraft bench gsm8k --until-answer` does, plain ar, the ladder as it is (lossless
+    csd) and the ladder with each deferral rule and alpha of --sweep at the target's review, on
+    GSM8K prompts drawn with --seed, every answer reached and compared with ar's. The winner is
+    the fastest in time to answer among the settings faster than lossless csd whose answers
+    equal ar's on at least --min-agreement of the prompts; none may qualify. --write stores it
+    as a new ladder named and described as LOSSY. Rules and their lossless ends: see
+    `csdraft generate --help`.
+
+    `csdraft tune deferral --min-agreement 0.9 --limit 10 --write`
+    """
+    from csdraft.tune.deferral import run_tune_deferral
+
+    raise typer.Exit(
+        run_tune_deferral(
+            ladder=ladder,
+            config=config,
+            data=data,
+            limit=limit,
+            seed=seed,
+            min_agreement=min_agreement,
+            sweep=sweep,
+            until_answer=until_answer,
+            write=write,
+            write_name=name,
+            out=out,
         )
     )
 

@@ -13,7 +13,7 @@ import os
 import random
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -441,20 +441,30 @@ def load_file(
     return Dataset(Path(path).name, "file", str(Path(path).resolve()), examples)
 
 
+SPEC_BENCH_NAMES = ("spec-bench", "spec_bench", "specbench")
+
+
 def load_dataset(
     name: str,
     data: Path | None = None,
     field: str = "prompt",
     limit: int | None = None,
     category_field: str | None = None,
+    seed: int | None = None,
 ) -> Dataset:
     """``gsm8k``, ``mmlu``, ``spec-bench`` or a JSON-lines file, cut to ``limit`` examples
-    (for spec-bench: per task)."""
+    (for spec-bench: per task): the first ones, or with ``seed`` (not spec-bench) a seeded
+    draw, the same one ``csdraft tune`` makes of its calibration prompts."""
+    if seed is not None and limit is not None and name.lower() not in SPEC_BENCH_NAMES:
+        whole = load_dataset(name, data, field, None, category_field)
+        if limit >= len(whole.examples):
+            return whole
+        return replace(whole, examples=random.Random(seed).sample(whole.examples, limit))
     if name.lower() == "gsm8k":
         return load_gsm8k(data, limit)
     if name.lower() == "mmlu":
         return load_mmlu(data, limit)
-    if name.lower() in ("spec-bench", "spec_bench", "specbench"):
+    if name.lower() in SPEC_BENCH_NAMES:
         return load_spec_bench(data, limit)
     path = Path(name).expanduser()
     if not path.is_file():

@@ -82,6 +82,12 @@ def speedup(record: Record, base: Record) -> float | None:
     return tokens_per_s(record) / b if b > 0 else None
 
 
+def time_speedup(record: Record, base: Record) -> float | None:
+    """``base``'s wall time over ``record``'s on the same prompt: how much sooner the whole
+    answer arrives, whatever its length (lossy methods may write more or fewer tokens)."""
+    return base["wall_s"] / record["wall_s"] if record["wall_s"] > 0 else None
+
+
 def decode_tokens_per_s(record: Record) -> float | None:
     """Tokens made final during decoding per second of decoding: the prompt phase and the
     tokens it already made final (``prefill_tokens``: a drafting method's first block may hold
@@ -245,6 +251,7 @@ def summarize_method(
         "wall_s": wall,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0,
         "speedup": spread(paired_ratios(prompts, name, "ar")),
+        "time_speedup": spread(paired_ratios(prompts, name, "ar", time_speedup)),
         "decode_speedup": spread(paired_ratios(prompts, name, "ar", decode_speedup)),
         "prefill_share": prefill_share(recs),
         "prompt_pass_s": _sum_by_name(r.get("prompt_pass_s") or {} for r in recs),

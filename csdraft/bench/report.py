@@ -44,7 +44,7 @@ def title(results: Mapping[str, Any]) -> str:
     )
 
 
-def _table(title_text: str) -> Table:
+def simple_table(title_text: str) -> Table:
     """A borderless table with a rule under the header: fits 80 columns."""
     return Table(
         title=title_text,
@@ -61,7 +61,7 @@ def results_table(results: Mapping[str, Any]) -> Table:
     """Speed per method: speedup over ar (median, min-max, mean), tok/s, tokens per target
     forward, SWI with parameter-count and measured costs, accuracy, output mismatches."""
     summary = results["summary"]
-    table = _table(title(results))
+    table = simple_table(title(results))
     table.add_column("method", no_wrap=True)
     for header in ("speedup\nmedian", "\nmin-max", "\nmean", "\ntok/s", "tok/\nfwd"):
         table.add_column(header, justify="right", no_wrap=True)
@@ -121,7 +121,7 @@ def acceptance_table(results: Mapping[str, Any], width: int = 80) -> Table | Non
     used = max(len(n) for n, _ in rows) + max(len(v) for v in kept.values()) + 4
     fit = max(1, (width - used) // 7)  # "pos 8" and its padding
     n_pos = min(8, fit, max(len(s["target_acceptance_by_position"]) for _, s in rows))
-    table = _table("acceptance: by reviewing rung, and the target's by draft position")
+    table = simple_table("acceptance: by reviewing rung, and the target's by draft position")
     table.add_column("method", no_wrap=True)
     table.add_column("kept by reviewer", no_wrap=True)
     for i in range(n_pos):
@@ -144,7 +144,7 @@ def prompt_phase_table(results: Mapping[str, Any]) -> Table | None:
     ]
     if not rows:
         return None
-    table = _table("prompt phase and decoding")
+    table = simple_table("prompt phase and decoding")
     table.add_column("method", no_wrap=True)
     table.add_column("prompt\nshare", justify="right", no_wrap=True)
     table.add_column("decode\nspeedup", justify="right", no_wrap=True)
@@ -170,7 +170,7 @@ def category_table(results: Mapping[str, Any]) -> Table | None:
     cats = results.get("by_category")
     if not cats:
         return None
-    table = _table("by category: median per prompt over ar")
+    table = simple_table("by category: median per prompt over ar")
     table.add_column("category", no_wrap=True)
     table.add_column("method", no_wrap=True)
     for header in ("\nn", "speedup\nwhole", "\ndecode", "prompt\nshare", "csd/hf-\nassisted"):
@@ -259,42 +259,37 @@ def notes(results: Mapping[str, Any]) -> list[Text]:
             )
         )
     greedy = not results["settings"]["temperature"]
-    if results["settings"].get("until_answer"):
-        for name, s in results.get("summary", {}).items():
-            ci = s.get("accuracy_ci95")
-            acc = (
-                f"; accuracy {pct(s['accuracy'])} (95% CI {100 * ci[0]:.0f}-{100 * ci[1]:.0f}%)"
-                if ci
-                else ""
+    lossy = {n: s for n, s in results.get("summary", {}).items() if not s.get("lossless", True)}
+    if lossy and results["settings"].get("until_answer"):
+        out.append(
+            Text(
+                f"{len(lossy)} method{'s' if len(lossy) > 1 else ''} LOSSY on purpose: their "
+                "differences from ar are their quality cost (the quality table), not errors, "
+                "and the speed bar does not count them",
+                style="yellow",
             )
-            agree = s.get("answers_agree_with_ar")
-            agree_text = f"; agree with ar's {100 * agree:.0f}%" if agree is not None else ""
-            out.append(
-                Text(
-                    f"{name}: answers reached {s['answers_reached']}/{s['prompts']}"
-                    f"{acc}{agree_text}",
-                    style="dim",
-                )
-            )
-    for name, s in results.get("summary", {}).items():
-        if not s.get("lossless", True):
-            cost = (
-                f"{s['mismatches']} of {s['prompts']} outputs differ from ar's (its quality "
-                "cost; not counted by the speed bar)"
-                if greedy
-                else "outputs not compared when sampling"
-            )
-            agree = s.get("answers_agree_with_ar")
-            if agree is not None:
-                cost += f"; answers agree with ar's on {100 * agree:.0f}% of prompts"
-            if s.get("accuracy") is not None and s.get("accuracy_ci95"):
-                lo, hi = s["accuracy_ci95"]
-                cost += f"; accuracy {pct(s['accuracy'])} (95% CI {100 * lo:.0f}-{100 * hi:.0f}%)"
-            why = s.get("lossy_why")
-            head = f"{name} runs {why}" if why else f"{name} is LOSSY on purpose"
-            out.append(Text(f"{head}: {cost}", style="yellow"))
+        )
+        lossy = {}
+    for name, s in lossy.items():
+        cost = (
+            f"{s['mismatches']} of {s['prompts']} outputs differ from ar's (its quality "
+            "cost; not counted by the speed bar)"
+            if greedy
+            else "outputs not compared when sampling"
+        )
+        agree = s.get("answers_agree_with_ar")
+        if agree is not None:
+            cost += f"; answers agree with ar's on {100 * agree:.0f}% of prompts"
+        why = s.get("lossy_why")
+        head = f"{name} runs {why}" if why else f"{name} is LOSSY on purpose"
+        out.append(Text(f"{head}: {cost}", style="yellow"))
     if results.get("interrupted"):
         out.append(Text("interrupted: only the prompts finished are reported", style="yellow"))
+    elif results.get("stopped") and not results.get("complete", True):
+        out.append(
+            Text(f"incomplete results file ({results['stopped']}): only those prompts are "
+                 "reported", style="yellow")
+        )  # fmt: skip
     spread = results.get("ar_spread")
     if spread and spread.get("spread") is not None:
         a, b = spread["per_token_s"]
@@ -328,6 +323,12 @@ def print_report(console: Console, results: Mapping[str, Any], files: Sequence[P
             console.print()
     console.print(speed_chart(results))
     console.print()
+    from csdraft.bench.quality import quality_chart, quality_table
+
+    for extra in (quality_table(results), quality_chart(results)):
+        if extra is not None:
+            console.print(extra)
+            console.print()
     console.print(speed_bar_text(results))
     for line in notes(results):
         console.print(line)
@@ -476,7 +477,7 @@ def compare_report(
 ) -> None:
     """Two results files side by side: their settings (differences in yellow), then each
     method's median speedup, tok/s and B/A, tokens per target forward, output mismatches."""
-    head = _table("settings")
+    head = simple_table("settings")
     head.add_column("")
     head.add_column(f"A: {name_a}")
     head.add_column(f"B: {name_b}")
@@ -484,7 +485,7 @@ def compare_report(
         head.add_row(key, va, Text(vb, style="" if va == vb else "yellow"))
     console.print(head)
     console.print()
-    table = _table(f"A: {name_a}  vs  B: {name_b}")
+    table = simple_table(f"A: {name_a}  vs  B: {name_b}")
     table.add_column("method", no_wrap=True)
     for header in ("speedup\nA", "\nB", "tok/s\nA", "\nB", "\nB/A", "tok/fwd\nA", "\nB"):
         table.add_column(header, justify="right", no_wrap=True)

@@ -108,11 +108,13 @@ def run_bench(
     as_json: bool = False,
     quiet: bool = False,
     until_answer: int | None = None,
+    sample_seed: int | None = None,
 ) -> dict[str, Any]:
     """``csdraft bench``: measure the methods on the dataset, report, write files; return the
     results dict (also what ``--out`` holds). ``until_answer`` (GSM8K): a token budget, each
     generation ending at its first finished '#### <number>' line, so task accuracy is measured
-    where answers are reached."""
+    where answers are reached. ``sample_seed``: draw the ``limit`` prompts with this seed (as
+    ``csdraft tune`` draws its calibration prompts) instead of taking the first ones."""
     from csdraft.api import Ladder
     from csdraft.ladder import get_ladder
 
@@ -127,7 +129,10 @@ def run_bench(
         if until_answer < 1:
             raise UsageError(f"--until-answer must be >= 1, got {until_answer}")
         max_new_tokens = until_answer
-    ds = load_dataset(dataset, data=data, field=field, limit=limit, category_field=category_field)
+    ds = load_dataset(
+        dataset, data=data, field=field, limit=limit, category_field=category_field,
+        seed=sample_seed,
+    )  # fmt: skip
     if until_answer is not None and ds.kind != "gsm8k":
         raise UsageError(f"--until-answer needs GSM8K (its '#### <number>' line); got {ds.name}")
     spec = get_ladder(ladder, config)
@@ -148,6 +153,7 @@ def run_bench(
         field=field if ds.kind == "file" else None,
         category_field=category_field,
         limit=limit,
+        sample_seed=sample_seed,
         limit_per_category=ds.name == "spec-bench",
         max_new_tokens=max_new_tokens,
         warmup=warmup,
@@ -212,27 +218,51 @@ def run_bench(
                 f"({type(e).__name__}: {e}); what was measured is in {out}"
             ) from e
 
-    _finish(results, settings)
+    _finish(results, settings.greedy)
     if out is not None:
         write_results(results, out)
+    present(results, png, as_json, [out] if out is not None else [])
+    return results
+
+
+def present(
+    results: dict[str, Any], png: Path | None, as_json: bool, files: Sequence[Path] = ()
+) -> None:
+    """Draw the charts (the main PNG, and the quality chart beside it when answers were
+    reached), print the results JSON with ``as_json``, and print the report."""
+    err = Console(stderr=True, highlight=False)
+    files = list(files)
     if png is not None:
+        from csdraft.bench.quality import quality_png_path, write_quality_png
         from csdraft.bench.report import write_png
 
         try:
             write_png(results, png)
+            files.append(png)
+            quality = quality_png_path(png)
+            if write_quality_png(results, quality):
+                files.append(quality)
         except (OSError, ValueError) as e:
             err.print(f"csdraft: could not draw {png}: {e}")
-            png = None
     if as_json:
         sys.stdout.write(json.dumps(results) + "\n")
         sys.stdout.flush()
     from csdraft.bench.report import print_report
 
-    print_report(
-        report_console(stderr=as_json),
-        results,
-        files=[p for p in (out, png) if p is not None],
-    )
+    print_report(report_console(stderr=as_json), results, files=files)
+
+
+def run_report(path: Path, plot: Path | None, no_plot: bool, as_json: bool) -> dict[str, Any]:
+    """``csdraft bench --report FILE``: the report and charts of a results file again, its
+    summaries recomputed from the per-prompt records (so a run cut short, or measured before
+    a report gained a column, is reported as a finished one would be)."""
+    results = read_results(path, "--report")
+    png = None if no_plot else (plot or _plot_path(Path(path)))
+    check_writable(png, "--plot")
+    _finish(results, not results["settings"]["temperature"])
+    if results.get("stopped"):  # a partial file: say so, do not pass it off as complete
+        results["complete"] = False
+    present(results, png, as_json)
     return results
 
 
@@ -349,7 +379,7 @@ def _prompt_entry(
     }
 
 
-def _finish(results: dict[str, Any], settings: Settings) -> None:
+def _finish(results: dict[str, Any], greedy: bool) -> None:
     """Costs measured from the traces, per-method summaries, mismatches and the speed bar."""
     prompts = results["prompts"]
     results["costs"]["measured_s"] = metrics.measured_costs(
@@ -371,7 +401,7 @@ def _finish(results: dict[str, Any], settings: Settings) -> None:
         for name, rec in p["results"].items()
         if rec.get("mismatch") and results["summary"][name]["lossless"]
     ]
-    results["speed_bar"] = metrics.speed_bar(results["summary"], prompts, settings.greedy)
+    results["speed_bar"] = metrics.speed_bar(results["summary"], prompts, greedy)
     results["ar_spread"] = ar_spread(results)
     results["complete"] = not results.get("interrupted")
 
@@ -403,17 +433,18 @@ def write_results(results: dict[str, Any], path: Path) -> None:
     write_text(Path(path), json.dumps(results, indent=1) + "\n")
 
 
-def read_results(path: Path) -> dict[str, Any]:
-    """A results file written by ``run_bench``; anything else is a one-line UsageError."""
+def read_results(path: Path, flag: str = "--compare") -> dict[str, Any]:
+    """A results file written by ``run_bench``; anything else is a one-line UsageError naming
+    ``flag``."""
     path = Path(path)
     try:
         results = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UsageError(f"--compare: {path} not found") from None
+        raise UsageError(f"{flag}: {path} not found") from None
     except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"--compare: cannot read {path}: {e}") from None
+        raise UsageError(f"{flag}: cannot read {path}: {e}") from None
     if not isinstance(results, dict) or results.get("schema") != SCHEMA:
-        raise UsageError(f"--compare: {path} is not a csdraft bench results file")
+        raise UsageError(f"{flag}: {path} is not a csdraft bench results file")
     return results
 
 
