@@ -319,3 +319,20 @@ def test_greedy_lossy_keeps_the_drafters_argmax(zoo):
     ref = cascade_of(drafter, [], [])
     assert got[:3] == ids_of(ref.generate(prompt, 3))
     assert got != zoo.reference(target, prompt, 12)
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=st.data(), alpha=st.floats(-0.5, 0.9), k=st.integers(1, 4))
+def test_greedy_opt_and_v1_decide_as_diff(zoo, data, alpha, k):
+    """At temperature 0 the tempered q and p are one-hot: OPT's TV is 1 wherever the argmaxes
+    differ and V1's set holds the drafted token iff max q >= max p - alpha, so both give Diff's
+    output (why `tune deferral` sweeps chow, diff, v2 and v3 only)."""
+    target = zoo.model("llama", SMALL_VOCAB)
+    drafter = zoo.noisy(target, 0.5)
+    prompt = data.draw(prompts(SMALL_VOCAB))
+    outputs = {
+        rule: ids_of(cascade_of(target, [drafter], [[k]], deferral=Deferral(rule, alpha))
+                     .generate(prompt, 16))
+        for rule in ("diff", "opt", "v1")
+    }  # fmt: skip
+    assert outputs["opt"] == outputs["diff"] == outputs["v1"]
