@@ -256,6 +256,14 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run whose partial results are in --out (same dataset, settings, "
+            "ladder and methods): its prompts are kept, the rest measured.",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the results JSON on stdout (report on stderr).")
     ] = False,
@@ -344,6 +352,7 @@ def bench(
         as_json=as_json,
         quiet=quiet,
         until_answer=until_answer,
+        resume=resume,
     )
     if results.get("interrupted"):
         raise typer.Exit(130)

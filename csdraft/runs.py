@@ -125,16 +125,18 @@ def interleaved(
     runners: Mapping[str, Runner],
     max_new_tokens: int,
     before: Callable[[int, str], None] | None = None,
+    start: int = 0,
 ) -> Iterator[tuple[int, dict[str, Outcome]]]:
-    """For each prompt, run every runner in a rotated order; yield (prompt index, outcomes in
-    the runners' order). ``before(i, name)`` is called before each run (progress)."""
+    """For each prompt from index ``start`` on, run every runner in a rotated order; yield
+    (prompt index, outcomes in the runners' order). ``before(i, name)`` is called before each
+    run (progress)."""
     names = list(runners)
-    for i, ids in enumerate(prompts):
+    for i in range(start, len(prompts)):
         outcomes: dict[str, Outcome] = {}
         for name in rotated(names, i):
             if before is not None:
                 before(i, name)
-            outcomes[name] = runners[name](ids, max_new_tokens)
+            outcomes[name] = runners[name](prompts[i], max_new_tokens)
         yield i, {n: outcomes[n] for n in names}
 
 

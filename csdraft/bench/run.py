@@ -109,12 +109,16 @@ def run_bench(
     quiet: bool = False,
     until_answer: int | None = None,
     sample_seed: int | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """``csdraft bench``: measure the methods on the dataset, report, write files; return the
     results dict (also what ``--out`` holds). ``until_answer`` (GSM8K): a token budget, each
     generation ending at its first finished '#### <number>' line, so task accuracy is measured
     where answers are reached. ``sample_seed``: draw the ``limit`` prompts with this seed (as
-    ``csdraft tune`` draws its calibration prompts) instead of taking the first ones."""
+    ``csdraft tune`` draws its calibration prompts) instead of taking the first ones.
+    ``resume``: ``out`` holds a partial results file of the same run (same dataset, settings,
+    ladder and methods); keep its prompts and measure only the rest (each prompt's methods
+    still run side by side, so every ratio stays paired)."""
     from csdraft.api import Ladder
     from csdraft.ladder import get_ladder
 
@@ -142,6 +146,13 @@ def run_bench(
     table = {n: method(n, config) for n in names}
     skipped = {n: r for n, m in table.items() if (r := m.skip_reason(spec, settings))}
     chosen = [n for n in names if n not in skipped]
+    run_key = {
+        "dataset": ds.name, "source": ds.source, "limit": limit, "sample_seed": sample_seed,
+        "max_new_tokens": max_new_tokens, "temperature": temperature, "sd_block": sd_block,
+        "pld_block": pld_block, "until_answer": until_answer is not None,
+        "field": field if ds.kind == "file" else None,
+    }  # fmt: skip
+    prior = _resumable(out, run_key, spec.name, chosen) if resume else None
 
     err = Console(stderr=True, highlight=False)
     loaded = Ladder.load(spec, progress=not quiet)
@@ -160,15 +171,20 @@ def run_bench(
         warmup_tokens=min(WARMUP_TOKENS, max_new_tokens),
     )
     results["plot"] = None if png is None else str(png)
+    if prior is not None:
+        results["created"] = prior["created"]
+        results["resumed"] = [*prior.get("resumed", []), _now()]
+        results["prompts"] = prior["prompts"]
+    done = len(results["prompts"])
     runners = {n: table[n].runner(loaded, settings) for n in chosen}
     progress = task_progress(err if not quiet and err.is_terminal else Console(quiet=True))
     n = len(prompt_ids)
     with progress:
-        n_warm = min(warmup, n)
+        n_warm = min(warmup, n - done)
         if n_warm:
             task = progress.add_task("warm-up", total=n_warm * len(chosen))
             warm = interleaved(
-                prompt_ids[:n_warm],
+                prompt_ids[done : done + n_warm],
                 runners,
                 results["settings"]["warmup_tokens"],
                 lambda i, name: progress.update(task, description=f"warm-up · {name}"),
@@ -176,7 +192,7 @@ def run_bench(
             for _, outcomes in warm:
                 progress.advance(task, len(outcomes))
             progress.remove_task(task)
-        task = progress.add_task("bench", total=n * len(chosen) + 1)
+        task = progress.add_task("bench", total=(n - done) * len(chosen) + 1)
         try:
             runs = interleaved(
                 prompt_ids,
@@ -186,6 +202,7 @@ def run_bench(
                     progress.update(task, description=f"prompt {i + 1}/{n} · {name}"),
                     progress.advance(task),
                 ),
+                start=done,
             )
             for i, outcomes in runs:
                 entry = _prompt_entry(
@@ -266,6 +283,34 @@ def run_report(path: Path, plot: Path | None, no_plot: bool, as_json: bool) -> d
     return results
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _resumable(
+    out: Path | None, key: dict[str, Any], ladder: str, methods: list[str]
+) -> dict[str, Any] | None:
+    """``--resume``: the partial results in ``out`` if they come from the same run (a one-line
+    UsageError naming what differs otherwise); None when ``out`` does not exist yet."""
+    if out is None:
+        raise UsageError("--resume needs --out: the partial results file to continue")
+    if not Path(out).exists():
+        return None
+    prior = read_results(out, "--resume")
+    if prior.get("complete", False) and not prior.get("interrupted"):
+        raise UsageError(f"--resume: {out} is complete; see it with --report {out}")
+    had = {k: prior["settings"].get(k) for k in key}
+    had["until_answer"] = bool(had["until_answer"])
+    changed = [f"{k} {had[k]!r} -> {key[k]!r}" for k in key if had[k] != key[k]]
+    if prior["ladder"]["name"] != ladder:
+        changed.append(f"ladder {prior['ladder']['name']!r} -> {ladder!r}")
+    if prior["methods"] != methods:
+        changed.append(f"methods {','.join(prior['methods'])} -> {','.join(methods)}")
+    if changed:
+        raise UsageError(f"--resume: {out} is another run ({'; '.join(changed)})")
+    return prior
+
+
 def _save_partial(results: dict[str, Any], out: Path, where: str) -> None:
     """Write what was measured so far, marked incomplete, with where the run stopped."""
     write_results({**results, "complete": False, "stopped": where}, out)
@@ -279,7 +324,7 @@ def _skeleton(
     target = loaded.target
     return {
         "schema": SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": _now(),
         "machine": {**machine_info(), "device": target.device},
         "settings": {
             "dataset": ds.name,
