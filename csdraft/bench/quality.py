@@ -199,7 +199,7 @@ def quality_chart(results: Mapping[str, Any], width: int = 60, height: int = 14)
     for r in range(height):  # the 1.0x line (ar's speed)
         if r == row(1.0):
             grid[r] = [("─", "dim") if ch == " " else (ch, st) for ch, st in grid[r]]
-    for p in pts:
+    for p in sorted(pts, key=lambda p: p.lossless):  # lossless points drawn last, on top
         mark = p.name[0].upper() if p.lossless else RULE_MARKS.get(p.rule or "", "?")
         style = "bold" if p.lossless else BASE_STYLES.get(p.base, "yellow")
         grid[row(p.speedup)][col(p.accuracy)] = (mark, style)
