@@ -7,7 +7,9 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 
 def report_console(stderr: bool = False) -> Console:
@@ -105,3 +107,16 @@ def quiet_transformers(quiet: bool = True) -> Iterator[None]:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def simple_table(title_text: str) -> Table:
+    """A borderless table with a rule under the header: fits 80 columns."""
+    return Table(
+        title=title_text,
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )

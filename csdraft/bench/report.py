@@ -7,12 +7,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from csdraft.console import fx, num, pct
+from csdraft.console import fx, num, pct, simple_table
 
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 _HF = "hf-"
@@ -41,19 +40,6 @@ def title(results: Mapping[str, Any]) -> str:
         f"csdraft bench · {s['dataset']} · {n} prompt{'' if n == 1 else 's'} · ladder "
         f"{lad['name']} ({' > '.join(lad['rungs'])}, {lad['dtype']}) · {s['max_new_tokens']} "
         f"new tokens · {mode}"
-    )
-
-
-def simple_table(title_text: str) -> Table:
-    """A borderless table with a rule under the header: fits 80 columns."""
-    return Table(
-        title=title_text,
-        title_style="bold",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 1),
-        collapse_padding=True,
     )
 
 
@@ -243,6 +229,22 @@ def speed_bar_text(results: Mapping[str, Any]) -> Text:
     return text
 
 
+def _lossy_note(name: str, s: Mapping[str, Any], greedy: bool) -> Text:
+    """One lossy method's quality cost: outputs that differ from ar's, answers that agree."""
+    cost = (
+        f"{s['mismatches']} of {s['prompts']} outputs differ from ar's (its quality "
+        "cost; not counted by the speed bar)"
+        if greedy
+        else "outputs not compared when sampling"
+    )
+    agree = s.get("answers_agree_with_ar")
+    if agree is not None:
+        cost += f"; answers agree with ar's on {100 * agree:.0f}% of prompts"
+    why = s.get("lossy_why")
+    head = f"{name} runs {why}" if why else f"{name} is LOSSY on purpose"
+    return Text(f"{head}: {cost}", style="yellow")
+
+
 def notes(results: Mapping[str, Any]) -> list[Text]:
     """Skipped methods, output mismatches with their logit margins, interruption."""
     out = []
@@ -260,7 +262,7 @@ def notes(results: Mapping[str, Any]) -> list[Text]:
         )
     greedy = not results["settings"]["temperature"]
     lossy = {n: s for n, s in results.get("summary", {}).items() if not s.get("lossless", True)}
-    if lossy and results["settings"].get("until_answer"):
+    if lossy and results["settings"].get("until_answer"):  # the quality table has the details
         out.append(
             Text(
                 f"{len(lossy)} method{'s' if len(lossy) > 1 else ''} LOSSY on purpose: their "
@@ -269,20 +271,8 @@ def notes(results: Mapping[str, Any]) -> list[Text]:
                 style="yellow",
             )
         )
-        lossy = {}
-    for name, s in lossy.items():
-        cost = (
-            f"{s['mismatches']} of {s['prompts']} outputs differ from ar's (its quality "
-            "cost; not counted by the speed bar)"
-            if greedy
-            else "outputs not compared when sampling"
-        )
-        agree = s.get("answers_agree_with_ar")
-        if agree is not None:
-            cost += f"; answers agree with ar's on {100 * agree:.0f}% of prompts"
-        why = s.get("lossy_why")
-        head = f"{name} runs {why}" if why else f"{name} is LOSSY on purpose"
-        out.append(Text(f"{head}: {cost}", style="yellow"))
+    else:
+        out += [_lossy_note(name, s, greedy) for name, s in lossy.items()]
     if results.get("interrupted"):
         out.append(Text("interrupted: only the prompts finished are reported", style="yellow"))
     elif results.get("stopped") and not results.get("complete", True):

@@ -146,7 +146,7 @@ def run_bench(
     table = {n: method(n, config) for n in names}
     skipped = {n: r for n, m in table.items() if (r := m.skip_reason(spec, settings))}
     chosen = [n for n in names if n not in skipped]
-    run_key = {
+    run_key = {  # what makes two runs the same run (``--resume``); also kept in settings
         "dataset": ds.name, "source": ds.source, "limit": limit, "sample_seed": sample_seed,
         "max_new_tokens": max_new_tokens, "temperature": temperature, "sd_block": sd_block,
         "pld_block": pld_block, "until_answer": until_answer is not None,
@@ -161,12 +161,9 @@ def run_bench(
         loaded.check_length(ids, max_new_tokens)
     results = _skeleton(ds, loaded, settings, {n: table[n] for n in chosen}, skipped)
     results["settings"].update(
-        field=field if ds.kind == "file" else None,
+        run_key,
         category_field=category_field,
-        limit=limit,
-        sample_seed=sample_seed,
         limit_per_category=ds.name == "spec-bench",
-        max_new_tokens=max_new_tokens,
         warmup=warmup,
         warmup_tokens=min(WARMUP_TOKENS, max_new_tokens),
     )
@@ -300,7 +297,6 @@ def _resumable(
     if prior.get("complete", False) and not prior.get("interrupted"):
         raise UsageError(f"--resume: {out} is complete; see it with --report {out}")
     had = {k: prior["settings"].get(k) for k in key}
-    had["until_answer"] = bool(had["until_answer"])
     changed = [f"{k} {had[k]!r} -> {key[k]!r}" for k in key if had[k] != key[k]]
     if prior["ladder"]["name"] != ladder:
         changed.append(f"ladder {prior['ladder']['name']!r} -> {ladder!r}")

@@ -7,7 +7,6 @@ ar's; ``--write`` stores the winner as a new ladder whose name and description s
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -101,9 +100,9 @@ def run_tune_deferral(
 ) -> int:
     """``csdraft tune deferral``: measure the sweep with bench, report, choose, and write."""
     from csdraft.bench.run import run_bench
-    from csdraft.ladder import add_ladder, get_ladder, load_ladders, parse_config, user_config_path
+    from csdraft.ladder import get_ladder, user_config_path
     from csdraft.outputs import check_writable
-    from csdraft.tune.write import unique_name
+    from csdraft.tune.write import store_ladder
 
     if write_name is not None and not write:
         raise UsageError(f"the name {write_name!r} is only used with --write; add --write")
@@ -157,24 +156,21 @@ def run_tune_deferral(
             f"  (not written; add --write to store it as '{lossy_name(spec.name, winner)}')"
         )
         return 0
-    taken: set[str] = set()
-    with contextlib.suppress(CsdraftError):
-        taken |= set(load_ladders(config))
-    if target.is_file():
-        taken |= set(parse_config(target.read_text(), str(target)))
-    name = unique_name(write_name or lossy_name(spec.name, winner), taken)
+    rule = {"rule": winner.rule, "alpha": winner.alpha}
     description = (
         f"LOSSY: {spec.name} with deferral {winner.rule} alpha={winner.alpha:g} at the target's "
         f"review (csdraft tune deferral: {speed:.2f}x over ar, answers equal to the target's on "
         f"{100 * agree:.0f}% of {len(results['prompts'])} GSM8K prompts)"
     )
-    new = replace(
-        spec.with_settings(name=name, deferral={"rule": winner.rule, "alpha": winner.alpha}),
-        description=description,
-    )
     try:
-        add_ladder(target, new)
+        path, name = store_ladder(
+            write_name or lossy_name(spec.name, winner),
+            config,
+            lambda final: replace(
+                spec.with_settings(name=final, deferral=rule), description=description
+            ),
+        )
     except OSError as e:
         raise CsdraftError(f"--write: cannot write {target}: {e}") from None
-    console.print(f"wrote ladder [bold]{name}[/] (LOSSY) to {target}; use it with --ladder {name}")
+    console.print(f"wrote ladder [bold]{name}[/] (LOSSY) to {path}; use it with --ladder {name}")
     return 0

@@ -4,7 +4,7 @@ storing it under a new name with ``csdraft.ladder.add_ladder``; never overwritin
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,6 +63,23 @@ def tuned_spec(spec: LadderSpec, cand: Candidate, name: str, description: str = 
     )
 
 
+def store_ladder(
+    base_name: str, config: Path | None, make: Callable[[str], LadderSpec]
+) -> tuple[Path, str]:
+    """Append the ladder ``make(name)`` to ``config`` (or the user config), named
+    ``base_name`` or, when that is taken, ``base_name-2``, ``-3``, ...; never overwrites.
+    Returns the file and the name used."""
+    path = Path(config) if config is not None else user_config_path()
+    taken: set[str] = set()
+    with contextlib.suppress(CsdraftError):
+        taken |= set(load_ladders(config))
+    if path.is_file():
+        taken |= set(parse_config(path.read_text(), str(path)))
+    final = unique_name(base_name, taken)
+    add_ladder(path, make(final))
+    return path, final
+
+
 def write_winner(
     spec: LadderSpec,
     cand: Candidate,
@@ -72,12 +89,8 @@ def write_winner(
 ) -> tuple[Path, str]:
     """Append the winner as a new ladder to ``config`` (or the user config); the name is
     ``name`` or ``<ladder>-tuned``, suffixed -2, -3, ... if taken. Never overwrites."""
-    path = Path(config) if config is not None else user_config_path()
-    taken: set[str] = set()
-    with contextlib.suppress(CsdraftError):
-        taken |= set(load_ladders(config))
-    if path.is_file():
-        taken |= set(parse_config(path.read_text(), str(path)))
-    final = unique_name(name or f"{spec.name}-tuned", taken)
-    add_ladder(path, tuned_spec(spec, cand, final, description))
-    return path, final
+    return store_ladder(
+        name or f"{spec.name}-tuned",
+        config,
+        lambda final: tuned_spec(spec, cand, final, description),
+    )
