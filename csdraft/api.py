@@ -67,7 +67,7 @@ class Ladder:
         """Load every neural rung (preparing offline packs once) and check tokenizers match."""
         from csdraft.models import load, tokenizer_fingerprint
 
-        target = load(spec.target, progress)
+        target = load(spec.target, progress, batch_invariant=True)
         models = [target]
         target_print = None  # computed only if some drafter's tokenizer files differ
         for d in spec.drafters:

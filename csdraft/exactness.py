@@ -25,6 +25,12 @@ def near_tie(dtype: Any) -> float:
     return NEAR_TIE.get(str(dtype).removeprefix("torch."), NEAR_TIE["float32"])
 
 
+def target_near_tie(target: Any) -> float:
+    """The near-tie width for a loaded target: 0 for a batch-invariant one (its blocks compute
+    what its one-token passes compute, so any divergence is a bug), else by its dtype."""
+    return 0.0 if getattr(target, "batch_invariant", False) else near_tie(target.compute_dtype)
+
+
 def first_divergence(got: Sequence[int], want: Sequence[int]) -> int | None:
     """Index of the first token where two outputs differ (the shorter length when one is a
     prefix of the other), or None when they are identical."""

@@ -62,7 +62,12 @@ def model_facts(model: Any) -> dict[str, Any]:
     return {
         "params": model.parameter_count(),
         "bytes": model.weight_bytes(),
-        "dtype": f"int8 linears, {dtype} rest" if model.int8_layers() else dtype,
+        "dtype": (
+            f"int8 linears{' per token (batch-invariant)' if model.batch_invariant else ''}, "
+            f"{dtype} rest"
+            if model.int8_layers()
+            else dtype
+        ),
         "device": str(getattr(model, "device", "-")),
     }
 

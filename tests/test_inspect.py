@@ -114,9 +114,11 @@ def test_model_facts_count_int8_layers(tmp_path):
     path = tiny_model_dir(tmp_path / "m", 0, tiny_tokenizer())
     full = model_facts(load_model(str(path), "float32", progress=False))
     int8 = model_facts(load_model(str(path), "int8", progress=False))
-    assert int8["params"] == full["params"]
+    target = model_facts(load_model(str(path), "int8", progress=False, batch_invariant=True))
+    assert int8["params"] == full["params"] == target["params"]
     assert int8["dtype"] == "int8 linears, float32 rest" and full["dtype"] == "float32"
-    assert int8["bytes"] < full["bytes"]
+    assert target["dtype"] == "int8 linears per token (batch-invariant), float32 rest"
+    assert int8["bytes"] < full["bytes"] and target["bytes"] == int8["bytes"]
     assert full["device"] == "cpu"
 
 

@@ -106,3 +106,26 @@ def test_cli_json_end_to_end_and_memory(ladder):
     assert peak_gib < 7.0, f"peak memory {peak_gib:.2f} GiB"
     ids = ladder.encode(prompt)
     check_identical(ladder, ids, result["token_ids"], target_greedy(ladder, ids, 40))
+
+
+def test_int8_target_ladder_equals_its_own_greedy_exactly():
+    """qwen-coder-cpu: the int8 target is batch-invariant, so the cascade equals that target's
+    own greedy decoding (transformers' generate, one token per pass) on every prompt, with no
+    near-tie allowance."""
+    import csdraft
+
+    cpu = csdraft.load("qwen-coder-cpu", progress=False)
+    assert cpu.target.batch_invariant and exactness.target_near_tie(cpu.target) == 0
+    for prompt in unseen_prompts():
+        result = cpu.generate(prompt, NEW_TOKENS)
+        want = target_greedy(cpu, result.prompt_ids, NEW_TOKENS)
+        if result.token_ids != want:
+            margin = margins(cpu, result.prompt_ids, want)
+            found = exactness.compare(result.token_ids, want, margin, 0)
+            pytest.fail(f"the int8 ladder parted from its target: {found.describe()}")
+        assert result.stats.tokens_per_forward > 1.5
+
+
+def margins(ladder, prompt_ids: list[int], want: list[int]):
+    """The target's top-2 margin at each position of ``want``, as ``exactness.compare`` asks."""
+    return lambda i: exactness.top2_margin(ladder.target, prompt_ids + want[:i])

@@ -169,6 +169,57 @@ def quality_table(results: Mapping[str, Any]) -> Table | None:
     return table
 
 
+def answers_against(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per method of run ``b``, on the prompts both runs answered (matched by id): the share
+    whose answer equals run ``a``'s ar answer, its accuracy there with a 95% interval, and
+    ``a``'s ar accuracy there. How a change of model (a quantized target, another ladder)
+    moves the answers; {} unless both runs reached answers (``--until-answer``)."""
+    if not (a["settings"].get("until_answer") and b["settings"].get("until_answer")):
+        return {}
+    ref = {p["id"]: p["results"]["ar"] for p in a["prompts"] if "ar" in p["results"]}
+    out = {}
+    for name in b["methods"]:
+        pairs = [
+            (p["results"][name], ref[p["id"]])
+            for p in b["prompts"]
+            if p["id"] in ref and name in p["results"]
+        ]
+        if not pairs:
+            continue
+        n = len(pairs)
+        right = sum(bool(r.get("correct")) for r, _ in pairs)
+        out[name] = {
+            "prompts": n,
+            "agree_with_a_ar": sum(r.get("answer") == base.get("answer") for r, base in pairs) / n,
+            "accuracy": right / n,
+            "accuracy_ci95": metrics.wilson(right, n),
+            "a_ar_accuracy": sum(bool(base.get("correct")) for _, base in pairs) / n,
+        }
+    return out
+
+
+def answers_against_table(a: Mapping[str, Any], b: Mapping[str, Any], name_a: str) -> Table | None:
+    """``answers_against`` as a table (None when it is empty)."""
+    rows = answers_against(a, b)
+    if not rows:
+        return None
+    table = simple_table(f"B's answers against A's ar ({name_a}), on the prompts both answered")
+    table.add_column("method (B)", no_wrap=True)
+    for header in ("prompts", "agree with\nA's ar", "accuracy\nB", "95% CI", "A's ar\naccuracy"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for name, r in rows.items():
+        ci = r["accuracy_ci95"]
+        table.add_row(
+            name,
+            str(r["prompts"]),
+            pct(r["agree_with_a_ar"]),
+            pct(r["accuracy"]),
+            "-" if ci is None else f"{100 * ci[0]:.0f}-{100 * ci[1]:.0f}%",
+            pct(r["a_ar_accuracy"]),
+        )
+    return table
+
+
 def quality_chart(results: Mapping[str, Any], width: int = 60, height: int = 14) -> Text | None:
     """A terminal scatter of speedup (time to answer) against accuracy: ar's 95% interval
     shaded, lossless methods as capital letters, each rule's points by its mark, coloured by

@@ -11,6 +11,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from csdraft.bench.quality import (
+    answers_against,
+    answers_against_table,
+    quality_chart,
+    quality_table,
+)
 from csdraft.console import fx, num, pct, simple_table
 
 _EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -313,8 +319,6 @@ def print_report(console: Console, results: Mapping[str, Any], files: Sequence[P
             console.print()
     console.print(speed_chart(results))
     console.print()
-    from csdraft.bench.quality import quality_chart, quality_table
-
     for extra in (quality_table(results), quality_chart(results)):
         if extra is not None:
             console.print(extra)
@@ -426,8 +430,10 @@ def category_panel(ax: Any, cats: Mapping[str, Any], names: Sequence[str]) -> No
 
 
 def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per method (union, a's order first): the headline numbers of both results."""
+    """Per method (union, a's order first): the headline numbers of both results, and, when
+    both reached answers, B's answers against A's ar (``quality.answers_against``)."""
     names = list(dict.fromkeys([*a["methods"], *b["methods"]]))
+    answers = answers_against(a, b)
     keys = ("tokens_per_s", "tokens_per_target_forward", "swi_params", "swi_measured")
     rows = []
     for n in names:
@@ -438,6 +444,8 @@ def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, A
             for k in keys:
                 row[f"{k}_{tag}"] = s[k] if s else None
             row[f"mismatches_{tag}"] = s["mismatches"] if s else None
+        if n in answers:
+            row["answers_b_against_a_ar"] = answers[n]
         rows.append(row)
     return rows
 
@@ -498,6 +506,10 @@ def compare_report(
     table.caption = "speedup: median per prompt over each file's own ar. B/A: tok/s of B over A."
     table.caption_justify = "left"
     console.print(table)
+    answers = answers_against_table(a, b, name_a)
+    if answers is not None:
+        console.print()
+        console.print(answers)
     for tag, res in (("A", a), ("B", b)):
         fails = [c["check"] for c in res.get("speed_bar", []) if c["pass"] is False]
         if fails:

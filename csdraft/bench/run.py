@@ -388,7 +388,7 @@ def _prompt_entry(
     (with the target's top-2 logit margin at a divergence)."""
     ar_ids = outcomes["ar"].ids
     target = loaded.target
-    tie = exactness.near_tie(target.compute_dtype)
+    tie = exactness.target_near_tie(target)
     tok = loaded.tokenizer
     margins: dict[int, float] = {}
 
@@ -494,6 +494,10 @@ def run_compare(a: Path, b: Path, as_json: bool = False) -> None:
     from csdraft.bench.report import compare_report
 
     ra, rb = read_results(a), read_results(b)
+    for res in (ra, rb):  # a partial file (a run cut short) has no summaries yet
+        if "summary" not in res:
+            _finish(res, not res["settings"]["temperature"])
+            res["complete"] = False
     if as_json:
         from csdraft.bench.report import compare_rows
 

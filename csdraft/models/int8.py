@@ -18,7 +18,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,9 +32,11 @@ if TYPE_CHECKING:
 __all__ = [
     "LONG_BLOCK",
     "SINK_RATIO",
+    "Int8Layer",
     "Int8Linear",
     "int8_weights",
     "parameter_count",
+    "prepack",
     "quantize_int8",
     "weight_bytes",
 ]
@@ -46,23 +48,40 @@ SINK_RATIO = 8.0
 attention sink (Qwen2.5's first token peaks about 18x above the rest)."""
 
 
-class Int8Linear(torch.nn.Module):
+class Int8Layer(torch.nn.Module):
+    """A linear layer whose weights are int8 (what ``parameter_count``, ``weight_bytes`` and
+    inspect count); built from ``int8_weights``' (int8 weight, scale) and a float bias."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def prepack(qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    """An int8 weight (one scale per output channel) and its bias packed for fbgemm."""
+    zero = torch.zeros(len(scale), dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates quantized tensors (kept to 2.14)
+        weight = torch._make_per_channel_quantized_tensor(qweight, scale.double(), zero, 0)
+        return torch.ops.quantized.linear_prepack(weight, bias)
+
+
+class Int8Linear(Int8Layer):
     """A linear layer with int8 weights (symmetric, one scale per output channel) run by
     fbgemm's dynamic int8 kernel: activations are quantized on the fly, the output is float32.
-    The weight is packed for the kernel once, here.
+    The weight is packed for the kernel once, here. Fast; for drafters (a target takes
+    ``invariant.RowInt8Linear``).
 
     The kernel quantizes activations with one scale per pass, so one token with massive
     activations (an attention sink) would coarsen every other token of its block: in a long
     block such tokens get a pass of their own."""
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
-        zero = torch.zeros(len(scale), dtype=torch.long)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch deprecates quantized tensors (kept to 2.14)
-            weight = torch._make_per_channel_quantized_tensor(qweight, scale.double(), zero, 0)
-            self.packed = torch.ops.quantized.linear_prepack(weight, bias)
+        super().__init__(qweight.shape[1], qweight.shape[0])
+        self.packed = prepack(qweight, scale, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
@@ -81,14 +100,11 @@ class Int8Linear(torch.nn.Module):
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True)
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
-
 
 def parameter_count(model: torch.nn.Module) -> int:
-    """Parameters of a model, its ``Int8Linear`` weights included (a tied output head once,
+    """Parameters of a model, its int8 layers' weights included (a tied output head once,
     though int8 keeps a copy of it)."""
-    int8 = {name: m for name, m in model.named_modules() if isinstance(m, Int8Linear)}
+    int8 = {name: m for name, m in model.named_modules() if isinstance(m, Int8Layer)}
     count = sum(p.numel() for p in model.parameters())
     count += sum(m.in_features * m.out_features for m in int8.values())
     head = int8.get("lm_head")
@@ -98,13 +114,13 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of a model's weights: its parameters plus each ``Int8Linear``'s int8 weight and
-    float32 scales (held by the packed kernel, not as parameters)."""
+    """Bytes of a model's weights: its parameters plus each int8 layer's int8 weight and
+    float32 scales (held as buffers or by the packed kernel, not as parameters)."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return params + sum(
         m.in_features * m.out_features + 4 * m.out_features
         for m in model.modules()
-        if isinstance(m, Int8Linear)
+        if isinstance(m, Int8Layer)
     )
 
 
@@ -115,8 +131,11 @@ def int8_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
 
 
-def quantize_int8(model: torch.nn.Module, cache: Path | None = None) -> torch.nn.Module:
-    """Replace every linear layer by an ``Int8Linear``; the rest of the model runs in float32.
+def quantize_int8(
+    model: torch.nn.Module, cache: Path | None = None, layer: type[Int8Layer] = Int8Linear
+) -> torch.nn.Module:
+    """Replace every linear layer by a ``layer`` (``Int8Linear``: fbgemm, fast;
+    ``invariant.RowInt8Linear``: batch-invariant); the rest of the model runs in float32.
 
     With ``cache`` (a safetensors file), the int8 weights and scales are read from it when it
     holds every layer and matches its recorded digest, else computed and written there for the
@@ -136,9 +155,9 @@ def quantize_int8(model: torch.nn.Module, cache: Path | None = None) -> torch.nn
                 q, s = int8_weights(linear.weight)
                 stored[f"{name}.qweight"], stored[f"{name}.scale"] = q, s
             bias = None if linear.bias is None else linear.bias.float()
-            layer = Int8Linear(stored[f"{name}.qweight"], stored[f"{name}.scale"], bias)
+            new = layer(stored[f"{name}.qweight"], stored[f"{name}.scale"], bias)
             parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, layer)
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
     if cache is not None and not fits and linears:
         _write_cache(cache, stored)
     return model.float()

@@ -360,6 +360,8 @@ class LlamaCppModel:
     weight_format: str
     dtype: str = "gguf"
     device: str = "cpu"
+    batch_invariant: bool = False
+    """llama.cpp's block passes differ from its one-token passes (``exactness.NEAR_TIE``)."""
     _pool: list[_Context] = field(default_factory=list, repr=False)
     _vocab: int = 0
     _eos: tuple[int, ...] = ()

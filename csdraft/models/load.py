@@ -2,7 +2,9 @@
 llama.cpp for GGUF files) and the transformers loaders kept under their old names
 (``load_model``, ``load_tokenizer``).
 
-A backend is a function ``(spec, progress, share_tokenizer) -> loaded model``; the loaded
+A backend is a function ``(spec, progress, share_tokenizer, batch_invariant) -> loaded
+model`` (``batch_invariant``: load a target so that its block passes compute what its one-token
+passes compute, where the backend can; it says so in the model's ``batch_invariant``); the loaded
 model offers ``session(name)`` (a scorer the engine can drive), ``next_logits``, ``eos_ids``,
 ``context_length``, ``vocab_size`` and the size facts ``inspect`` shows. Each backend imports
 its heavy dependencies only when it loads something.
@@ -22,15 +24,17 @@ if TYPE_CHECKING:
 
 
 def _load_transformers_spec(
-    spec: Any, progress: bool = True, share_tokenizer: Any = None
+    spec: Any, progress: bool = True, share_tokenizer: Any = None, batch_invariant: bool = False
 ) -> TransformersModel:
-    return load_model(spec.ref, spec.dtype, spec.device, progress, share_tokenizer)
+    return load_model(spec.ref, spec.dtype, spec.device, progress, share_tokenizer, batch_invariant)
 
 
-def _load_llamacpp_spec(spec: Any, progress: bool = True, share_tokenizer: Any = None) -> Any:
+def _load_llamacpp_spec(
+    spec: Any, progress: bool = True, share_tokenizer: Any = None, batch_invariant: bool = False
+) -> Any:
     from csdraft.models.llamacpp_backend import load_spec
 
-    return load_spec(spec, progress, share_tokenizer)
+    return load_spec(spec, progress, share_tokenizer)  # llama.cpp has no batch-invariant path
 
 
 BACKENDS: dict[str, Callable[..., Any]] = {
@@ -40,11 +44,14 @@ BACKENDS: dict[str, Callable[..., Any]] = {
 """Backend name (``backend:`` of a ladder's model) -> loader of a ``ModelSpec``."""
 
 
-def load(spec: Any, progress: bool = True, share_tokenizer: Any = None) -> TransformersModel:
+def load(
+    spec: Any, progress: bool = True, share_tokenizer: Any = None, batch_invariant: bool = False
+) -> TransformersModel:
     """Load the model a ``csdraft.ladder.ModelSpec`` names with the backend it names.
 
     ``share_tokenizer``: a loaded model (the target) whose tokenizer object is reused when the
-    two models' tokenizer files are identical."""
+    two models' tokenizer files are identical. ``batch_invariant``: as a target (int8 on
+    transformers then computes its blocks exactly as one-token passes)."""
     backend = getattr(spec, "backend", "transformers") or "transformers"
     loader = BACKENDS.get(backend)
     if loader is None:
@@ -53,7 +60,9 @@ def load(spec: Any, progress: bool = True, share_tokenizer: Any = None) -> Trans
             f"model '{name}': unknown backend {backend!r}; known backends: "
             f"{', '.join(sorted(BACKENDS))}"
         )
-    return loader(spec, progress=progress, share_tokenizer=share_tokenizer)
+    return loader(
+        spec, progress=progress, share_tokenizer=share_tokenizer, batch_invariant=batch_invariant
+    )
 
 
 def load_model(ref: str, *args: Any, **kwargs: Any) -> TransformersModel:

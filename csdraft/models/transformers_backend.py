@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 DTYPES = ("bfloat16", "float16", "float32", "int8")
-"""``int8``: dynamic int8 quantization of every linear layer (float32 activations), CPU only.
-About 2.5x faster than bfloat16 for a 0.5B model on a 2-core CPU; meant for drafters, whose
-exact numbers never reach the output."""
+"""``int8``: int8 weights in every linear layer (float32 activations), CPU only. A drafter runs
+fbgemm's dynamic int8 kernel (about 2.5x faster than bfloat16 for a 0.5B model on a 2-core
+CPU); a target, loaded ``batch_invariant``, quantizes activations per token and attends row by
+row (``invariant``), so its blocks compute exactly what its one-token passes compute."""
 
 
 class TransformersScorer:
@@ -151,6 +152,9 @@ class TransformersModel:
     tokenizer: PreTrainedTokenizerBase
     dtype: str = "bfloat16"
     device: str = "cpu"
+    batch_invariant: bool = False
+    """Whether a block pass computes, row for row, bit for bit what one-token passes compute
+    (int8 loaded ``batch_invariant``): then outputs equal the target's own exactly."""
 
     def session(self, name: str) -> TransformersScorer:
         """A fresh KV-cached scorer over this model (its own cache)."""
@@ -170,9 +174,9 @@ class TransformersModel:
 
     def int8_layers(self) -> int:
         """How many linear layers run in int8."""
-        from csdraft.models.int8 import Int8Linear
+        from csdraft.models.int8 import Int8Layer
 
-        return sum(isinstance(m, Int8Linear) for m in self.model.modules())
+        return sum(isinstance(m, Int8Layer) for m in self.model.modules())
 
     def next_logits(self, context: Sequence[int]) -> torch.Tensor:
         """float32 logits of the token after ``context`` (one forward pass, no cache)."""
@@ -275,11 +279,14 @@ def load_transformers(
     device: str = "cpu",
     progress: bool = True,
     share_tokenizer: Any = None,
+    batch_invariant: bool = False,
 ) -> TransformersModel:
     """Load model and tokenizer for ``ref`` in eval mode with the requested dtype and device.
 
     ``share_tokenizer``: a loaded model (the target) whose tokenizer object is reused when
-    both models' tokenizer files are byte-identical, skipping a second load."""
+    both models' tokenizer files are byte-identical, skipping a second load.
+    ``batch_invariant``: an int8 model takes the batch-invariant path (``invariant``: per-token
+    activation scales, row-wise attention), as a target should; other dtypes have none."""
     torch_dtype = _torch_dtype(dtype)
     dev_kwargs, move_to = _device_kwargs(device)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -306,7 +313,12 @@ def load_transformers(
             raise UsageError(f"{ref}: dtype int8 (dynamic quantization) runs on the CPU only")
         from csdraft.models.int8 import _int8_cache, quantize_int8
 
-        model = quantize_int8(model, _int8_cache(res))
+        if batch_invariant:
+            from csdraft.models.invariant import RowInt8Linear, make_batch_invariant
+
+            model = make_batch_invariant(quantize_int8(model, _int8_cache(res), RowInt8Linear))
+        else:
+            model = quantize_int8(model, _int8_cache(res))
     model.eval()
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
@@ -322,4 +334,5 @@ def load_transformers(
         tokenizer=tokenizer,
         dtype=dtype,
         device=device,
+        batch_invariant=batch_invariant and dtype == "int8",
     )

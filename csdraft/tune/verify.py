@@ -192,7 +192,7 @@ def measure(
     outcomes (each prompt's fastest round) and output checks. Returns the runs, ar's timings,
     and whether the machine still looked busy with nothing left to re-measure (then the
     interval must be widened)."""
-    tie = exactness.near_tie(ladder.target.compute_dtype)
+    tie = exactness.target_near_tie(ladder.target)
     table = runners(ladder, chosen)
     runs = RealRuns()
     began = time.perf_counter()

@@ -118,3 +118,27 @@ def test_png_and_report_from_a_file(tmp_path, capsys):
     assert "quality and speed" in out and "incomplete results file" in out
     with pytest.raises(UsageError, match="--report"):
         run_report(tmp_path / "missing.json", None, no_plot=True, as_json=False)
+
+
+def test_answers_of_another_run_against_this_runs_ar():
+    """bench --compare A B: B's answers (say, an int8 target's) against A's ar, by prompt id."""
+    a, b = results_dict(), results_dict()
+    for i, p in enumerate(a["prompts"]):
+        p["id"] = f"q{i}"
+    for i, p in enumerate(b["prompts"]):
+        p["id"] = f"q{i + 1}"  # B ran q1-q4: q1-q3 in common with A
+    rows = quality.answers_against(a, b)
+    # B's prompt i is A's prompt i + 1: B's ar answers 1, 2, 3 against A's ar 2, 3, 9
+    assert rows["ar"]["prompts"] == 3 and rows["ar"]["agree_with_a_ar"] == 0
+    assert rows["ar"]["accuracy"] == 1.0 and rows["ar"]["a_ar_accuracy"] == pytest.approx(2 / 3)
+    # csd+v3@0.6 answers 1, 7, 3: agrees with A's ar nowhere; sd+chow@0.3 answers None on one
+    assert rows["csd+v3@0.6"]["accuracy"] == pytest.approx(2 / 3)
+    assert rows["sd+chow@0.3"]["accuracy"] == pytest.approx(2 / 3)
+    assert quality.answers_against(a, results_dict(until_answer=False)) == {}
+    console = Console(width=150, record=True, color_system=None)
+    console.print(quality.answers_against_table(a, b, "bf16.json"))
+    assert "against A's ar (bf16.json)" in console.export_text()
+    from csdraft.bench.report import compare_rows
+
+    row = next(r for r in compare_rows(a, b) if r["method"] == "ar")
+    assert row["answers_b_against_a_ar"]["prompts"] == 3
