@@ -137,10 +137,12 @@ class Ladder:
         tree: TreeSettings | None = None,
         deferral: Deferral | None = None,
         window: int | None = None,
+        branches: int | None = None,
     ) -> Proposer:
         """A fresh drafting rung for ladder index ``rung`` (1..D); ``tree``: how the drafts it
         reviews branch, ``deferral``: its review's rule, ``window``: how much of a long prompt
-        it sees (default: its model's ``window``) (neural rungs only)."""
+        it sees (default: its model's ``window``) (neural rungs only); ``branches``: Max-Gram's
+        (default: the ladder's)."""
         spec = self.spec
         if rung <= len(spec.drafters):
             m = spec.drafters[rung - 1]
@@ -156,7 +158,7 @@ class Ladder:
             )
         mg = spec.maxgram
         assert mg is not None
-        return MaxGram(mg.max_ngram, mg.min_ngram, self.bigram)
+        return MaxGram(mg.max_ngram, mg.min_ngram, self.bigram, branches or mg.branches)
 
     def cascade(
         self,
@@ -169,6 +171,7 @@ class Ladder:
         tree: Sequence[TreeSettings | None] | None = None,
         deferral: Deferral | Sequence[Deferral | None] | None = None,
         window: int | None = None,
+        maxgram_branches: int | None = None,
     ) -> Cascade:
         """A cascade over this ladder, or over a sub-ladder: ``rungs`` lists the drafting rungs
         to keep (ladder indices 1..D; default all), for baselines such as bench's. ``lenience``
@@ -178,7 +181,8 @@ class Ladder:
         per reviewer of the full ladder: target, then each neural drafter) defaults to the
         ladder's; any lossy rule makes the output lossy on purpose (``Cascade.lossless`` is
         then False). ``window``: every neural drafter sees only the last ``window`` prompt
-        tokens (default: each drafter model's own ``window``)."""
+        tokens (default: each drafter model's own ``window``). ``maxgram_branches``: Max-Gram's
+        drafts as token trees of that many branches (default: the ladder's ``branches``)."""
         spec = self.spec
         if deferral is not None:
             spec = spec.with_settings(deferral=deferral, where=f"ladder '{spec.name}'")
@@ -211,7 +215,7 @@ class Ladder:
                         )
                     )
                 else:
-                    drafters.append(self.proposer(r, 1.0, 0.0))
+                    drafters.append(self.proposer(r, 1.0, 0.0, branches=maxgram_branches))
             return Cascade(
                 [target, *drafters],
                 spec.k_matrix if k_matrix is None else k_matrix,

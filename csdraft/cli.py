@@ -221,7 +221,9 @@ def bench(
             help="Comma list of methods (default: all but llama.cpp; ar is always added): ar, "
             "sd, pld, csd-vertical, csd-horizontal, csd, csd-tree, hf-generate, hf-assisted, "
             "hf-lookup, llama.cpp (llama-cpp-python's plain decoding of the target's GGUF; the "
-            "llamacpp extra), csd@LADDER; and lossy on purpose, METHOD+RULE@ALPHA (e.g. "
+            "llamacpp extra), csd@LADDER, csd-tree@BUDGET/TOP_K/MIN_PROB, csd-window@TOKENS, "
+            "csd-branch@BRANCHES (Max-Gram proposing token trees); and lossy on purpose, "
+            "METHOD+RULE@ALPHA (e.g. "
             "csd+opt@0.1, sd+chow@0.2; csd+opt@0.1,0.2 for one alpha per reviewer; rules as in "
             "`generate --help`)."
         ),
@@ -289,6 +291,7 @@ def bench(
     Max-Gram prompt lookup. **csd-vertical**, **csd-horizontal**, **csd**: the
     full ladder with the k-matrix's diagonal, first row, or all. **csd-tree**:
     the ladder with token trees (default settings) at the target's review.
+    **csd-branch@N**: the ladder with Max-Gram proposing trees of N branches.
     **csd@LADDER**: the same models with another ladder's k-matrix, lenience
     and min_confidence. **hf-generate**, **hf-assisted**, **hf-lookup**:
     transformers' own greedy, assisted and prompt-lookup generate on the same

@@ -45,11 +45,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class MaxGramSpec:
-    """Max-Gram settings; ``bigram_text`` is an optional text file to learn the fallback from."""
+    """Max-Gram settings; ``bigram_text`` is an optional text file to learn the fallback from;
+    ``branches`` > 1 makes its drafts token trees (``engine.maxgram.MaxGram``)."""
 
     max_ngram: int = 8
     min_ngram: int = 1
     bigram_text: str | None = None
+    branches: int = 1
 
 
 @dataclass(frozen=True)
@@ -328,13 +330,19 @@ def parse_ladder(name: str, raw: Any) -> LadderSpec:
             maxgram = MaxGramSpec(**mg_raw)
         except TypeError:
             raise UsageError(
-                f"{_where(name, 'maxgram')}: allowed keys are max_ngram, min_ngram, bigram_text"
+                f"{_where(name, 'maxgram')}: allowed keys are max_ngram, min_ngram, bigram_text, "
+                "branches"
             ) from None
         if not (isinstance(maxgram.min_ngram, int) and isinstance(maxgram.max_ngram, int)) or not (
             1 <= maxgram.min_ngram <= maxgram.max_ngram
         ):
             raise UsageError(
                 f"{_where(name, 'maxgram')}: need integers 1 <= min_ngram <= max_ngram"
+            )
+        if not isinstance(maxgram.branches, int) or maxgram.branches < 1:
+            raise UsageError(
+                f"{_where(name, 'maxgram')}: branches: expected an integer >= 1 (1: linear "
+                f"drafts), got {maxgram.branches!r}"
             )
     elif mg_raw not in (False, None):
         raise UsageError(f"{_where(name, 'maxgram')}: expected true, false or a mapping")

@@ -129,6 +129,7 @@ def test_a_config_that_is_no_mapping():
         # Max-Gram.
         (dict(maxgram={"max_ngram": 2, "min_ngram": 3}), "maxgram", "min_ngram <= max_ngram"),
         (dict(maxgram="yes"), "maxgram", "true, false or a mapping"),
+        (dict(maxgram={"branches": 0}), "maxgram", "branches: expected an integer >= 1"),
         # The k-matrix.
         (dict(k_matrix=...), "k_matrix", "missing; a 3x3 matrix"),
         (dict(k_matrix=[[4, 2], [0, 3]]), "k_matrix", "expected a 3x3 upper-triangular"),

@@ -74,6 +74,8 @@ class EngineConfig:
     """Per reviewer of the loaded ladder (target, then each neural drafter); None: lossless."""
     window: int | None = None
     """Prompt tokens every neural drafter sees (None: as the ladder's models say)."""
+    maxgram_branches: int | None = None
+    """Max-Gram's drafts as token trees of that many branches (None: the ladder's)."""
 
 
 # ------------------------------------------------------------------------------ methods
@@ -111,6 +113,8 @@ class EngineMethod:
             out["tree"] = [None if t is None else vars(t) for t in plan.tree]
         if plan.window is not None:
             out["window"] = plan.window
+        if plan.maxgram_branches is not None:
+            out["maxgram_branches"] = plan.maxgram_branches
         out["lossless"] = self.lossless
         if plan.deferral is not None:
             reviewers = [names[0], *(d.name for d in spec.drafters)]
@@ -135,6 +139,7 @@ class EngineMethod:
             tree=plan.tree,
             deferral=plan.deferral or [None] * (len(ladder.spec.drafters) + 1),
             window=plan.window,
+            maxgram_branches=plan.maxgram_branches,
         )
         tok = ladder.tokenizer
         stop = (lambda: AnswerStop(tok)) if settings.until_answer else None
@@ -253,6 +258,31 @@ def window_method(name: str) -> EngineMethod:
     )
 
 
+def branch_method(name: str) -> EngineMethod:
+    """``csd-branch@N``: the ladder with Max-Gram's drafts as token trees of N branches (its
+    reviewers check each tree in one pass; output unchanged)."""
+    from csdraft.errors import UsageError
+
+    text = name.removeprefix("csd-branch@")
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--methods {name}: expected csd-branch@BRANCHES, BRANCHES >= 1")
+    branches = int(text)
+
+    def configure(spec: LadderSpec, s: Settings) -> EngineConfig | str:
+        if not spec.maxgram:
+            return "needs Max-Gram; the ladder has none"
+        if any(m.backend not in TREE_BACKENDS for m in (spec.target, *spec.drafters)):
+            return "every neural rung must score token trees (the transformers backend)"
+        if any(x != 1 for x in spec.lenience):
+            return "Max-Gram's trees need reviewers with lenience 1"
+        plan = _full(None, 1)(spec, s)
+        return plan if isinstance(plan, str) else replace(plan, maxgram_branches=branches)
+
+    return EngineMethod(
+        name, f"the ladder, Max-Gram proposing token trees of {branches} branches", configure
+    )
+
+
 def tree_method(name: str) -> EngineMethod:
     """``csd-tree@BUDGET/TOP_K/MIN_PROB``: the ladder with those tree settings at the target's
     review (a one-line error for a malformed name)."""
@@ -269,13 +299,16 @@ def tree_method(name: str) -> EngineMethod:
 
 def parametrised(name: str) -> EngineMethod | None:
     """The method a parametrised name makes (``METHOD+RULE@ALPHA``, ``csd-tree@...``,
-    ``csd-window@N``; a one-line UsageError when malformed), or None for any other name."""
+    ``csd-window@N``, ``csd-branch@N``; a one-line UsageError when malformed), or None for any
+    other name."""
     if "+" in name:
         return lossy_method(name)
     if name.startswith("csd-tree@"):
         return tree_method(name)
     if name.startswith("csd-window@"):
         return window_method(name)
+    if name.startswith("csd-branch@"):
+        return branch_method(name)
     return None
 
 
@@ -639,7 +672,7 @@ def parse_methods(text: str | None) -> list[str]:
         raise UsageError(
             f"--methods: unknown {', '.join(unknown) or 'empty list'}; "
             f"choose from {', '.join(METHODS)}, or csd@LADDER, csd-tree@BUDGET/TOP_K/MIN_PROB, "
-            "csd-window@TOKENS, or METHOD+RULE@ALPHA (lossy)"
+            "csd-window@TOKENS, csd-branch@BRANCHES, or METHOD+RULE@ALPHA (lossy)"
         )
     names = list(dict.fromkeys(names))
     return names if "ar" in names else ["ar", *names]

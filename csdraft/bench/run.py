@@ -342,7 +342,11 @@ def _skeleton(
             "rungs": spec.rung_names,
             "k_matrix": [list(r) for r in spec.k_matrix],
             "lenience": list(spec.lenience),
-            "dtype": target.compute_dtype,
+            "dtype": (
+                f"{target.dtype} (batch-invariant)"
+                if getattr(target, "batch_invariant", False)
+                else target.compute_dtype
+            ),
             "models": {m.name: m.ref for m in (spec.target, *spec.drafters)},
             "backends": {m.name: m.backend for m in (spec.target, *spec.drafters)},
         },

@@ -60,10 +60,11 @@ class Cascade:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         lenient = any(getattr(r, "lenience", 1.0) > 1 for r in self.rungs)
+        self._check_tree_reviewers()
         trees = any(getattr(r, "tree", None) is not None for r in self.rungs)
         lossy = [getattr(r, "lossy", False) for r in self.rungs]
         self.lossless = not any(lossy)
-        if trees and not self.lossless:
+        if (trees or any(r.proposes_trees for r in self.rungs)) and not self.lossless:
             raise ValueError("token trees and deferral rules do not combine yet: use one")
         self.hand_on_raw = [any(lossy[:i]) for i in range(len(self.rungs))]
         """Per rung: whether a lossy review above it judges its outputs' raw distributions."""
@@ -74,6 +75,27 @@ class Cascade:
         self.vocab_size = self.rungs[0].vocab_size
         self._events: list[Event] = []
         self._t0 = 0.0
+
+    def _check_tree_reviewers(self) -> None:
+        """Every rung that reviews a tree-proposing drafter (its k-matrix entry > 0) can score
+        trees and is not lenient (ValueError, naming both, otherwise)."""
+        for d, drafter in enumerate(self.rungs):
+            if not drafter.proposes_trees:
+                continue
+            for r, row in enumerate(self.k[:d]):
+                reviewer = self.rungs[r]
+                if row[d - 1] <= 0:
+                    continue
+                if not hasattr(getattr(reviewer, "scorer", None), "score_tree"):
+                    raise ValueError(
+                        f"{reviewer.name} reviews {drafter.name}'s token trees, but its backend "
+                        "does not score trees"
+                    )
+                if reviewer.lenience != 1:
+                    raise ValueError(
+                        f"{reviewer.name} reviews {drafter.name}'s token trees: lenience needs "
+                        "linear drafts (set its lenience to 1)"
+                    )
 
     @property
     def deferral(self) -> list[dict | None]:

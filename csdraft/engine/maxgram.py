@@ -18,26 +18,49 @@ class MaxGram(Proposer):
     learned from any text the user provides) proposes one token and the search starts over.
     The n-gram index grows by O(max_ngram**2) dictionary updates per committed token, and a
     proposal costs O(max_ngram) lookups per run of copied tokens, whatever the context length.
+
+    With ``branches`` > 1 a draft is a token tree: the continuation above, plus up to
+    ``branches - 1`` others as siblings of its first token: the different tokens that followed
+    other earlier matches of the same suffix (most recent match per token), each with the run
+    copied after that match. The rung that reviews Max-Gram checks the whole tree in one pass
+    (staged speculation) and keeps its longest right path; siblings are deterministic proposals,
+    so greedy and sampled reviews stay exact.
     """
 
     name = "max-gram"
 
     def __init__(
-        self, max_ngram: int = 8, min_ngram: int = 1, bigram: dict[int, int] | None = None
+        self,
+        max_ngram: int = 8,
+        min_ngram: int = 1,
+        bigram: dict[int, int] | None = None,
+        branches: int = 1,
     ) -> None:
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError("Max-Gram needs 1 <= min_ngram <= max_ngram")
+        if branches < 1:
+            raise ValueError(f"Max-Gram needs branches >= 1, got {branches}")
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
         self.bigram = bigram or {}
+        self.branches = branches
         self.tokens: list[int] = []
         self.prompt_len = 0
         self._index: dict[tuple[int, ...], int] = {}
+        self._next: dict[tuple[int, ...], dict[int, int]] = {}
+        """With branches: per n-gram, up to ``branches`` tokens that followed it -> the end of
+        its most recent match followed by that token."""
+
+    @property
+    def proposes_trees(self) -> bool:
+        """Whether drafts branch (a reviewer of Max-Gram then scores trees)."""
+        return self.branches > 1
 
     def reset(self, prompt: Sequence[int]) -> None:
         """Start a new context from the prompt."""
         self.tokens = []
         self._index = {}
+        self._next = {}
         self.prompt_len = len(prompt)
         self.extend(prompt)
 
@@ -53,20 +76,49 @@ class MaxGram(Proposer):
                 continue
             for n in range(1, min(self.max_ngram, end + 1) + 1):
                 key = tuple(self.tokens[end - n + 1 : end + 1])
+                if self.branches > 1:
+                    after = self._next.setdefault(key, {})
+                    if token in after or len(after) < self.branches:
+                        after[int(token)] = end
                 if self._index.get(key, self.prompt_len) < self.prompt_len - 1:
                     continue  # a match continuing inside the prompt stays
                 self._index[key] = end
 
     def _match(self, suffix: Sequence[int]) -> int | None:
         """End position of the longest indexed n-gram equal to the end of ``suffix``."""
+        key = self._longest(suffix)
+        return None if key is None else self._index[key]
+
+    def _longest(self, suffix: Sequence[int]) -> tuple[int, ...] | None:
+        """The longest indexed n-gram equal to the end of ``suffix``."""
         for n in range(min(self.max_ngram, len(suffix)), self.min_ngram - 1, -1):
-            end = self._index.get(tuple(suffix[len(suffix) - n :]))
-            if end is not None:
-                return end
+            key = tuple(suffix[len(suffix) - n :])
+            if key in self._index:
+                return key
         return None
 
     def propose(self, context: np.ndarray, n: int, engine: Engine | None = None) -> Draft:
-        return self.draft(self.continuation(context, n))
+        main = self.continuation(context, n)
+        draft = self.draft(main)
+        if self.branches == 1 or not main:
+            return draft
+        key = self._longest([int(t) for t in context[-self.max_ngram :]])
+        others = [
+            (token, end)
+            for token, end in (self._next.get(key, {}) if key is not None else {}).items()
+            if token != main[0]
+        ]
+        if not others:
+            return draft
+        draft.parents = list(range(-1, len(main) - 1))
+        for _, end in others[: self.branches - 1]:
+            run = self.tokens[end + 1 : end + 1 + n]
+            first = len(draft)
+            draft.tokens += run
+            draft.origins += [self.index] * len(run)
+            draft.q += [None] * len(run)
+            draft.parents += [-1] + list(range(first, first + len(run) - 1))
+        return draft
 
     def continuation(self, context: np.ndarray | Sequence[int], n: int) -> list[int]:
         """Up to ``n`` tokens continuing ``context`` (whose committed part this object has seen)."""

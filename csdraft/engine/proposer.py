@@ -73,6 +73,8 @@ class Proposer:
     """'model' for rungs that run a neural network; anything else is drawn and costed as a
     cheap statistical drafter."""
     index: int = -1
+    proposes_trees: bool = False
+    """Whether its drafts may branch (token trees): the rungs reviewing it must score trees."""
 
     @property
     def neural(self) -> bool:

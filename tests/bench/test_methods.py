@@ -55,6 +55,18 @@ def test_window_methods(tiny_config):
         parse_methods("csd-window@0")
 
 
+def test_branch_methods(tiny_config):
+    assert parse_methods("csd-branch@3") == ["ar", "csd-branch@3"]
+    spec = get_ladder("tiny", tiny_config)
+    config = method("csd-branch@3").config(spec, Settings())
+    assert config["maxgram_branches"] == 3
+    assert config["k_matrix"] == [list(r) for r in spec.k_matrix]
+    with pytest.raises(UsageError, match="csd-branch@BRANCHES"):
+        parse_methods("csd-branch@x")
+    sd_only = parse_ladder("s", {"target": "x", "drafters": ["y"], "k_matrix": [[4]]})
+    assert "Max-Gram" in method("csd-branch@2").skip_reason(sd_only, Settings())
+
+
 def test_another_ladder_on_the_same_models(tiny_config):
     spec = get_ladder("tiny", tiny_config)
     s = Settings()

@@ -41,8 +41,15 @@ def results_dict(until_answer: bool = True) -> dict:
             "temperature": 0.0,
             "dataset": "gsm8k",
             "max_new_tokens": 512,
+            "sd_block": 4,
+            "pld_block": 10,
         },  # fmt: skip
-        "ladder": {"name": "tiny", "rungs": ["t", "d", "max-gram"], "dtype": "float32"},
+        "ladder": {
+            "name": "tiny",
+            "rungs": ["t", "d", "max-gram"],
+            "dtype": "float32",
+            "k_matrix": [[2, 2], [0, 2]],
+        },
         "methods": list(RUNS),
         "method_configs": configs,
         "prompts": prompts,
@@ -50,6 +57,7 @@ def results_dict(until_answer: bool = True) -> dict:
         "skipped": {},
         "mismatches": [],
         "machine": {
+            "processor": "x86_64",
             "platform": "x",
             "cpus_usable": 2,
             "torch": "t",
@@ -142,3 +150,21 @@ def test_answers_of_another_run_against_this_runs_ar():
 
     row = next(r for r in compare_rows(a, b) if r["method"] == "ar")
     assert row["answers_b_against_a_ar"]["prompts"] == 3
+
+
+def test_compare_takes_partial_files_and_shows_answers(tmp_path, capsys):
+    from csdraft.bench.run import run_compare
+
+    paths = []
+    for tag in ("a", "b"):
+        res = results_dict()
+        for i, p in enumerate(res["prompts"]):
+            p["id"] = f"q{i}"
+        del res["summary"]  # a run cut short: summaries not written yet
+        res.update(complete=False, stopped="after prompt 4 of 9")
+        path = tmp_path / f"{tag}.json"
+        path.write_text(json.dumps(res))
+        paths.append(path)
+    run_compare(*paths)
+    out = capsys.readouterr().out
+    assert "B's answers against A's ar (a.json)" in out and "100%" in out

@@ -97,6 +97,16 @@ def test_bench_compares_another_ladder(tiny_config, gsm8k_file, tmp_path):
     assert 0 < len(by_position) <= 2
 
 
+def test_bench_measures_maxgram_trees(tiny_config, gsm8k_file, tmp_path):
+    """csd-branch@3: Max-Gram's drafts branch, the output stays ar's."""
+    results = run_bench(
+        "gsm8k", data=gsm8k_file, config=tiny_config, ladder="tiny", max_new_tokens=16,
+        methods="ar,csd,csd-branch@3", out=tmp_path / "r.json", quiet=True,
+    )  # fmt: skip
+    assert results["method_configs"]["csd-branch@3"]["maxgram_branches"] == 3
+    assert results["summary"]["csd-branch@3"]["mismatches"] == 0
+
+
 def test_mismatch_reported_with_margin(tiny_config, gsm8k_file, tmp_path, monkeypatch, capsys):
     """A method that flips one token is caught, with the target's logit margin there."""
 

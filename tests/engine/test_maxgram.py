@@ -271,3 +271,57 @@ def test_commit_extends_the_index_like_extend():
     committed.release()  # nothing to free; harmless
     ctx = prompt + generated + [1, 2]
     assert committed.propose(ctx, 3, None).tokens == extended.continuation(ctx, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Branches: Max-Gram's drafts as token trees
+
+BRANCHY = [1, 2, 3, 1, 2, 4, 1, 2, 5, 9, 1, 2]
+
+
+def test_branches_add_what_followed_other_matches_as_siblings():
+    mg = MaxGram(branches=3)
+    mg.reset(BRANCHY)
+    draft = mg.propose(np.array(BRANCHY), 4)
+    # main: after the prompt's first [1, 2]; siblings of its first token: 4 and 5, which
+    # followed the other matches of [1, 2], each with the run copied after its match
+    assert draft.tokens == [3, 1, 2, 4, 4, 1, 2, 5, 5, 9, 1, 2]
+    assert draft.parents == [-1, 0, 1, 2, -1, 4, 5, 6, -1, 8, 9, 10]
+    assert draft.q == [None] * 12 and not draft.is_chain and mg.proposes_trees
+    two = MaxGram(branches=2)  # at most 2 tokens after an n-gram: 3 and 4
+    two.reset(BRANCHY)
+    assert two.propose(np.array(BRANCHY), 2).tokens == [3, 1, 4, 1]
+    one = MaxGram()
+    one.reset(BRANCHY)
+    chain = one.propose(np.array(BRANCHY), 4)
+    assert chain.is_chain and chain.tokens == [3, 1, 2, 4] and not one.proposes_trees
+
+
+def test_branches_need_alternatives():
+    mg = MaxGram(branches=3)
+    mg.reset([1, 2, 3, 1, 2])  # [1, 2] was followed by 3 only
+    assert mg.propose(np.array([1, 2, 3, 1, 2]), 3).is_chain
+    with pytest.raises(ValueError, match="branches"):
+        MaxGram(branches=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tokens=st.lists(st.integers(0, 5), min_size=2, max_size=40),
+    branches=st.integers(2, 4),
+    n=st.integers(1, 6),
+)
+def test_branch_main_path_is_the_linear_draft(tokens, branches, n):
+    """The first path of a branching draft is exactly the linear draft; every sibling of the
+    root starts with a different token, one that followed the same n-gram before."""
+    mg, linear = MaxGram(branches=branches), MaxGram()
+    mg.reset(tokens)
+    linear.reset(tokens)
+    draft, chain = mg.propose(np.array(tokens), n), linear.propose(np.array(tokens), n)
+    assert draft.tokens[: len(chain)] == chain.tokens
+    if draft.is_chain:
+        return
+    roots = [draft.tokens[i] for i, p in enumerate(draft.parents) if p == -1]
+    assert len(roots) == len(set(roots)) <= branches
+    for i, p in enumerate(draft.parents):
+        assert p < i

@@ -25,7 +25,7 @@ from engine_helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csdraft.engine import Draft, MaxGram, ModelRung, Proposer, Sampling
+from csdraft.engine import Cascade, Draft, MaxGram, ModelRung, Proposer, Sampling
 from csdraft.engine import tree as tree_module
 from csdraft.engine.proposer import Engine
 from csdraft.engine.tree import TreeSettings, greedy_tree, grow, sample_tree
@@ -107,6 +107,26 @@ class RandomTree(Proposer):
 # The review rules alone
 
 
+def test_maxgram_trees_need_reviewers_that_score_trees(zoo):
+    key = TARGETS[0]
+    model, near = target_of(zoo, key), drafter_of(zoo, key, "near")
+    with pytest.raises(ValueError, match="d0 reviews max-gram's token trees: lenience"):
+        cascade_of(model, [near, MaxGram(branches=2)], [[2, 0], [0, 3]], lenience=2.0)
+    cascade_of(model, [near, MaxGram(branches=2)], [[2, 1], [0, 0]], lenience=2.0)  # d0 does not
+
+    class ChainsOnly:
+        name = "chains"
+
+        def score(self, seq, start):
+            raise AssertionError("not reached")
+
+        def reset(self):
+            pass
+
+    with pytest.raises(ValueError, match="does not score trees"):
+        Cascade([ModelRung(ChainsOnly(), "chains"), MaxGram(branches=2)], [[3]])
+
+
 def test_greedy_tree_takes_the_longest_right_path():
     # argmax after the root: 5; after node 1 (token 5): 6; after node 3 (token 6): 7.
     logits = torch.full((6, 10), -5.0)
@@ -166,7 +186,16 @@ def test_sample_tree_first_token_follows_p(seed, vocab, sampled):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     target=st.sampled_from(TARGETS),
-    ladder=st.sampled_from(["tree", "near+tree", "near grown", "near+maxgram grown"]),
+    ladder=st.sampled_from(
+        [
+            "tree",
+            "near+tree",
+            "near grown",
+            "near+maxgram grown",
+            "maxgram trees",
+            "near+maxgram trees",
+        ]
+    ),
     seed=st.integers(0, 2**16),
     depth=st.integers(1, 5),
     budget=st.integers(1, 12),
@@ -187,6 +216,12 @@ def test_greedy_trees_give_the_targets_greedy_decoding(
     elif ladder == "near+tree":  # the drafter reviews the toy's trees, the target grows its own
         near = drafter_of(zoo, target, "near")
         cascade = cascade_of(model, [near, toy], [[depth, 0], [0, 3]], tree=grown)
+    elif ladder == "maxgram trees":  # the target reviews Max-Gram's branching drafts
+        cascade = cascade_of(model, [MaxGram(branches=top_k + 1)], [[depth]])
+    elif ladder == "near+maxgram trees":  # staged: the drafter reviews Max-Gram's trees
+        near = drafter_of(zoo, target, "near")
+        branchy = MaxGram(branches=top_k + 1)
+        cascade = cascade_of(model, [near, branchy], [[depth, 1], [0, 3]], tree=grown)
     else:
         rest = [MaxGram()] if "maxgram" in ladder else []
         k = [[depth, 1], [0, 2]] if rest else [[depth]]
@@ -231,6 +266,14 @@ LADDERS = {
     "drafter over trees, grown": dict(
         drafters=("near", "toy"), k=[[2, 0], [0, 2]], tree=TreeSettings(6, 2, 0.9)
     ),
+    # Three rungs, staged: the drafter reviews Max-Gram's branching drafts (deterministic
+    # siblings), the target reviews the drafter's kept path and Max-Gram's trees.
+    "drafter over Max-Gram trees": dict(
+        drafters=("far", "maxgram3"),
+        k=[[2, 1], [0, 2]],
+        tree=None,
+        prompt=[1, 2, 3, 4, 1, 2, 5, 6, 1, 2, 7, 1, 2],  # [1, 2] was followed by 3, 5 and 7
+    ),
     # Three rungs: drafter and Max-Gram, top-k sampling, grown at the target.
     "drafter + max-gram, grown, top-k": dict(
         drafters=("far", "maxgram"), k=[[2, 1], [0, 1]], tree=TreeSettings(6, 3, 1.0), top_k=5
@@ -245,6 +288,8 @@ def tree_cascade(models, spec, seed=0):
             drafters.append(RandomTree(12, seed=5, branch=3, max_nodes=7, sampled=0.5))
         elif name == "maxgram":
             drafters.append(MaxGram())
+        elif name == "maxgram3":
+            drafters.append(MaxGram(branches=3))
         else:
             drafters.append(models[name])
     sampling = Sampling(1.0, top_k=spec.get("top_k", 0))
@@ -257,9 +302,10 @@ def tree_cascade(models, spec, seed=0):
 @pytest.mark.parametrize("name", list(LADDERS))
 def test_tree_cascade_samples_the_target_distribution(sampling_models, name):
     cascade, sampling = tree_cascade(sampling_models, LADDERS[name])
-    results, tv = distribution_check(cascade, sampling_models["target"], sampling, 3, RUNS, PROMPT)
+    prompt = LADDERS[name].get("prompt", PROMPT)
+    results, tv = distribution_check(cascade, sampling_models["target"], sampling, 3, RUNS, prompt)
     assert passes(results), f"{name}: chi-square p-values {results}, TV(x1,x2) {tv:.3f}"
-    events = list(cascade.generate(PROMPT, 8, seed=1))
+    events = list(cascade.generate(prompt, 8, seed=1))
     assert any(isinstance(e, Review) and e.parents is not None for e in events)
 
 
