@@ -273,10 +273,16 @@ def run_report(path: Path, plot: Path | None, no_plot: bool, as_json: bool) -> d
     results = read_results(path, "--report")
     png = None if no_plot else (plot or _plot_path(Path(path)))
     check_writable(png, "--plot")
+    present(_summarised(results), png, as_json)
+    return results
+
+
+def _summarised(results: dict[str, Any]) -> dict[str, Any]:
+    """A results file's summaries recomputed from its per-prompt records (``_finish``); a
+    partial file (a run cut short) stays marked incomplete."""
     _finish(results, not results["settings"]["temperature"])
     if results.get("stopped"):  # a partial file: say so, do not pass it off as complete
         results["complete"] = False
-    present(results, png, as_json)
     return results
 
 
@@ -497,11 +503,7 @@ def run_compare(a: Path, b: Path, as_json: bool = False) -> None:
     """``csdraft bench --compare A B``: two results files side by side."""
     from csdraft.bench.report import compare_report
 
-    ra, rb = read_results(a), read_results(b)
-    for res in (ra, rb):  # a partial file (a run cut short) has no summaries yet
-        if "summary" not in res:
-            _finish(res, not res["settings"]["temperature"])
-            res["complete"] = False
+    ra, rb = _summarised(read_results(a)), _summarised(read_results(b))
     if as_json:
         from csdraft.bench.report import compare_rows
 

@@ -86,7 +86,7 @@ class Cascade:
                 reviewer = self.rungs[r]
                 if row[d - 1] <= 0:
                     continue
-                if not hasattr(getattr(reviewer, "scorer", None), "score_tree"):
+                if not hasattr(reviewer.scorer, "score_tree"):
                     raise ValueError(
                         f"{reviewer.name} reviews {drafter.name}'s token trees, but its backend "
                         "does not score trees"
