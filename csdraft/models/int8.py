@@ -7,7 +7,9 @@ exact numbers never reach the output. The int8 weights are cached on disk
 modification times), so a later start only packs them for the kernel. Each cache file records a
 sampled digest of its contents in its safetensors metadata; a file that does not match it is
 damaged: it is deleted and computed again, with a warning. A cache that cannot be written is
-skipped (the weights are quantized in memory).
+skipped (the weights are quantized in memory). Projections that read the same input (q/k/v,
+gate/up) run as one layer (``SharedInput``): one kernel call and one activation quantization
+where there were three or two, bit for bit the same outputs.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ if TYPE_CHECKING:
     from csdraft.models.resolve import _Resolved
 
 __all__ = [
+    "FUSED",
     "LONG_BLOCK",
     "SINK_RATIO",
     "Int8Layer",
     "Int8Linear",
+    "Part",
+    "SharedInput",
     "int8_weights",
     "parameter_count",
     "prepack",
@@ -154,13 +159,119 @@ def quantize_int8(
             if not fits:
                 q, s = int8_weights(linear.weight)
                 stored[f"{name}.qweight"], stored[f"{name}.scale"] = q, s
-            bias = None if linear.bias is None else linear.bias.float()
-            new = layer(stored[f"{name}.qweight"], stored[f"{name}.scale"], bias)
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+        fused = _fused_groups(model, {name for name, _ in linears})
+        for names in fused:
+            group = SharedInput(layer(*_joined(model, stored, names)), _widths(model, names))
+            parent, _, _ = names[0].rpartition(".")
+            short = "_".join(n.rpartition(".")[2].removesuffix("_proj") for n in names)
+            _replace(model, f"{parent}.{short}_proj" if parent else f"{short}_proj", group)
+            for i, name in enumerate(names):
+                _replace(model, name, group.part(i))
+        done = {name for names in fused for name in names}
+        for name, linear in linears:
+            if name not in done:
+                bias = None if linear.bias is None else linear.bias.float()
+                new = layer(stored[f"{name}.qweight"], stored[f"{name}.scale"], bias)
+                _replace(model, name, new)
     if cache is not None and not fits and linears:
         _write_cache(cache, stored)
     return model.float()
+
+
+# ---------------------------------------------------------------- projections fused per input
+
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Sibling projections that Llama-style blocks (Llama, Qwen2, Mistral, ...) apply to the same
+input: each group becomes one int8 layer, one kernel call and one activation quantization
+instead of two or three. Per-output-channel weight scales and an activation scale computed
+from the input alone make each output column what its own layer computes, bit for bit."""
+
+
+class SharedInput(torch.nn.Module):
+    """One int8 layer computing several sibling projections of the same input at once; each
+    sibling is a ``part`` that returns its columns. The first part called on an input runs the
+    layer; the others take their columns from that result (the input is recognised by
+    identity, and the result is dropped once every part has taken its own)."""
+
+    def __init__(self, layer: Int8Layer, widths: list[int]) -> None:
+        super().__init__()
+        self.layer = layer
+        self.bounds = [sum(widths[:i]) for i in range(len(widths) + 1)]
+        self._input: torch.Tensor | None = None
+        self._output: torch.Tensor | None = None
+        self._pending: set[int] = set()
+
+    def part(self, index: int) -> Part:
+        """The module standing for sibling ``index``."""
+        return Part(self, index)
+
+    def columns(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Sibling ``index``'s output for ``x``."""
+        if x is not self._input or index not in self._pending:
+            self._input, self._output = x, self.layer(x)
+            self._pending = set(range(len(self.bounds) - 1))
+        out = self._output
+        self._pending.discard(index)
+        if not self._pending:
+            self._input = self._output = None
+        assert out is not None
+        return out[..., self.bounds[index] : self.bounds[index + 1]]
+
+
+class Part(torch.nn.Module):
+    """One sibling of a ``SharedInput`` (not a module of its own parameters: the group holds
+    them, so counts of int8 layers count the fused layer once)."""
+
+    def __init__(self, group: SharedInput, index: int) -> None:
+        super().__init__()
+        self.__dict__["group"] = group  # not a submodule: the weights belong to the parent's
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.group.columns(x, self.index)
+
+    def extra_repr(self) -> str:
+        lo, hi = self.group.bounds[self.index], self.group.bounds[self.index + 1]
+        return f"columns {lo}:{hi} of a fused int8 layer"
+
+
+def _fused_groups(model: torch.nn.Module, linears: set[str]) -> list[list[str]]:
+    """The groups of ``FUSED`` siblings present as plain linear layers of one input width."""
+    groups = []
+    for parent, _ in model.named_modules():
+        for siblings in FUSED:
+            names = [f"{parent}.{s}" if parent else s for s in siblings]
+            if all(n in linears for n in names):
+                widths = {model.get_submodule(n).in_features for n in names}
+                if len(widths) == 1:
+                    groups.append(names)
+    return groups
+
+
+def _joined(
+    model: torch.nn.Module, stored: dict[str, torch.Tensor], names: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The int8 weights, scales and biases of ``names`` stacked as one layer's."""
+    biases = [model.get_submodule(n).bias for n in names]
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat(
+            [
+                torch.zeros(model.get_submodule(n).out_features) if b is None else b.float()
+                for n, b in zip(names, biases, strict=True)
+            ]
+        )
+    qweight = torch.cat([stored[f"{n}.qweight"] for n in names])
+    return qweight, torch.cat([stored[f"{n}.scale"] for n in names]), bias
+
+
+def _widths(model: torch.nn.Module, names: list[str]) -> list[int]:
+    return [model.get_submodule(n).out_features for n in names]
+
+
+def _replace(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
 
 
 # --------------------------------------------------------------------------- the int8 cache

@@ -53,10 +53,10 @@ class TransformersScorer:
     def _sync(self, seq: np.ndarray, most: int) -> int:
         """Crop the cache to what it shares with ``seq`` (at most ``most`` tokens, tree nodes
         never) and return how many tokens it keeps."""
-        from transformers import DynamicCache
+        from csdraft.models.kv_cache import growing_cache
 
         if self.cache is None:
-            self.cache = DynamicCache(config=self.model.config)
+            self.cache = growing_cache(self.model.config)
             return 0
         keep = min(common_prefix(self.tokens, seq), most)
         cached = self.cache.get_seq_length()
@@ -173,10 +173,14 @@ class TransformersModel:
         return weight_bytes(self.model)
 
     def int8_layers(self) -> int:
-        """How many linear layers run in int8."""
-        from csdraft.models.int8 import Int8Layer
+        """How many linear layers run in int8 (each projection of a fused group counted)."""
+        from csdraft.models.int8 import Int8Layer, Part, SharedInput
 
-        return sum(isinstance(m, Int8Layer) for m in self.model.modules())
+        fused = {id(m.layer) for m in self.model.modules() if isinstance(m, SharedInput)}
+        return sum(
+            isinstance(m, Part) or (isinstance(m, Int8Layer) and id(m) not in fused)
+            for m in self.model.modules()
+        )
 
     def next_logits(self, context: Sequence[int]) -> torch.Tensor:
         """float32 logits of the token after ``context`` (one forward pass, no cache)."""
@@ -319,6 +323,10 @@ def load_transformers(
             model = make_batch_invariant(quantize_int8(model, _int8_cache(res), RowInt8Linear))
         else:
             model = quantize_int8(model, _int8_cache(res))
+    if not batch_invariant:
+        from csdraft.models.attention import use_gqa_attention
+
+        model = use_gqa_attention(model)
     model.eval()
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:

@@ -18,6 +18,7 @@ from csdraft.engine import Draft, MaxGram
 from csdraft.engine.tree import TreeSettings
 from csdraft.errors import UsageError
 from csdraft.models import TransformersScorer
+from csdraft.models.attention import GQA_ATTENTION
 from csdraft.models.int8 import Int8Linear, int8_weights, quantize_int8
 from csdraft.models.invariant import ATTENTION, RowInt8Linear, make_batch_invariant
 
@@ -157,9 +158,11 @@ def test_loading_an_int8_target(tiny_dir):
     target = load_model(str(tiny_dir), "int8", progress=False, batch_invariant=True)
     assert target.batch_invariant and target.model.config._attn_implementation == ATTENTION
     layers = [m for m in target.model.modules() if isinstance(m, RowInt8Linear)]
-    assert len(layers) == target.int8_layers() > 0
+    assert len(layers) == 2 * 4 + 1  # q/k/v fused, o, gate/up fused, down; and the head
+    assert target.int8_layers() == 2 * 7 + 1  # projections, each counted
     drafter = load_model(str(tiny_dir), "int8", progress=False)
     assert not drafter.batch_invariant
+    assert drafter.model.config._attn_implementation == GQA_ATTENTION
     assert all(not isinstance(m, RowInt8Linear) for m in drafter.model.modules())
     assert any(isinstance(m, Int8Linear) for m in drafter.model.modules())
     bf16 = load_model(str(tiny_dir), "bfloat16", progress=False, batch_invariant=True)
