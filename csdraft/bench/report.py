@@ -329,8 +329,9 @@ def print_report(console: Console, results: Mapping[str, Any], files: Sequence[P
     m = results["machine"]
     console.print(
         Text(
-            f"machine: {m['platform']}, {m['cpus_usable']} usable CPUs, torch {m['torch']} "
-            f"({m['torch_threads']} threads), transformers {m['transformers']}",
+            f"machine: {cpu_line(m)}{m['platform']}, {m['cpus_usable']} usable CPUs, "
+            f"torch {m['torch']} ({m['torch_threads']} threads), "
+            f"transformers {m['transformers']}",
             style="dim",
         )
     )
@@ -461,7 +462,8 @@ def _settings_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str
             "max_new_tokens": str(s["max_new_tokens"]),
             "temperature": str(s["temperature"]),
             "blocks": f"sd {s['sd_block']}, pld {s['pld_block']}",
-            "machine": f"{m['processor']}, {m['cpus_usable']} CPUs, {m['torch_threads']} threads",
+            "machine": f"{cpu_line(m)}{m['processor']}, {m['cpus_usable']} CPUs, "
+            f"{m['torch_threads']} threads",
             "platform": m["platform"],
             "versions": f"torch {m['torch']}, transformers {m['transformers']}",
         }
@@ -514,3 +516,12 @@ def compare_report(
         fails = [c["check"] for c in res.get("speed_bar", []) if c["pass"] is False]
         if fails:
             console.print(Text(f"{tag} fails the speed bar: {'; '.join(fails)}", style="yellow"))
+
+
+def cpu_line(machine: dict[str, Any]) -> str:
+    """The processor, its vector instruction set and whether bfloat16 blocks are cheap on it,
+    as a prefix for the machine line (empty for results files from before these were kept)."""
+    if "cpu" not in machine:
+        return ""
+    bf16 = "fast bfloat16" if machine["fast_bfloat16"] else "no fast bfloat16"
+    return f"{machine['cpu']} ({machine['vector_isa']}, {bf16}), "

@@ -42,6 +42,7 @@ def machine_info() -> dict[str, Any]:
     import transformers
 
     import csdraft
+    from csdraft.models.cpu import cpu_model, fast_half, vector_isa
 
     try:
         usable = len(os.sched_getaffinity(0))
@@ -50,6 +51,9 @@ def machine_info() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "vector_isa": vector_isa(),
+        "fast_bfloat16": fast_half("bfloat16"),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,

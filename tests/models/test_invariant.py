@@ -7,6 +7,7 @@ block, are not."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,11 @@ def tokens(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, VOCAB, n).astype(np.int64)
 
 
+CPUINFO = Path("/proc/cpuinfo")
+VNNI = "avx512_vnni" in (CPUINFO.read_text() if CPUINFO.exists() else "")
+"""Whether fbgemm multiplies int8 with VNNI here (int32 products: nothing saturates)."""
+
+
 def test_row_int8_linear_rows_do_not_depend_on_their_block():
     gen = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(96, 64, generator=gen), torch.randn(96, generator=gen)
@@ -78,7 +84,11 @@ def test_row_int8_linear_rows_do_not_depend_on_their_block():
     for i in range(block.shape[1]):
         assert torch.equal(out[0, i], layer(block[:, i : i + 1])[0, 0])
     exact = block[0, 1:] @ weight.T + bias
-    assert (out[0, 1:] - exact).abs().max() < 0.05 * exact.abs().max()
+    error, scale = (out[0, 1:] - exact).abs(), exact.abs().max()
+    assert error.median() < 0.01 * scale  # outputs 10% too large give 2.1%
+    if VNNI:  # elsewhere fbgemm's int16 pair sums saturate on some outputs of these uniformly
+        # spread weights (see invariant.ROW_PEAK): 5% of them here, on an AVX2 CPU
+        assert error.max() < 0.05 * scale
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
