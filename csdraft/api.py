@@ -287,12 +287,7 @@ def _warn_slow_blocks(spec: LadderSpec, models: list[Any]) -> None:
     from csdraft.models.cpu import slow_blocks_warning
 
     specs = [spec.target, *spec.drafters]
-    message = slow_blocks_warning(
-        [
-            (s.name, getattr(m, "compute_dtype", ""), str(getattr(m, "device", "")))
-            for s, m in zip(specs, models, strict=True)
-        ]
-    )
+    message = slow_blocks_warning({s.name: m for s, m in zip(specs, models, strict=True)})
     if message:
         warn(message)
 

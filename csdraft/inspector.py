@@ -60,7 +60,7 @@ def model_facts(model: Any) -> dict[str, Any]:
     weights = getattr(model, "weight_format", None)  # llama.cpp: the GGUF's quantization
     if weights:
         dtype = f"{weights} (llama.cpp), float32 activations"
-    elif slow_blocks(dtype, str(getattr(model, "device", ""))):
+    elif slow_blocks(model):
         dtype = f"{dtype} (no fast kernels on this CPU: blocks cost ~1 pass per token)"
     return {
         "params": model.parameter_count(),

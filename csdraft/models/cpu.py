@@ -13,20 +13,35 @@ from __future__ import annotations
 import platform
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 HALF = ("bfloat16", "float16")
 
 
 @cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text (empty where there is none)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_model() -> str:
     """The processor's model name (from /proc/cpuinfo on Linux), else what platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def has_flag(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists ``flag`` (e.g. 'avx512_vnni') for this CPU."""
+    return any(
+        flag in line.split(":", 1)[1].split()
+        for line in _cpuinfo().splitlines()
+        if line.startswith("flags")
+    )
 
 
 @cache
@@ -50,17 +65,18 @@ def fast_half(dtype: str) -> bool:
     return True
 
 
-def slow_blocks(dtype: str, device: str) -> bool:
-    """Whether a model computing in ``dtype`` on ``device`` pays about one pass per token of a
-    block here (half precision on a CPU without fast kernels for it)."""
-    return device.split(":")[0] == "cpu" and dtype in HALF and not fast_half(dtype)
+def slow_blocks(model: Any) -> bool:
+    """Whether a loaded model pays about one pass per token of a block here: it computes in
+    half precision on a CPU without fast kernels for it."""
+    dtype = str(getattr(model, "compute_dtype", ""))
+    device = str(getattr(model, "device", "")).split(":")[0]
+    return device == "cpu" and dtype in HALF and not fast_half(dtype)
 
 
-def slow_blocks_warning(models: list[tuple[str, str, str]]) -> str | None:
-    """Given (name, compute dtype, device type) of a ladder's models, the one line telling a
-    user why drafting cannot pay for those whose block passes cost about one pass per token
-    here (half precision on a CPU without fast kernels for it); None when there are none."""
-    slow = [f"{name} ({dtype})" for name, dtype, device in models if slow_blocks(dtype, device)]
+def slow_blocks_warning(models: dict[str, Any]) -> str | None:
+    """Given a ladder's loaded models by rung name, the one line telling a user why drafting
+    cannot pay for those that ``slow_blocks``; None when there are none."""
+    slow = [f"{name} ({m.compute_dtype})" for name, m in models.items() if slow_blocks(m)]
     if not slow:
         return None
     return (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import yaml
 from tiny_ladder import make_tiny_ladder, own_env  # noqa: F401 - own_env: a fixture
@@ -16,16 +18,25 @@ def fast(request, monkeypatch) -> bool:
     return request.param
 
 
+def model(dtype: str, device: str) -> SimpleNamespace:
+    """What ``slow_blocks`` reads of a loaded model."""
+    return SimpleNamespace(compute_dtype=dtype, device=device)
+
+
 def test_slow_blocks_only_for_half_precision_on_a_cpu_without_kernels(fast):
     for dtype in cpu.HALF:
-        assert cpu.slow_blocks(dtype, "cpu") is not fast
-        assert not cpu.slow_blocks(dtype, "cuda:0")
-    assert not cpu.slow_blocks("float32", "cpu")  # int8 models compute the rest in float32
+        assert cpu.slow_blocks(model(dtype, "cpu")) is not fast
+        assert not cpu.slow_blocks(model(dtype, "cuda:0"))
+    assert not cpu.slow_blocks(model("float32", "cpu"))  # int8 models compute the rest in fp32
 
 
 def test_warning_names_the_slow_models(fast):
     line = cpu.slow_blocks_warning(
-        [("big", "bfloat16", "cpu"), ("small", "float32", "cpu"), ("gpu", "bfloat16", "cuda")]
+        {
+            "big": model("bfloat16", "cpu"),
+            "small": model("float32", "cpu"),
+            "gpu": model("bfloat16", "cuda"),
+        }
     )
     if fast:
         assert line is None
@@ -35,7 +46,7 @@ def test_warning_names_the_slow_models(fast):
 
 
 def test_facts_are_strings():
-    assert cpu.cpu_model() and cpu.vector_isa()
+    assert cpu.cpu_model() and cpu.vector_isa() and not cpu.has_flag("no-such-flag")
     assert isinstance(cpu.fast_half("bfloat16"), bool) and cpu.fast_half("float32")
 
 

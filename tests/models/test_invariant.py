@@ -7,7 +7,6 @@ block, are not."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from csdraft.engine.tree import TreeSettings
 from csdraft.errors import UsageError
 from csdraft.models import TransformersScorer
 from csdraft.models.attention import GQA_ATTENTION
+from csdraft.models.cpu import has_flag
 from csdraft.models.int8 import Int8Linear, int8_weights, quantize_int8
 from csdraft.models.invariant import ATTENTION, RowInt8Linear, make_batch_invariant
 
@@ -69,8 +69,7 @@ def tokens(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, VOCAB, n).astype(np.int64)
 
 
-CPUINFO = Path("/proc/cpuinfo")
-VNNI = "avx512_vnni" in (CPUINFO.read_text() if CPUINFO.exists() else "")
+VNNI = has_flag("avx512_vnni")
 """Whether fbgemm multiplies int8 with VNNI here (int32 products: nothing saturates)."""
 
 
