@@ -35,11 +35,15 @@ class TransformersScorer:
 
     ``score`` crops the cache back to the longest prefix it shares with ``seq`` (rejected drafts
     go), feeds the rest in one forward pass and computes logits only where they are asked for.
+    Llama-style models run ``lean.LeanDecoder`` (transformers' numbers without its framework).
     """
 
     def __init__(self, model: torch.nn.Module, name: str) -> None:
+        from csdraft.models.lean import LeanDecoder
+
         self.model = model
         self.name = name
+        self.lean = LeanDecoder.of(model)
         self.device = next(model.parameters()).device
         self.cache = None
         self.tokens = np.empty(0, dtype=np.int64)  # what the cache holds, as a sequence
@@ -70,15 +74,16 @@ class TransformersScorer:
     def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
         keep = self._sync(seq, start - 1)
         new = torch.from_numpy(np.ascontiguousarray(seq[keep:])).to(self.device)[None]
-        out = self.model(
-            input_ids=new,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=len(seq) - start + 1,
-        )
-        self.cache = out.past_key_values
+        wanted = len(seq) - start + 1
+        if self.lean is not None:
+            logits = self.lean(new, self.cache, wanted)
+        else:
+            out = self.model(
+                input_ids=new, past_key_values=self.cache, use_cache=True, logits_to_keep=wanted
+            )
+            self.cache, logits = out.past_key_values, out.logits
         self.tokens = seq
-        return out.logits[0].float().cpu()
+        return logits[0].float().cpu()
 
     @torch.inference_mode()
     def score_tree(self, context: np.ndarray, draft: Draft) -> torch.Tensor:
@@ -97,18 +102,19 @@ class TransformersScorer:
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
         depth = torch.tensor(draft.depth(), dtype=torch.long)
         positions = torch.cat([torch.arange(keep, len(context)), len(context) - 1 + depth])
-        out = self.model(
-            input_ids=torch.from_numpy(ids).to(self.device)[None],
-            attention_mask=mask[None, None].to(self.device),
-            position_ids=positions[None].to(self.device),
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=m + 1,
-        )
-        self.cache = out.past_key_values
+        ids_, mask_ = torch.from_numpy(ids).to(self.device)[None], mask[None, None].to(self.device)
+        positions = positions[None].to(self.device)
+        if self.lean is not None:
+            logits = self.lean(ids_, self.cache, m + 1, positions, mask_)
+        else:
+            out = self.model(
+                input_ids=ids_, attention_mask=mask_, position_ids=positions,
+                past_key_values=self.cache, use_cache=True, logits_to_keep=m + 1,
+            )  # fmt: skip
+            self.cache, logits = out.past_key_values, out.logits
         self.tokens = context
         self.tree = np.asarray(draft.tokens, dtype=np.int64)
-        return out.logits[0].float().cpu()
+        return logits[0].float().cpu()
 
     @torch.inference_mode()
     def keep_path(self, path: Sequence[int]) -> None:
