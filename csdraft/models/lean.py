@@ -46,9 +46,13 @@ def projections(modules: list[torch.nn.Module]) -> Callable[[torch.Tensor], list
     if len(groups) == 1 and all(isinstance(m, Part) for m in modules):
         group = modules[0].group
         if [m.index for m in modules] == list(range(len(group.bounds) - 1)):
-            bounds, layer = group.bounds, group.layer
-            spans = list(zip(bounds[:-1], bounds[1:], strict=True))
-            return lambda x: [out[..., lo:hi] for out in (layer(x),) for lo, hi in spans]
+            spans = list(zip(group.bounds[:-1], group.bounds[1:], strict=True))
+
+            def fused(x: torch.Tensor) -> list[torch.Tensor]:
+                out = group.layer(x)
+                return [out[..., lo:hi] for lo, hi in spans]
+
+            return fused
     return lambda x: [m(x) for m in modules]
 
 

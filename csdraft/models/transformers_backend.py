@@ -102,13 +102,13 @@ class TransformersScorer:
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
         depth = torch.tensor(draft.depth(), dtype=torch.long)
         positions = torch.cat([torch.arange(keep, len(context)), len(context) - 1 + depth])
-        ids_, mask_ = torch.from_numpy(ids).to(self.device)[None], mask[None, None].to(self.device)
+        new, mask = torch.from_numpy(ids).to(self.device)[None], mask[None, None].to(self.device)
         positions = positions[None].to(self.device)
         if self.lean is not None:
-            logits = self.lean(ids_, self.cache, m + 1, positions, mask_)
+            logits = self.lean(new, self.cache, m + 1, positions, mask)
         else:
             out = self.model(
-                input_ids=ids_, attention_mask=mask_, position_ids=positions,
+                input_ids=new, attention_mask=mask, position_ids=positions,
                 past_key_values=self.cache, use_cache=True, logits_to_keep=m + 1,
             )  # fmt: skip
             self.cache, logits = out.past_key_values, out.logits

@@ -82,8 +82,7 @@ def test_a_lean_pass_skips_the_framework():
     calls: list[str] = []
     hook = model.model.register_forward_pre_hook(lambda *_: calls.append("model"))
     lean = LeanDecoder(model)  # built directly: ``of`` refuses models with hooks
-    TransformersScorer(model, "x")  # with the hook on, the scorer takes transformers' path
-    assert TransformersScorer(model, "x").lean is None
+    assert TransformersScorer(model, "x").lean is None  # so the scorer takes transformers' path
     from csdraft.models.kv_cache import growing_cache
 
     lean(torch.tensor([[1, 2, 3]]), growing_cache(model.config), 1)
