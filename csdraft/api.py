@@ -140,15 +140,16 @@ class Ladder:
         deferral: Deferral | None = None,
         window: int | None = None,
         branches: int | None = None,
+        vocab: int | None = None,
     ) -> Proposer:
         """A fresh drafting rung for ladder index ``rung`` (1..D); ``tree``: how the drafts it
         reviews branch, ``deferral``: its review's rule, ``window``: how much of a long prompt
-        it sees (default: its model's ``window``) (neural rungs only); ``branches``: Max-Gram's
-        (default: the ladder's)."""
+        it sees, ``vocab``: its draft vocabulary (defaults: its model's ``window`` and
+        ``vocab``) (neural rungs only); ``branches``: Max-Gram's (default: the ladder's)."""
         spec = self.spec
         if rung <= len(spec.drafters):
             m = spec.drafters[rung - 1]
-            session = self.models[rung].session(m.name)
+            session = self.models[rung].session(m.name, m.vocab if vocab is None else vocab)
             return ModelRung(
                 session,
                 m.name,
@@ -174,6 +175,7 @@ class Ladder:
         deferral: Deferral | Sequence[Deferral | None] | None = None,
         window: int | None = None,
         maxgram_branches: int | None = None,
+        vocab: int | None = None,
     ) -> Cascade:
         """A cascade over this ladder, or over a sub-ladder: ``rungs`` lists the drafting rungs
         to keep (ladder indices 1..D; default all), for baselines such as bench's. ``lenience``
@@ -184,7 +186,9 @@ class Ladder:
         ladder's; any lossy rule makes the output lossy on purpose (``Cascade.lossless`` is
         then False). ``window``: every neural drafter sees only the last ``window`` prompt
         tokens (default: each drafter model's own ``window``). ``maxgram_branches``: Max-Gram's
-        drafts as token trees of that many branches (default: the ladder's ``branches``)."""
+        drafts as token trees of that many branches (default: the ladder's ``branches``).
+        ``vocab``: every neural drafter's draft vocabulary (``models.draft_vocab``; default:
+        each drafter model's own ``vocab``)."""
         spec = self.spec
         if deferral is not None:
             spec = spec.with_settings(deferral=deferral, where=f"ladder '{spec.name}'")
@@ -213,8 +217,14 @@ class Ladder:
                     i = neural.index(r)
                     drafters.append(
                         self.proposer(
-                            r, lenience[i], floors[i], trees[i + 1], spec.deferral[r], window
-                        )
+                            r,
+                            lenience[i],
+                            floors[i],
+                            trees[i + 1],
+                            spec.deferral[r],
+                            window,
+                            vocab=vocab,
+                        )  # fmt: skip
                     )
                 else:
                     drafters.append(self.proposer(r, 1.0, 0.0, branches=maxgram_branches))

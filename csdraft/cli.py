@@ -222,7 +222,9 @@ def bench(
             "sd, pld, csd-vertical, csd-horizontal, csd, csd-tree, hf-generate, hf-assisted, "
             "hf-lookup, llama.cpp (llama-cpp-python's plain decoding of the target's GGUF; the "
             "llamacpp extra), csd@LADDER, csd-tree@BUDGET/TOP_K/MIN_PROB, csd-window@TOKENS, "
-            "csd-branch@BRANCHES (Max-Gram proposing token trees); and lossy on purpose, "
+            "csd-branch@BRANCHES (Max-Gram proposing token trees), csd-vocab@IDS (drafters' "
+            "heads cut to a draft vocabulary of IDS ids; csd-vocab@all: whole heads); and lossy "
+            "on purpose, "
             "METHOD+RULE@ALPHA (e.g. "
             "csd+opt@0.1, sd+chow@0.2; csd+opt@0.1,0.2 for one alpha per reviewer; rules as in "
             "`generate --help`)."
@@ -292,6 +294,8 @@ def bench(
     full ladder with the k-matrix's diagonal, first row, or all. **csd-tree**:
     the ladder with token trees (default settings) at the target's review.
     **csd-branch@N**: the ladder with Max-Gram proposing trees of N branches.
+    **csd-vocab@N**: the ladder with its drafters' heads cut to N ids (all:
+    whole heads).
     **csd@LADDER**: the same models with another ladder's k-matrix, lenience
     and min_confidence. **hf-generate**, **hf-assisted**, **hf-lookup**:
     transformers' own greedy, assisted and prompt-lookup generate on the same

@@ -75,6 +75,14 @@ def model_facts(model: Any) -> dict[str, Any]:
     }
 
 
+def _drafter_view(drafter: Any) -> str:
+    """What of the prompt and the vocabulary a drafter sees, when it is not all of them."""
+    parts = [f"sees the prompt's last {drafter.window:,} tokens"] if drafter.window else []
+    if drafter.vocab:
+        parts.append(f"drafts from the lowest {drafter.vocab:,} ids and the special tokens")
+    return "".join(f", {p}" for p in parts)
+
+
 def models_table(loaded: Any) -> Table:
     """One row per rung: role, source (the model reference resolved), cache path, size, dtype,
     device, memory, tokenizer fingerprint (and whether it equals the target's)."""
@@ -95,7 +103,7 @@ def models_table(loaded: Any) -> Table:
         same = "target" if i == 0 else ("✓ same" if fp == target_print else "✗ DIFFERENT")
         table.add_row(
             names[i],
-            "target" if i == 0 else f"drafter {i}",
+            "target" if i == 0 else f"drafter {i}" + _drafter_view(spec.drafters[i - 1]),
             m.source,
             str(m.path) if m.path else "Hugging Face cache",
             _human_count(facts["params"]),

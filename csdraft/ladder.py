@@ -41,6 +41,10 @@ class ModelSpec:
     window: int | None = None
     """A drafter's view of a long prompt: only its last ``window`` tokens (and every token
     after the prompt). A cheaper pass over the prompt; drafts may change, output never."""
+    vocab: int | None = None
+    """A drafter's draft vocabulary: its output head cut to the ``vocab`` lowest token ids and
+    the special tokens (``models.draft_vocab``). A cheaper pass; drafts may change, output
+    never. None: the whole head."""
 
 
 @dataclass(frozen=True)
@@ -230,24 +234,26 @@ def _model(
         value = {"model": value}
     if not isinstance(value, dict) or not isinstance(value.get("model"), str):
         raise UsageError(f"{where}: expected a model reference or {{model: REF, name: NAME}}")
-    unknown = set(value) - {"model", "name", "dtype", "device", "backend", "window"}
+    unknown = set(value) - {"model", "name", "dtype", "device", "backend", "window", "vocab"}
     if unknown:
         raise UsageError(
             f"{where}: unknown keys {sorted(unknown)} (allowed: model, name, dtype, device, "
-            "backend, window)"
+            "backend, window, vocab)"
         )
-    window = value.get("window")
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
-        raise UsageError(f"{where}: window: expected a whole number of tokens, got {window!r}")
-    if window is not None and window < 1:
-        raise UsageError(f"{where}: window: expected at least 1 token, got {window}")
+    for key, what in (("window", "tokens"), ("vocab", "token ids")):
+        n = value.get(key)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+            raise UsageError(f"{where}: {key}: expected a whole number of {what}, got {n!r}")
+        if n is not None and n < 1:
+            raise UsageError(f"{where}: {key}: expected at least 1, got {n}")
     spec = ModelSpec(
         ref=value["model"],
         name=str(value.get("name") or Path(value["model"]).name),
         dtype=str(value.get("dtype", dtype)),
         device=str(value.get("device", device)),
         backend=str(value.get("backend", backend)),
-        window=window,
+        window=value.get("window"),
+        vocab=value.get("vocab"),
     )
     if spec.backend not in BACKENDS:
         raise UsageError(
@@ -273,6 +279,8 @@ def _llamacpp_model(spec: ModelSpec, value: dict, where: str) -> ModelSpec:
         raise UsageError(
             f"{where}: backend llama.cpp runs on the CPU here; got device {spec.device!r}"
         )
+    if spec.vocab is not None:
+        raise UsageError(f"{where}: vocab: a draft vocabulary needs the transformers backend")
     from csdraft.models.packs import has_gguf
 
     if not has_gguf(spec.ref):
@@ -313,6 +321,11 @@ def parse_ladder(name: str, raw: Any) -> LadderSpec:
         raise UsageError(
             f"{_where(name, 'target')}: window: only drafters may see part of the prompt; "
             "the target sees all of it"
+        )
+    if target.vocab is not None:
+        raise UsageError(
+            f"{_where(name, 'target')}: vocab: only drafters may have a draft vocabulary; "
+            "the target's output head decides the output and is never cut"
         )
     drafters_raw = raw.get("drafters") or []
     if not isinstance(drafters_raw, list):
@@ -515,7 +528,8 @@ def ladder_to_yaml(spec: LadderSpec) -> dict:
         if m.backend == "llama.cpp":
             del out["dtype"]
         out |= {"backend": m.backend} if m.backend != "transformers" else {}
-        return out | ({"window": m.window} if m.window is not None else {})
+        out |= {"window": m.window} if m.window is not None else {}
+        return out | ({"vocab": m.vocab} if m.vocab is not None else {})
 
     out: dict[str, Any] = {"description": spec.description} if spec.description else {}
     out["target"] = model(spec.target)

@@ -76,6 +76,15 @@ def test_drafter_window_round_trips():
     assert again == spec
 
 
+def test_drafter_vocab_round_trips():
+    drafters = [{"model": "org/mid", "name": "mid", "vocab": 65536}, "org/small"]
+    spec = parse_config(config(drafters=drafters), SOURCE)["tiny"]
+    assert spec.drafters[0].vocab == 65536 and spec.drafters[1].vocab is None
+    assert spec.target.vocab is None
+    again = parse_ladder("tiny", yaml.safe_load(yaml.safe_dump(ladder_to_yaml(spec))))
+    assert again == spec
+
+
 def test_tree_settings():
     spec = parse_config(config(), SOURCE)["tiny"]
     assert spec.tree == (None, None, None)  # absent: linear drafts everywhere
@@ -125,6 +134,9 @@ def test_a_config_that_is_no_mapping():
         (dict(target={"model": "org/big", "window": 64}), "target: window", "the target sees"),
         (dict(drafters=[{"model": "org/mid", "window": 0}]), "drafters[0]: window", "at least 1"),
         (dict(drafters=[{"model": "org/mid", "window": "x"}]), "drafters[0]: window", "'x'"),
+        (dict(target={"model": "org/big", "vocab": 64}), "target: vocab", "never cut"),
+        (dict(drafters=[{"model": "org/mid", "vocab": 0}]), "drafters[0]: vocab", "at least 1"),
+        (dict(drafters=[{"model": "org/mid", "vocab": 1.5}]), "drafters[0]: vocab", "1.5"),
         (dict(drafters=[{"model": "org/m", "name": "max-gram"}]), "not 'max-gram'", "max-gram"),
         # Max-Gram.
         (dict(maxgram={"max_ngram": 2, "min_ngram": 3}), "maxgram", "min_ngram <= max_ngram"),

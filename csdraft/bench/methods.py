@@ -76,6 +76,8 @@ class EngineConfig:
     """Prompt tokens every neural drafter sees (None: as the ladder's models say)."""
     maxgram_branches: int | None = None
     """Max-Gram's drafts as token trees of that many branches (None: the ladder's)."""
+    vocab: int | None = None
+    """Every neural drafter's draft vocabulary (None: as the ladder's models say)."""
 
 
 # ------------------------------------------------------------------------------ methods
@@ -115,6 +117,8 @@ class EngineMethod:
             out["window"] = plan.window
         if plan.maxgram_branches is not None:
             out["maxgram_branches"] = plan.maxgram_branches
+        if plan.vocab is not None:
+            out["vocab"] = plan.vocab
         out["lossless"] = self.lossless
         if plan.deferral is not None:
             reviewers = [names[0], *(d.name for d in spec.drafters)]
@@ -140,6 +144,7 @@ class EngineMethod:
             deferral=plan.deferral or [None] * (len(ladder.spec.drafters) + 1),
             window=plan.window,
             maxgram_branches=plan.maxgram_branches,
+            vocab=plan.vocab,
         )
         tok = ladder.tokenizer
         stop = (lambda: AnswerStop(tok)) if settings.until_answer else None
@@ -258,6 +263,27 @@ def window_method(name: str) -> EngineMethod:
     )
 
 
+def vocab_method(name: str) -> EngineMethod:
+    """``csd-vocab@N``: the ladder with each neural drafter's head cut to a draft vocabulary of
+    N ids (``models.draft_vocab``; ``csd-vocab@all``: the whole head); output unchanged."""
+    from csdraft.errors import UsageError
+    from csdraft.models.draft_vocab import WHOLE
+
+    text = name.removeprefix("csd-vocab@")
+    if text != "all" and (not text.isdigit() or int(text) < 1):
+        raise UsageError(f"--methods {name}: expected csd-vocab@IDS (IDS >= 1) or csd-vocab@all")
+    size = WHOLE if text == "all" else int(text)
+    plan = _csd_with("a draft vocabulary cuts a neural drafter's head", vocab=size)
+
+    def configure(spec: LadderSpec, s: Settings) -> EngineConfig | str:
+        if any(d.backend != "transformers" for d in spec.drafters):
+            return "a draft vocabulary needs drafters on the transformers backend"
+        return plan(spec, s)
+
+    what = "their whole heads" if text == "all" else f"draft vocabularies of {size} ids"
+    return EngineMethod(name, f"the ladder, its drafters with {what}", configure)
+
+
 def branch_method(name: str) -> EngineMethod:
     """``csd-branch@N``: the ladder with Max-Gram's drafts as token trees of N branches (its
     reviewers check each tree in one pass; output unchanged)."""
@@ -299,8 +325,8 @@ def tree_method(name: str) -> EngineMethod:
 
 def parametrised(name: str) -> EngineMethod | None:
     """The method a parametrised name makes (``METHOD+RULE@ALPHA``, ``csd-tree@...``,
-    ``csd-window@N``, ``csd-branch@N``; a one-line UsageError when malformed), or None for any
-    other name."""
+    ``csd-window@N``, ``csd-branch@N``, ``csd-vocab@N``; a one-line UsageError when
+    malformed), or None for any other name."""
     if "+" in name:
         return lossy_method(name)
     if name.startswith("csd-tree@"):
@@ -309,6 +335,8 @@ def parametrised(name: str) -> EngineMethod | None:
         return window_method(name)
     if name.startswith("csd-branch@"):
         return branch_method(name)
+    if name.startswith("csd-vocab@"):
+        return vocab_method(name)
     return None
 
 
@@ -672,7 +700,8 @@ def parse_methods(text: str | None) -> list[str]:
         raise UsageError(
             f"--methods: unknown {', '.join(unknown) or 'empty list'}; "
             f"choose from {', '.join(METHODS)}, or csd@LADDER, csd-tree@BUDGET/TOP_K/MIN_PROB, "
-            "csd-window@TOKENS, csd-branch@BRANCHES, or METHOD+RULE@ALPHA (lossy)"
+            "csd-window@TOKENS, csd-branch@BRANCHES, csd-vocab@IDS, or METHOD+RULE@ALPHA "
+            "(lossy)"
         )
     names = list(dict.fromkeys(names))
     return names if "ar" in names else ["ar", *names]

@@ -43,6 +43,7 @@ __all__ = [
     "parameter_count",
     "prepack",
     "quantize_int8",
+    "unpack",
     "weight_bytes",
 ]
 
@@ -72,6 +73,14 @@ def prepack(qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | Non
         warnings.simplefilter("ignore")  # torch deprecates quantized tensors (kept to 2.14)
         weight = torch._make_per_channel_quantized_tensor(qweight, scale.double(), zero, 0)
         return torch.ops.quantized.linear_prepack(weight, bias)
+
+
+def unpack(layer: Int8Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The int8 weight, float32 scales and bias an ``Int8Linear`` was packed from."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates quantized tensors (kept to 2.14)
+        weight, bias = torch.ops.quantized.linear_unpack(layer.packed)
+        return weight.int_repr(), weight.q_per_channel_scales().float(), bias
 
 
 class Int8Linear(Int8Layer):

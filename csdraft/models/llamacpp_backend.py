@@ -366,8 +366,11 @@ class LlamaCppModel:
     _vocab: int = 0
     _eos: tuple[int, ...] = ()
 
-    def session(self, name: str) -> LlamaCppScorer:
-        """A fresh scorer over this model (its context is taken at its first ``score``)."""
+    def session(self, name: str, vocab: int | None = None) -> LlamaCppScorer:
+        """A fresh scorer over this model (its context is taken at its first ``score``).
+        A draft vocabulary (``vocab``) needs the transformers backend."""
+        if vocab is not None:
+            raise UsageError(f"{name}: a draft vocabulary (vocab) needs the transformers backend")
         return LlamaCppScorer(self, name)
 
     def _take(self) -> _Context:

@@ -5,7 +5,8 @@ llama.cpp for GGUF files) and the transformers loaders kept under their old name
 A backend is a function ``(spec, progress, share_tokenizer, batch_invariant) -> loaded
 model`` (``batch_invariant``: load a target so that its block passes compute what its one-token
 passes compute, where the backend can; it says so in the model's ``batch_invariant``); the loaded
-model offers ``session(name)`` (a scorer the engine can drive), ``next_logits``, ``eos_ids``,
+model offers ``session(name, vocab=None)`` (a scorer the engine can drive; ``vocab``: a
+drafter's draft vocabulary, refused by backends without one), ``next_logits``, ``eos_ids``,
 ``context_length``, ``vocab_size`` and the size facts ``inspect`` shows. Each backend imports
 its heavy dependencies only when it loads something.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,12 +38,16 @@ class TransformersScorer:
     Llama-style models run ``lean.LeanDecoder`` (transformers' numbers without its framework).
     """
 
-    def __init__(self, model: torch.nn.Module, name: str) -> None:
+    def __init__(
+        self, model: torch.nn.Module, name: str, head: torch.nn.Module | None = None
+    ) -> None:
         from csdraft.models.lean import LeanDecoder
 
         self.model = model
         self.name = name
-        self.lean = LeanDecoder.of(model)
+        self.head = head
+        """An output head in place of the model's (a draft vocabulary's), or None."""
+        self.lean = LeanDecoder.of(model, head)
         self.device = next(model.parameters()).device
         self.cache = None
         self.tokens = np.empty(0, dtype=np.int64)  # what the cache holds, as a sequence
@@ -74,15 +78,33 @@ class TransformersScorer:
     def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
         keep = self._sync(seq, start - 1)
         new = torch.from_numpy(np.ascontiguousarray(seq[keep:])).to(self.device)[None]
-        wanted = len(seq) - start + 1
+        logits = self._forward(new, len(seq) - start + 1)
+        self.tokens = seq
+        return logits
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        keep: int,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Feed ``ids`` [1, n] into the cache (the lean path where the model has one) and return
+        the logits of the last ``keep`` positions, float32 on the CPU."""
         if self.lean is not None:
-            logits = self.lean(new, self.cache, wanted)
+            logits = self.lean(ids, self.cache, keep, positions, mask)
+        elif self.head is not None:
+            out = self.model.base_model(
+                input_ids=ids, attention_mask=mask, position_ids=positions,
+                past_key_values=self.cache, use_cache=True,
+            )  # fmt: skip
+            self.cache, logits = out.past_key_values, self.head(out.last_hidden_state[:, -keep:])
         else:
             out = self.model(
-                input_ids=new, past_key_values=self.cache, use_cache=True, logits_to_keep=wanted
-            )
+                input_ids=ids, attention_mask=mask, position_ids=positions,
+                past_key_values=self.cache, use_cache=True, logits_to_keep=keep,
+            )  # fmt: skip
             self.cache, logits = out.past_key_values, out.logits
-        self.tokens = seq
         return logits[0].float().cpu()
 
     @torch.inference_mode()
@@ -102,19 +124,13 @@ class TransformersScorer:
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
         depth = torch.tensor(draft.depth(), dtype=torch.long)
         positions = torch.cat([torch.arange(keep, len(context)), len(context) - 1 + depth])
-        new, mask = torch.from_numpy(ids).to(self.device)[None], mask[None, None].to(self.device)
-        positions = positions[None].to(self.device)
-        if self.lean is not None:
-            logits = self.lean(new, self.cache, m + 1, positions, mask)
-        else:
-            out = self.model(
-                input_ids=new, attention_mask=mask, position_ids=positions,
-                past_key_values=self.cache, use_cache=True, logits_to_keep=m + 1,
-            )  # fmt: skip
-            self.cache, logits = out.past_key_values, out.logits
+        logits = self._forward(
+            torch.from_numpy(ids).to(self.device)[None], m + 1,
+            positions[None].to(self.device), mask[None, None].to(self.device),
+        )  # fmt: skip
         self.tokens = context
         self.tree = np.asarray(draft.tokens, dtype=np.int64)
-        return logits[0].float().cpu()
+        return logits
 
     @torch.inference_mode()
     def keep_path(self, path: Sequence[int]) -> None:
@@ -162,9 +178,29 @@ class TransformersModel:
     """Whether a block pass computes, row for row, bit for bit what one-token passes compute
     (int8 loaded ``batch_invariant``): then outputs equal the target's own exactly."""
 
-    def session(self, name: str) -> TransformersScorer:
-        """A fresh KV-cached scorer over this model (its own cache)."""
-        return TransformersScorer(self.model, name)
+    heads: dict[int, torch.nn.Module] = field(default_factory=dict, repr=False)
+    """Draft-vocabulary heads built so far, by size (``draft_vocab``)."""
+
+    def session(self, name: str, vocab: int | None = None) -> TransformersScorer:
+        """A fresh KV-cached scorer over this model (its own cache); ``vocab``: a drafter's
+        draft vocabulary, its head cut to that many ids (``draft_vocab``; None: the whole)."""
+        return TransformersScorer(self.model, name, self.draft_head(vocab))
+
+    def draft_head(self, vocab: int | None) -> torch.nn.Module | None:
+        """The output head of a ``vocab``-id draft vocabulary (built once per size), or None
+        where it keeps the whole head."""
+        from csdraft.models.draft_vocab import cut_head, kept_ids
+
+        if vocab is None:
+            return None
+        if vocab not in self.heads:
+            head = self.model.get_output_embeddings()
+            keep = kept_ids(self.tokenizer, vocab, head.out_features)
+            try:
+                self.heads[vocab] = cut_head(head, keep) if len(keep) < head.out_features else None
+            except TypeError as e:
+                raise UsageError(f"{self.ref}: {e}") from None
+        return self.heads[vocab]
 
     def parameter_count(self) -> int:
         """Parameters, int8 layers' weights included."""

@@ -114,11 +114,13 @@ def teacher_force(
     ref: Sequence[int],
     k: int = K_TOP,
     block: int = TEACHER_BLOCK,
+    vocab: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A loaded model's top-k next tokens [T + 1, k], their probabilities, and the gap between
     its two best logits, at every continuation position: fed as the engine feeds it (a
-    ``model.session``), the prompt in one pass, then the continuation ``block`` tokens a pass."""
-    session = model.session("teacher")
+    ``model.session``, with its draft vocabulary ``vocab``), the prompt in one pass, then the
+    continuation ``block`` tokens a pass."""
+    session = model.session("teacher", vocab)
     seq = np.asarray([*prompt, *ref], dtype=np.int64)
     n = len(prompt)
     parts = [session.score(seq[:n], n)]
@@ -194,9 +196,10 @@ def calibrate(
         )
         step()
     step = task("teacher forcing (each rung along each reference)", len(models) * len(records))
-    for model in models:
+    vocabs = [None, *(d.vocab for d in spec.drafters)]  # each drafter's head as it drafts
+    for model, vocab in zip(models, vocabs, strict=True):
         for rec in records:
-            ids, probs, margin = teacher_force(model, rec.prompt, rec.ref)
+            ids, probs, margin = teacher_force(model, rec.prompt, rec.ref, vocab=vocab)
             rec.top_ids.append(ids)
             rec.top_p.append(probs)
             if rec.margin is None:
@@ -216,8 +219,8 @@ def calibrate(
     context = probe.prompt if probe else [0] * 8
     cont = probe.ref if probe else []
     costs = []
-    for model in models:
-        costs.append(measure_cost(model, context, cont, lengths, repeats))
+    for model, vocab in zip(models, vocabs, strict=True):
+        costs.append(measure_cost(model, context, cont, lengths, repeats, vocab=vocab))
         step()
     tree_cost = None
     if hasattr(models[0].session("probe"), "score_tree"):

@@ -87,14 +87,15 @@ def measure_cost(
     repeats: int = 3,
     prefill: bool = True,
     tree: bool = False,
+    vocab: int | None = None,
 ) -> CostCurve:
     """Time a loaded model's forward pass over 1..n new tokens after ``context``, exactly as the
     engine calls it (a ``model.session``: cache cropped back to the context, the block fed in
     one pass), median of ``repeats`` after a warm-up, made non-decreasing (``monotone``); with
     ``prefill``, the first pass over the whole context too (a generation's first review). With
     ``tree``, the n - 1 proposals form a token tree (``comb``) scored by ``score_tree``: the
-    target's cost by node count, mask included."""
-    session = model.session("cost")
+    target's cost by node count, mask included. ``vocab``: a drafter's draft vocabulary."""
+    session = model.session("cost", vocab)
     ctx = np.asarray(context, dtype=np.int64)
     pad = [int(t) for t in continuation] or [int(t) for t in context]
     while len(pad) < max(lengths):

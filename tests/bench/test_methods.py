@@ -55,6 +55,16 @@ def test_window_methods(tiny_config):
         parse_methods("csd-window@0")
 
 
+def test_vocab_methods(tiny_config):
+    assert parse_methods("csd-vocab@64,csd-vocab@all") == ["ar", "csd-vocab@64", "csd-vocab@all"]
+    spec = get_ladder("tiny", tiny_config)
+    assert method("csd-vocab@64").config(spec, Settings())["vocab"] == 64
+    assert method("csd-vocab@all").config(spec, Settings())["vocab"] == 2**31 - 1
+    for bad in ("csd-vocab@0", "csd-vocab@x", "csd-vocab@"):
+        with pytest.raises(UsageError, match="csd-vocab@IDS"):
+            parse_methods(bad)
+
+
 def test_branch_methods(tiny_config):
     assert parse_methods("csd-branch@3") == ["ar", "csd-branch@3"]
     spec = get_ladder("tiny", tiny_config)

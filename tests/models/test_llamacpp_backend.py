@@ -218,6 +218,7 @@ def test_yaml_backend_llamacpp_validation():
         "{target: {model: x.gguf, backend: llama.cpp, device: cuda}}": "runs on the CPU",
         "{target: {model: some/hub-id, backend: llama.cpp}}": "runs GGUF files",
         "{target: {model: x.gguf, backend: llama.cpp}, tree: {budget: 8}}": "token trees",
+        "{target: y, drafters: [{model: x.gguf, backend: llama.cpp, vocab: 64}]}": "vocab: a draft",
     }
     for body, words in bad.items():
         with pytest.raises(UsageError, match=words):

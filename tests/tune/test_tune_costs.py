@@ -42,7 +42,7 @@ class _Model:
         self.log: list = []
         self.sessions: list[str] = []
 
-    def session(self, name: str) -> _Session:
+    def session(self, name: str, vocab: int | None = None) -> _Session:
         self.sessions.append(name)
         return _Session(self.log)
 
@@ -69,7 +69,7 @@ def test_measure_cost_of_trees_scores_combs_by_node_count():
     assert tree.parents == [-1, -1, 0, 0, 2] and tree.depth() == [1, 1, 2, 2, 3]
 
     class Tiny:
-        def session(self, name: str) -> TransformersScorer:
+        def session(self, name: str, vocab: int | None = None) -> TransformersScorer:
             return TransformersScorer(build_model("llama", 16), name)
 
     curve = tune.measure_cost(Tiny(), list(range(12)), [1, 2], lengths=(1, 3, 5), repeats=1)
