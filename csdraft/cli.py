@@ -226,8 +226,8 @@ def bench(
             "heads cut to a draft vocabulary of IDS ids; csd-vocab@all: whole heads); and lossy "
             "on purpose, "
             "METHOD+RULE@ALPHA (e.g. "
-            "csd+opt@0.1, sd+chow@0.2; csd+opt@0.1,0.2 for one alpha per reviewer; rules as in "
-            "`generate --help`)."
+            "csd+opt@0.1, sd+chow@0.2, csd@LADDER+diff@0; csd+opt@0.1,0.2 for one alpha per "
+            "reviewer; rules as in `generate --help`)."
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here.")] = None,
@@ -296,10 +296,12 @@ def bench(
     **csd-branch@N**: the ladder with Max-Gram proposing trees of N branches.
     **csd-vocab@N**: the ladder with its drafters' heads cut to N ids (all:
     whole heads).
-    **csd@LADDER**: the same models with another ladder's k-matrix, lenience
-    and min_confidence. **hf-generate**, **hf-assisted**, **hf-lookup**:
-    transformers' own greedy, assisted and prompt-lookup generate on the same
-    loaded models.
+    **csd@LADDER**: the same models with another ladder's k-matrix, lenience,
+    min_confidence and deferral rules (LOSSY when it has any).
+    **METHOD+RULE@ALPHA**: an engine method (csd, sd, csd@LADDER, ...) with
+    that deferral rule at its reviews: LOSSY on purpose. **hf-generate**,
+    **hf-assisted**, **hf-lookup**: transformers' own greedy, assisted and
+    prompt-lookup generate on the same loaded models.
 
     **spec-bench**: Spec-Bench's question file (--data, $CSDRAFT_DATA, a
     shared/datasets/spec_bench/question.jsonl, or the hub); each question's

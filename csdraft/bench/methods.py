@@ -164,6 +164,8 @@ class LossyMethod(EngineMethod):
                 return plan
             if len(alphas) > len(spec.drafters) + 1:
                 return f"{len(alphas)} alphas for {len(spec.drafters) + 1} reviewers"
+            if plan.tree is not None:
+                return "token trees and deferral rules do not combine yet"
             rules = [Deferral(rule, a) for a in alphas]
             return replace(plan, deferral=rules + [None] * (len(spec.drafters) + 1 - len(rules)))
 
@@ -171,13 +173,19 @@ class LossyMethod(EngineMethod):
         super().__init__(name, f"{base.description}; LOSSY: {rule} alpha={alpha}", configure)
 
 
-def lossy_method(name: str) -> LossyMethod:
-    """``BASE+RULE@ALPHA[,ALPHA...]`` as a method, or a one-line UsageError."""
+def lossy_method(name: str, config: Path | None = None) -> LossyMethod:
+    """``BASE+RULE@ALPHA[,ALPHA...]`` as a method, or a one-line UsageError. BASE is an engine
+    method: one of ``METHODS``, a parametrised one (``csd-vocab@N``) or ``csd@LADDER``, so a
+    rule can be measured over another ladder's k-matrix and min_confidence in the same run."""
     from csdraft.errors import UsageError
 
     base_name, _, rest = name.partition("+")
     rule, _, alpha_text = rest.partition("@")
-    base = METHODS.get(base_name)
+    base: Any = METHODS.get(base_name)
+    if base is None and base_name.startswith("csd@"):
+        base = method(base_name, config)
+    elif base is None and base_name:
+        base = parametrised(base_name, config)
     if not isinstance(base, EngineMethod):
         raise UsageError(
             f"--methods: {name}: a lossy method needs an engine method before '+' "
@@ -323,12 +331,12 @@ def tree_method(name: str) -> EngineMethod:
     return EngineMethod(name, f"the ladder with {tree.explain()}", _tree(tree))
 
 
-def parametrised(name: str) -> EngineMethod | None:
+def parametrised(name: str, config: Path | None = None) -> EngineMethod | None:
     """The method a parametrised name makes (``METHOD+RULE@ALPHA``, ``csd-tree@...``,
     ``csd-window@N``, ``csd-branch@N``, ``csd-vocab@N``; a one-line UsageError when
     malformed), or None for any other name."""
     if "+" in name:
-        return lossy_method(name)
+        return lossy_method(name, config)
     if name.startswith("csd-tree@"):
         return tree_method(name)
     if name.startswith("csd-window@"):
@@ -363,12 +371,18 @@ def _ladder(other: LadderSpec) -> Callable[[LadderSpec, Settings], EngineConfig 
             return f"ladder '{other.name}' has other Max-Gram settings than '{spec.name}'"
         if other.maxgram is not None:
             drafters.append(spec.drafting_rungs)
+        deferral = None
+        if not other.lossless:  # other's reviewers (target, its drafters) onto the loaded ones
+            deferral = [other.deferral[0]] + [None] * len(spec.drafters)
+            for j, i in enumerate(drafters[: len(other.drafters)], 1):
+                deferral[i] = other.deferral[j]
         return EngineConfig(
             drafters,
             [list(r) for r in other.k_matrix],
             list(other.lenience),
             list(other.min_confidence),
             tree=list(other.tree) if any(t is not None for t in other.tree) else None,
+            deferral=deferral,
         )
 
     return configure
@@ -379,12 +393,19 @@ def method(name: str, config: Path | None = None) -> EngineMethod | HFMethod | L
     the config run on the loaded ladder's models, to compare settings in one run)."""
     if name in METHODS:
         return METHODS[name]
-    if (made := parametrised(name)) is not None:
+    if (made := parametrised(name, config)) is not None:
         return made
     from csdraft.ladder import get_ladder
 
     other = get_ladder(name.removeprefix("csd@"), config)
-    return EngineMethod(name, f"ladder '{other.name}' on the same models", _ladder(other))
+    if other.lossless:
+        return EngineMethod(name, f"ladder '{other.name}' on the same models", _ladder(other))
+    rules = "; ".join(f"{d}" for d in other.deferral if d is not None and not d.lossless)
+    made = EngineMethod(
+        name, f"ladder '{other.name}' on the same models; LOSSY: {rules}", _ladder(other)
+    )
+    made.lossless = False
+    return made
 
 
 @contextlib.contextmanager
@@ -675,7 +696,7 @@ METHODS: dict[str, EngineMethod | HFMethod | LlamaCppMethod] = {
 }
 
 
-def parse_methods(text: str | None) -> list[str]:
+def parse_methods(text: str | None, config: Path | None = None) -> list[str]:
     """'sd,csd' -> ['ar', 'sd', 'csd']: names checked against ``METHODS`` (or of the form
     ``csd@LADDER`` or ``METHOD+RULE@ALPHA[,ALPHA...]``: a bare number after a lossy method is
     its next alpha), duplicates dropped, and ``ar`` added when missing, since every speedup
@@ -694,7 +715,7 @@ def parse_methods(text: str | None) -> list[str]:
     unknown = [
         n
         for n in names
-        if n not in METHODS and parametrised(n) is None and not n.startswith("csd@")
+        if n not in METHODS and parametrised(n, config) is None and not n.startswith("csd@")
     ]
     if unknown or not names:
         raise UsageError(

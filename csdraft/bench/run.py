@@ -132,7 +132,9 @@ def run_bench(
     png = None if no_plot else (plot or _plot_path(out))
     check_writable(out, "--out")
     check_writable(png, "--plot")
-    names = parse_methods(methods if not isinstance(methods, list | tuple) else ",".join(methods))
+    names = parse_methods(
+        methods if not isinstance(methods, list | tuple) else ",".join(methods), config
+    )
     if until_answer is not None:
         if until_answer < 1:
             raise UsageError(f"--until-answer must be >= 1, got {until_answer}")

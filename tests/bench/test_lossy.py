@@ -63,3 +63,44 @@ def test_wilson_interval_and_answer_agreement():
     ]
     assert answer_agreement(prompts, "m") == pytest.approx(2 / 3)
     assert answer_agreement(prompts, "nope") is None
+
+
+def test_lossy_rule_over_another_ladder_and_a_lossy_ladder(tiny_config, gsm8k_file, tmp_path):
+    slow = get_ladder("tiny-slow", tiny_config)
+    config = tmp_path / "cascades.yaml"
+    config.write_text(
+        tiny_config.read_text()
+        + f"""
+tiny-lossy:
+  target: {{model: {slow.target.ref}, name: tiny-t}}
+  drafters:
+    - {{model: {slow.drafters[0].ref}, name: d}}
+  maxgram: {{max_ngram: 4, min_ngram: 1}}
+  k_matrix: [[2, 0], [0, 2]]
+  dtype: float32
+  deferral: {{rule: chow, alpha: 1}}
+"""
+    )
+    spec = get_ladder("tiny", config)
+    assert parse_methods("csd@tiny-slow+chow@1", config) == ["ar", "csd@tiny-slow+chow@1"]
+    over = method("csd@tiny-slow+chow@1", config)  # a rule over another ladder's settings
+    assert not over.lossless
+    assert over.config(spec, Settings())["k_matrix"] == [[2, 0], [0, 2]]
+    assert over._configure(spec, Settings()).min_confidence == [0.3]
+    assert over._configure(spec, Settings()).deferral == [Deferral("chow", 1.0), None]
+    ladder = method("csd@tiny-lossy", config)  # a ladder's own rules come with it, labelled
+    assert not ladder.lossless and "LOSSY: chow alpha=1" in ladder.description
+    assert ladder._configure(spec, Settings()).deferral == [Deferral("chow", 1.0), None]
+    assert method("csd@tiny-slow", config).lossless
+    assert method("csd@tiny-slow", config)._configure(spec, Settings()).deferral is None
+    reason = method("csd-tree+chow@1", config).skip_reason(spec, Settings())
+    assert reason == "token trees and deferral rules do not combine yet"
+    with pytest.raises(UsageError, match="unknown ladder 'nowhere'"):
+        parse_methods("csd@nowhere+chow@1", config)
+    results = run_bench(
+        "gsm8k", data=gsm8k_file, config=config, ladder="tiny", max_new_tokens=12,
+        methods="ar,csd@tiny-slow+chow@1,csd@tiny-lossy", warmup=0, no_plot=True, quiet=True,
+    )  # fmt: skip
+    for name in ("csd@tiny-slow+chow@1", "csd@tiny-lossy"):
+        assert results["summary"][name]["lossless"] is False
+        assert results["summary"][name]["mismatches"] > 0
