@@ -419,9 +419,11 @@ def check_tree(value: Any, spec: LadderSpec, where: str) -> tuple[TreeSettings |
         if not isinstance(raw, dict) or set(raw) - set(TreeSettings.__dataclass_fields__):
             raise UsageError(f"{where}: tree ({reviewer}): expected a mapping of {allowed}")
         given = dict(raw)  # unset keys take TreeSettings' own defaults
-        counts = [given[k] for k in ("budget", "top_k") if k in given]
+        counts = [given[k] for k in ("budget", "top_k", "extend") if k in given]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
-            raise UsageError(f"{where}: tree ({reviewer}): budget and top_k must be integers")
+            raise UsageError(
+                f"{where}: tree ({reviewer}): budget, top_k and extend must be integers"
+            )
         if "min_prob" in given:
             p = given["min_prob"]
             if isinstance(p, bool) or not isinstance(p, int | float):
@@ -442,7 +444,22 @@ def check_tree(value: Any, spec: LadderSpec, where: str) -> tuple[TreeSettings |
                 f"{where}: tree ({reviewer}): lenience needs linear drafts; "
                 f"set {reviewer}'s lenience to 1 or drop its tree"
             )
+        if out[-1].extend:
+            check_extender(spec, i, f"{where}: tree ({reviewer})")
     return tuple(out)
+
+
+def check_extender(spec: LadderSpec, reviewer: int, where: str) -> None:
+    """A reviewer whose trees ``extend`` has a neural drafter that scores trees first in its
+    block (that drafter extends them), or a one-line UsageError."""
+    row = spec.k_matrix[reviewer] if reviewer < len(spec.k_matrix) else []
+    first = next((c + 1 for c in range(reviewer, len(row)) if row[c] > 0), None)
+    drafter = spec.drafters[first - 1] if first and first <= len(spec.drafters) else None
+    if drafter is None or drafter.backend not in TREE_BACKENDS:
+        raise UsageError(
+            f"{where}: extend needs a neural drafter that scores token trees first in its "
+            "block (the k-matrix row)"
+        )
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float, where: str) -> None:

@@ -43,7 +43,9 @@ class Review:
     then appended ``token`` of its own. ``origins`` names the rung that drafted each proposal.
     A tree draft also has ``parents`` (each node's parent, -1 for the root's children) and
     ``path`` (the kept nodes, root first); a chain has neither (its kept nodes are the first
-    ``accepted``)."""
+    ``accepted``). A tree's extension pass (``TreeSettings.extend``) reviews one block below
+    each leaf: each block starts at parent -1, ``path`` lists the kept nodes of all of them, and
+    ``own`` the reviewer's token below each (``token`` is the first)."""
 
     reviewer: int
     proposed: list[int]
@@ -54,6 +56,7 @@ class Review:
     t: float
     parents: list[int] | None = None
     path: list[int] | None = None
+    own: list[int] | None = None
 
     def kept(self) -> list[int]:
         """Indices of the kept proposals, root first."""

@@ -105,13 +105,33 @@ class LiveView:
         self.live.update(self._render(), refresh=True)
 
     def _lost(self, commit: Commit) -> str:
-        """The rejected text: a chain's refused tail, or each node of a tree that lost (its
-        refused siblings and their subtrees), one by one, separated by '|'."""
-        if self.review is None or self.review.parents is None:
+        """The rejected text: a chain's refused tail, or each branch of a tree that lost (a
+        refused node with the refused descendants that continue it), separated by '|'."""
+        review = self.review
+        if review is None or review.parents is None:
             return self.tokenizer.decode(commit.rejected, skip_special_tokens=True)
         return "|".join(
-            self.tokenizer.decode([t], skip_special_tokens=True) for t in commit.rejected
+            self.tokenizer.decode([review.proposed[i] for i in branch], skip_special_tokens=True)
+            for branch in lost_branches(review)
         )
+
+
+def lost_branches(review: Review) -> list[list[int]]:
+    """The nodes of a tree review that were not kept, as branches: each node continues the
+    branch ending at its parent, else starts one (node order within each branch)."""
+    kept = set(review.kept())
+    branches: list[list[int]] = []
+    ending: dict[int, list[int]] = {}  # last node -> its branch
+    for i, parent in enumerate(review.parents or []):
+        if i in kept:
+            continue
+        branch = ending.pop(parent, None)
+        if branch is None:
+            branch = []
+            branches.append(branch)
+        branch.append(i)
+        ending[i] = branch
+    return branches
 
 
 class PlainView:

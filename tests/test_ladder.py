@@ -92,6 +92,10 @@ def test_tree_settings():
     assert spec.tree == (TreeSettings(budget=8, top_k=2, min_prob=0.1), None, None)
     spec = parse_config(config(tree=[None, {"top_k": 3}, {}], lenience=[1.0, 1.0]), SOURCE)
     assert spec["tiny"].tree == (None, TreeSettings(top_k=3), TreeSettings())
+    extended = parse_config(config(tree={"extend": 3}), SOURCE)["tiny"]
+    assert extended.tree[0] == TreeSettings(extend=3)
+    again = parse_ladder("tiny", yaml.safe_load(yaml.safe_dump(ladder_to_yaml(extended))))
+    assert again == extended
     again = parse_ladder("tiny", yaml.safe_load(yaml.safe_dump(ladder_to_yaml(spec["tiny"]))))
     assert again == spec["tiny"]
 
@@ -172,6 +176,13 @@ def test_a_config_that_is_no_mapping():
         (dict(tree={"depth": 3}), "tree (big)", "expected a mapping of budget, top_k, min_prob"),
         (dict(tree=[None, None]), "tree", "a list of 3 (one per reviewer: big, mid, small)"),
         (dict(tree=[None, {}, None], lenience=2.0), "tree (mid)", "lenience needs linear"),
+        (dict(tree={"extend": -1}), "tree (big)", "extend must be >= 0"),
+        (dict(tree={"extend": 2.5}), "tree (big)", "budget, top_k and extend must be integers"),
+        (  # the target's block starts with Max-Gram: no neural drafter to extend its trees
+            dict(tree={"extend": 2}, k_matrix=[[0, 0, 3], [0, 3, 1], [0, 0, 2]]),
+            "tree (big)",
+            "extend needs a neural drafter that scores token trees first in its block",
+        ),
         # Generation defaults.
         (dict(generation={"temperature": -1}), "generation", "temperature must be >= 0"),
         (dict(generation={"top_p": 0}), "generation", "top_p must be in (0, 1]"),

@@ -11,7 +11,15 @@ from rich.console import Console
 from tiny_ladder import tiny_tokenizer
 
 from csdraft.trace import Commit, Finish, Review, Start, Stats
-from csdraft.viz import LiveView, PlainView, legend, rung_style, status_line, summary_table
+from csdraft.viz import (
+    LiveView,
+    PlainView,
+    legend,
+    lost_branches,
+    rung_style,
+    status_line,
+    summary_table,
+)
 
 KINDS = ["target", "model", "model", "statistical", "bag-of-words"]
 NAMES = ["big", "mid", "small", "max-gram", "toy"]
@@ -122,6 +130,14 @@ def test_live_view_strikes_each_lost_node_of_a_tree(tok):
         view.add(Commit(ids(tok, "w1 w2 w3"), [1, 1, 0], ids(tok, "w7 w8"), [1, 1], t=0.1))
         struck = [text for params, text in sgr_runs(out.getvalue()) if "9" in params]
     assert any("w7|w8" in text for text in struck), struck
+
+
+def test_lost_branches_follow_extended_siblings():
+    """Node order of an extended tree: chain 0-1, siblings 2 (of 0) and 3 (of 1), then each
+    leaf's extension: 4-5 under 2, 6 under 3, 7 under 1. Kept: 0, 1, 7."""
+    parents = [-1, 0, -1, 0, 2, 4, 3, 1]
+    review = Review(0, list(range(8)), [1] * 8, 3, 9, 0.1, 0.1, parents, [0, 1, 7])
+    assert lost_branches(review) == [[2, 4, 5], [3, 6]]
 
 
 def test_live_view_scrolls_finished_lines():

@@ -25,11 +25,14 @@ from csdraft.console import quiet_transformers
 from csdraft.engine import Sampling, kmatrix
 from csdraft.engine.deferral import Deferral
 from csdraft.engine.tree import TreeSettings
-from csdraft.ladder import TREE_BACKENDS, LadderSpec
+from csdraft.errors import UsageError
+from csdraft.ladder import TREE_BACKENDS, LadderSpec, check_extender
 from csdraft.runs import Outcome, Runner, cascade_runner
 
-DEFAULT_TREE = TreeSettings(16, 2, 0.8)
-"""The tree settings of the ``csd-tree`` method."""
+DEFAULT_TREE = TreeSettings(12, 1, 0.8, 3)
+"""The tree settings of the ``csd-tree`` method: 12 nodes, the drafter's second choice where it
+gives its token under 80%, every leaf extended by up to 3 tokens (chosen on GSM8K test rows
+100-107: the most tokens per target forward for the fewest nodes among the settings tried)."""
 DEFAULT_METHODS = (
     "ar",
     "sd",
@@ -177,7 +180,6 @@ def lossy_method(name: str, config: Path | None = None) -> LossyMethod:
     """``BASE+RULE@ALPHA[,ALPHA...]`` as a method, or a one-line UsageError. BASE is an engine
     method: one of ``METHODS``, a parametrised one (``csd-vocab@N``) or ``csd@LADDER``, so a
     rule can be measured over another ladder's k-matrix and min_confidence in the same run."""
-    from csdraft.errors import UsageError
 
     base_name, _, rest = name.partition("+")
     rule, _, alpha_text = rest.partition("@")
@@ -239,6 +241,11 @@ def _csd_with(why: str, **changes: Any) -> Callable[[LadderSpec, Settings], Engi
             return f"needs a neural drafter: {why}"
         if "tree" in changes and spec.target.backend not in TREE_BACKENDS:
             return f"the target's backend ({spec.target.backend}) does not score token trees"
+        if "tree" in changes and changes["tree"][0].extend:
+            try:
+                check_extender(spec, 0, "the target's tree")
+            except UsageError as e:
+                return str(e)
         plan = _full(None, 1)(spec, s)
         assert isinstance(plan, EngineConfig)
         return replace(plan, **changes)
@@ -260,7 +267,6 @@ def _window(tokens: int) -> Callable[[LadderSpec, Settings], EngineConfig | str]
 def window_method(name: str) -> EngineMethod:
     """``csd-window@N``: the ladder with each neural drafter seeing only the last N prompt
     tokens (a cheaper drafter pass over a long prompt; output unchanged)."""
-    from csdraft.errors import UsageError
 
     text = name.removeprefix("csd-window@")
     if not text.isdigit() or int(text) < 1:
@@ -274,7 +280,6 @@ def window_method(name: str) -> EngineMethod:
 def vocab_method(name: str) -> EngineMethod:
     """``csd-vocab@N``: the ladder with each neural drafter's head cut to a draft vocabulary of
     N ids (``models.draft_vocab``; ``csd-vocab@all``: the whole head); output unchanged."""
-    from csdraft.errors import UsageError
     from csdraft.models.draft_vocab import WHOLE
 
     text = name.removeprefix("csd-vocab@")
@@ -295,7 +300,6 @@ def vocab_method(name: str) -> EngineMethod:
 def branch_method(name: str) -> EngineMethod:
     """``csd-branch@N``: the ladder with Max-Gram's drafts as token trees of N branches (its
     reviewers check each tree in one pass; output unchanged)."""
-    from csdraft.errors import UsageError
 
     text = name.removeprefix("csd-branch@")
     if not text.isdigit() or int(text) < 1:
@@ -318,15 +322,16 @@ def branch_method(name: str) -> EngineMethod:
 
 
 def tree_method(name: str) -> EngineMethod:
-    """``csd-tree@BUDGET/TOP_K/MIN_PROB``: the ladder with those tree settings at the target's
-    review (a one-line error for a malformed name)."""
-    from csdraft.errors import UsageError
+    """``csd-tree@BUDGET/TOP_K/MIN_PROB[/EXTEND]``: the ladder with those tree settings at the
+    target's review (a one-line error for a malformed name)."""
 
     try:
-        budget, top_k, min_prob = name.removeprefix("csd-tree@").split("/")
-        tree = TreeSettings(int(budget), int(top_k), float(min_prob))
+        budget, top_k, min_prob, *extend = name.removeprefix("csd-tree@").split("/")
+        if len(extend) > 1:
+            raise ValueError
+        tree = TreeSettings(int(budget), int(top_k), float(min_prob), *map(int, extend))
     except ValueError as e:
-        detail = str(e) if "must" in str(e) else "expected csd-tree@BUDGET/TOP_K/MIN_PROB"
+        detail = str(e) if "must" in str(e) else "expected csd-tree@BUDGET/TOP_K/MIN_PROB[/EXTEND]"
         raise UsageError(f"--methods {name}: {detail}") from None
     return EngineMethod(name, f"the ladder with {tree.explain()}", _tree(tree))
 
@@ -701,7 +706,6 @@ def parse_methods(text: str | None, config: Path | None = None) -> list[str]:
     ``csd@LADDER`` or ``METHOD+RULE@ALPHA[,ALPHA...]``: a bare number after a lossy method is
     its next alpha), duplicates dropped, and ``ar`` added when missing, since every speedup
     and output check is against it."""
-    from csdraft.errors import UsageError
 
     if text is None:
         return list(DEFAULT_METHODS)
@@ -720,9 +724,9 @@ def parse_methods(text: str | None, config: Path | None = None) -> list[str]:
     if unknown or not names:
         raise UsageError(
             f"--methods: unknown {', '.join(unknown) or 'empty list'}; "
-            f"choose from {', '.join(METHODS)}, or csd@LADDER, csd-tree@BUDGET/TOP_K/MIN_PROB, "
-            "csd-window@TOKENS, csd-branch@BRANCHES, csd-vocab@IDS, or METHOD+RULE@ALPHA "
-            "(lossy)"
+            f"choose from {', '.join(METHODS)}, or csd@LADDER, "
+            "csd-tree@BUDGET/TOP_K/MIN_PROB[/EXTEND], csd-window@TOKENS, csd-branch@BRANCHES, "
+            "csd-vocab@IDS, or METHOD+RULE@ALPHA (lossy)"
         )
     names = list(dict.fromkeys(names))
     return names if "ar" in names else ["ar", *names]

@@ -350,3 +350,63 @@ def speed_bar(
         )
     )
     return out
+
+
+def decode_pass_costs(recs: Sequence[Record], target: str) -> tuple[float, float] | None:
+    """(target seconds per decoding pass, drafters' seconds per target decoding pass) over
+    ``recs``: forward time less each rung's pass over the prompt, over the target's passes
+    after its first; None without per-rung times."""
+    passes = sum((r.get("target_forwards") or 0) - 1 for r in recs)
+    if passes <= 0 or not all(r.get("forward_s") and "prompt_pass_s" in r for r in recs):
+        return None
+    own = {"target": 0.0, "drafters": 0.0}
+    for r in recs:
+        for model, seconds in r["forward_s"].items():
+            decoding = seconds - r["prompt_pass_s"].get(model, 0.0)
+            own["target" if model == target else "drafters"] += decoding
+    return own["target"] / passes, own["drafters"] / passes
+
+
+def tree_crossover(results: Mapping[str, Any], base: str = "csd") -> list[dict[str, Any]]:
+    """For every method whose target reviews token trees, against ``base`` (linear drafts on
+    the same ladder): tokens per target forward ``gain``, target pass ``cost`` ratio and
+    ``break_even``, the target pass cost ratio under which the trees would be faster given the
+    drafters' measured time: with T, D the target's and the drafters' seconds per target pass
+    and g the gain, trees pay when r T_base + D_tree < g (T_base + D_base), so
+    r* = (g (T_base + D_base) - D_tree) / T_base. Empty without ``base`` or per-rung times."""
+    configs = results.get("method_configs", {})
+    target = results["ladder"]["rungs"][0]
+    prompts = results["prompts"]
+    summary = results.get("summary") or summarize(results)
+
+    def costs(name: str) -> tuple[float, float] | None:
+        return decode_pass_costs(
+            [p["results"][name] for p in prompts if name in p["results"]], target
+        )
+
+    linear = costs(base) if base in summary else None
+    rows = []
+    for name in results["methods"]:
+        tree = (configs.get(name, {}).get("tree") or [None])[0]
+        mine = costs(name) if tree and name in summary else None
+        if linear is None or mine is None:
+            continue
+        (t0, d0), (t1, d1) = linear, mine
+        tpf0 = summary[base]["tokens_per_target_forward"] or 0.0
+        tpf1 = summary[name]["tokens_per_target_forward"] or 0.0
+        gain = tpf1 / tpf0 if tpf0 else 0.0
+        recs = [p["results"][name] for p in prompts if name in p["results"]]
+        scored = sum((r.get("reviews") or {}).get(target, [0])[0] for r in recs)
+        forwards = sum(r.get("target_forwards") or 0 for r in recs)
+        rows.append({
+            "method": name,
+            "nodes": scored / forwards if forwards else 0.0,
+            "gain": gain,
+            "target_s": t1,
+            "drafters_s": d1,
+            "cost": t1 / t0,
+            "break_even": (gain * (t0 + d0) - d1) / t0,
+            "base_target_s": t0,
+            "base_drafters_s": d0,
+        })  # fmt: skip
+    return rows

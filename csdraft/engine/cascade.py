@@ -22,7 +22,16 @@ from csdraft.engine import kmatrix
 from csdraft.engine.draft import Draft
 from csdraft.engine.proposer import ModelRung, Proposer
 from csdraft.engine.review import GreedyReview, Sampling, SamplingReview, Verdict
-from csdraft.engine.tree import greedy_tree, grow, no_lenience, sample_tree
+from csdraft.engine.tree import (
+    TreeSettings,
+    cumulative,
+    greedy_tree,
+    grow,
+    leaves,
+    no_lenience,
+    path_to,
+    sample_tree,
+)
 from csdraft.trace import Commit, Event, Finish, Review, Start
 
 StopCheck = Callable[[list[int]], int | None]
@@ -61,6 +70,9 @@ class Cascade:
         self.generator = torch.Generator().manual_seed(seed)
         lenient = any(getattr(r, "lenience", 1.0) > 1 for r in self.rungs)
         self._check_tree_reviewers()
+        self.extender = self._extenders()
+        """Per reviewer whose trees ``extend``: the drafter that extends them (its first
+        segment's, a neural rung that scores trees)."""
         trees = any(getattr(r, "tree", None) is not None for r in self.rungs)
         lossy = [getattr(r, "lossy", False) for r in self.rungs]
         self.lossless = not any(lossy)
@@ -96,6 +108,24 @@ class Cascade:
                         f"{reviewer.name} reviews {drafter.name}'s token trees: lenience needs "
                         "linear drafts (set its lenience to 1)"
                     )
+
+    def _extenders(self) -> dict[int, int]:
+        """Reviewer -> the rung that extends its trees: the drafter of its block's first
+        segment, which must be a model that scores trees (ValueError otherwise)."""
+        out = {}
+        for r, rung in enumerate(self.rungs):
+            tree = getattr(rung, "tree", None)
+            if tree is None or not tree.extend or r >= len(self.k):
+                continue
+            first = kmatrix.segments(self.k, r, kmatrix.block_length(self.k, r))
+            drafter = self.rungs[first[0][0]] if first else None
+            if not isinstance(drafter, ModelRung) or not hasattr(drafter.scorer, "score_tree"):
+                raise ValueError(
+                    f"{rung.name}: tree extend needs a neural drafter that scores token trees "
+                    "first in its block"
+                )
+            out[r] = first[0][0]
+        return out
 
     @property
     def deferral(self) -> list[dict | None]:
@@ -204,22 +234,91 @@ class Cascade:
             if len(segment) < n or not segment.is_chain:
                 break  # the drafter ran out or lost confidence: later tokens would be refused
         tree = getattr(self.rungs[reviewer], "tree", None)
-        return grow(draft, tree) if tree is not None and draft.is_chain else draft
+        if tree is None or not draft.is_chain or not draft:
+            return draft
+        draft = grow(draft, tree)
+        return self.extend_leaves(reviewer, context, draft, tree, limit) if tree.extend else draft
 
-    def review(self, rung: ModelRung, context: np.ndarray, draft: Draft) -> tuple[Draft, float]:
-        """One forward pass of ``rung`` over ``draft``: the kept proposals plus its own token,
-        and its probability of that token."""
+    def extend_leaves(
+        self, reviewer: int, context: np.ndarray, draft: Draft, tree: TreeSettings, limit: int
+    ) -> Draft:
+        """A tree's second stage: the drafter that wrote ``draft``'s chain extends its leaves,
+        likeliest first (``cumulative``), each by a block from the rungs below it (their
+        trunk), which it reviews as it reviews any block, adding its own token; all blocks in
+        one forward pass over the whole tree. A leaf gets at most ``tree.extend`` nodes and only
+        what the budget and ``limit`` (the deepest path) leave room for, reserved before the
+        pass, so no node is dropped for its own value (sampling stays exact: a sampled node's
+        presence depends only on its ancestors and on draws independent of it)."""
+        drafter = self.rungs[self.extender[reviewer]]
+        depth, cum = draft.depth(), cumulative(draft)
+        room = tree.budget - len(draft)
+        scored, blocks = draft.copy(), []
+        for leaf in sorted(leaves(draft), key=lambda i: -cum[i]):
+            n = min(tree.extend, limit - depth[leaf], room)
+            if n <= 0:
+                continue
+            path = [draft.tokens[i] for i in path_to(draft, leaf)]
+            ctx = np.concatenate([context, np.asarray(path, dtype=np.int64)])
+            block = self.block(drafter.index, ctx, n - 1).trunk()
+            blocks.append((leaf, len(scored), block))
+            scored.graft(leaf, block)
+            room -= len(block) + 1
+        if not blocks:
+            return draft
+        logits, forward_s = self._score(drafter, context, scored)
+        if not scored.is_chain:  # the drafter's cache keeps the chain, the likeliest path
+            drafter.scorer.keep_path(draft.trunk_nodes())
+        proposed, origins, parents, kept, own = [], [], [], [], []
+        for leaf, start, block in blocks:
+            rows = [leaf + 1, *range(start + 1, start + 1 + len(block))]
+            verdict = self.rule(logits[rows], block, drafter.lenience)
+            out = block.path(range(verdict.accepted))
+            out.tokens.append(verdict.token)
+            out.origins.append(drafter.index)
+            draft.graft(leaf, Draft(out.tokens, out.origins, verdict.q))
+            kept += [len(proposed) + i for i in range(verdict.accepted)]
+            parents += [-1 if i == 0 else len(proposed) + i - 1 for i in range(len(block))]
+            proposed += block.tokens
+            origins += block.origins
+            own.append(verdict.token)
+        at = self.elapsed()
+        self._events.append(
+            Review(
+                drafter.index,
+                proposed,
+                origins,
+                len(kept),
+                own[0],
+                forward_s,
+                at,
+                parents=parents,
+                path=kept,
+                own=own,
+            )
+        )
+        return draft
+
+    def _score(
+        self, rung: ModelRung, context: np.ndarray, draft: Draft
+    ) -> tuple[torch.Tensor, float]:
+        """One forward pass of ``rung`` over ``draft`` (a chain, or a tree in one masked pass):
+        its logits over the target's vocabulary, and the seconds it took."""
         start = time.perf_counter()
-        chain = draft.is_chain
         seen = context[rung.offset :]  # a drafter with a window skips the prompt's start
-        if chain:
+        if draft.is_chain:
             full = np.concatenate([seen, np.asarray(draft.tokens, dtype=np.int64)])
             logits = rung.scorer.score(full, len(seen))
         else:
             logits = rung.scorer.score_tree(seen, draft)
         if rung.index and self.vocab_size and logits.shape[-1] != self.vocab_size:
             logits = fit_vocab(logits, self.vocab_size)
-        forward_s = time.perf_counter() - start
+        return logits, time.perf_counter() - start
+
+    def review(self, rung: ModelRung, context: np.ndarray, draft: Draft) -> tuple[Draft, float]:
+        """One forward pass of ``rung`` over ``draft``: the kept proposals plus its own token,
+        and its probability of that token."""
+        chain = draft.is_chain
+        logits, forward_s = self._score(rung, context, draft)
         if not chain:
             verdict = self.tree_rule(logits, draft, rung.lenience)
             rung.scorer.keep_path(verdict.path)

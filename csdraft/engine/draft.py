@@ -62,6 +62,44 @@ class Draft:
         self.origins += other.origins
         self.q += other.q
 
+    def copy(self) -> Draft:
+        """A draft with its own lists (the distributions are shared, never changed)."""
+        return Draft(
+            list(self.tokens),
+            list(self.origins),
+            list(self.q),
+            None if self.parents is None else list(self.parents),
+            None if self.q_raw is None else list(self.q_raw),
+        )
+
+    def graft(self, node: int, other: Draft) -> None:
+        """Append the chain ``other`` below node ``node`` (-1: the root) as a new branch."""
+        if not other.is_chain:
+            raise ValueError("only chains can be grafted")
+        n = len(self)
+        if self.q_raw is not None or other.q_raw is not None:
+            self.q_raw = self.raw() + other.raw()
+        own = self.parents if self.parents is not None else list(range(-1, n - 1))
+        self.parents = own + [node if i == 0 else n + i - 1 for i in range(len(other))]
+        self.tokens += other.tokens
+        self.origins += other.origins
+        self.q += other.q
+
+    def trunk_nodes(self) -> list[int]:
+        """The path from the root down each node's first child (node order)."""
+        if self.is_chain:
+            return list(range(len(self)))
+        nodes, at = [], -1
+        for i, p in enumerate(self.parents):
+            if p == at:
+                nodes.append(i)
+                at = i
+        return nodes
+
+    def trunk(self) -> Draft:
+        """The chain of ``trunk_nodes`` (the draft itself if it is a chain)."""
+        return self if self.is_chain else self.path(self.trunk_nodes())
+
     def raw(self) -> list[torch.Tensor | None]:
         """``q_raw``, or None for every node where it was not computed."""
         return self.q_raw if self.q_raw is not None else [None] * len(self)

@@ -5,6 +5,11 @@ i + 1), all from one forward pass (``score_tree``), and walks down from the root
 it tries the children in node order and moves to the first it keeps. Both rules are exact (the
 reviewer's own decoding, greedy or sampled), whatever the tree.
 
+With ``extend`` the drafter then grows the tree a second stage (staged speculation): every
+leaf, likeliest first, gets a block from the rungs below the drafter, which the drafter reviews
+in one forward pass over the whole tree, so a sibling carries its own continuation instead of
+ending the draft (``Cascade.extend_leaves``; ``leaves`` and ``cumulative`` here).
+
 Lenience has no tree rule here: a lenient review hands on ``lenient_output`` for one proposal
 at a time, and siblings tried in turn would need the law of the whole sequence of tries. Trees
 are refused with lenience > 1 ("lenience needs linear drafts").
@@ -25,11 +30,15 @@ class TreeSettings:
     """How a reviewer's drafts branch: at each chain position where the drafter's probability
     of its best token is below ``min_prob``, its next ``top_k`` tokens become siblings of the
     chain's token; siblings are ranked by cumulative draft probability and cut so the tree holds
-    at most ``budget`` nodes (the chain always stays)."""
+    at most ``budget`` nodes (the chain always stays). With ``extend`` > 0 the drafter then
+    adds up to ``extend`` tokens below every leaf, likeliest leaves first, in one more forward
+    pass (the rungs below it propose, it keeps what it would and adds its own token); 0 leaves
+    the siblings as leaves."""
 
     budget: int = 16
     top_k: int = 2
     min_prob: float = 0.1
+    extend: int = 0
 
     def __post_init__(self) -> None:
         if self.budget < 1:
@@ -38,20 +47,32 @@ class TreeSettings:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if not 0 <= self.min_prob <= 1:
             raise ValueError(f"min_prob must be in [0, 1], got {self.min_prob}")
+        if self.extend < 0:
+            raise ValueError(f"extend must be >= 0, got {self.extend}")
 
     @property
     def short(self) -> str:
-        """'tree 16/1/0.5' (budget, top_k, min_prob), for tables."""
-        return f"tree {self.budget}/{self.top_k}/{self.min_prob:g}"
+        """'tree 16/1/0.5' (budget, top_k, min_prob; '/4' more with extend 4), for tables."""
+        more = f"/{self.extend}" if self.extend else ""
+        return f"tree {self.budget}/{self.top_k}/{self.min_prob:g}{more}"
 
     def explain(self, drafter: str = "the drafter") -> str:
         """The settings in words."""
-        siblings = "its second choice" if self.top_k == 1 else f"its next {self.top_k} choices"
-        return (
-            f"token trees of at most {self.budget} nodes: where {drafter} gives its token less "
-            f"than {self.min_prob:.0%}, {siblings} join the draft as siblings, all checked in "
-            "the same forward pass"
+        siblings = (
+            "its second choice joins the draft as a sibling"
+            if self.top_k == 1
+            else f"its next {self.top_k} choices join the draft as siblings"
         )
+        text = (
+            f"token trees of at most {self.budget} nodes: where {drafter} gives its token less "
+            f"than {self.min_prob:.0%}, {siblings}"
+        )
+        if self.extend:
+            text += (
+                f"; then {drafter} extends every branch by up to {self.extend} tokens (likeliest "
+                "first, in one more forward pass of its own over the whole tree)"
+            )
+        return text + "; the whole tree is checked in one forward pass"
 
 
 def children(draft: Draft) -> list[list[int]]:
@@ -70,6 +91,28 @@ def path_to(draft: Draft, node: int) -> list[int]:
         path.append(node)
         node = draft.parents[node] if draft.parents is not None else node - 1
     return path[::-1]
+
+
+def leaves(draft: Draft) -> list[int]:
+    """The nodes with no children, in node order."""
+    return [i for i, kids in enumerate(children(draft)[1:]) if not kids]
+
+
+def cumulative(draft: Draft) -> list[float]:
+    """Each node's cumulative draft probability: the product down its path of the probability
+    its drafter gave each token, read from the distribution of any child of the same parent that
+    carries one (so a deterministic sibling is scored by the distribution the chain's token there
+    was drawn from), 1 where none does."""
+    parents = draft.parents if draft.parents is not None else range(-1, len(draft) - 1)
+    at: dict[int, torch.Tensor] = {}
+    for p, q in zip(parents, draft.q, strict=True):
+        if q is not None:
+            at.setdefault(p, q)
+    out: list[float] = []
+    for x, p in zip(draft.tokens, parents, strict=True):
+        prob = float(at[p][x]) if p in at else 1.0
+        out.append(prob * (out[p] if p >= 0 else 1.0))
+    return out
 
 
 def no_lenience(lenience: float) -> None:

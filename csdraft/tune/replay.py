@@ -6,8 +6,10 @@ Greedy review is deterministic, so this is an exact replay of everything the tar
 (all on the reference path); where a drafter's own draft leaves the reference path (tokens the
 target rejects anyway) the recorded statistics at the same position stand in. Every forward pass
 costs the measured curve at the number of tokens the rung really feeds (block plus catch-up
-after rejections, the prompt on the first pass); the engine's own work (blocks, reviews,
-Max-Gram, events) costs what it costs in the replay itself, which runs that very code, timed;
+after rejections, the prompt on the first pass; a target's token tree by the tree curve, a
+drafter's pass extending one by its own curve at the nodes it feeds); the engine's own work
+(blocks, reviews, Max-Gram, events) costs what it costs in the replay itself, which runs that
+very code, timed;
 and each review adds the measured full-vocabulary argmax (lenient settings: and softmax) that
 the replay's compact vocabulary skips. A drafter's confidence in its own token (what
 min_confidence acts on) is its recorded probability at that position. With greedy decoding a
@@ -46,10 +48,18 @@ class ReplayRung:
     only (the engine calls it when a generation starts and ends); ``clear`` empties the log.
     """
 
-    def __init__(self, name: str, table: torch.Tensor, prompt_len: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        table: torch.Tensor,
+        prompt_len: int,
+        reference: Sequence[int] = (),
+    ) -> None:
         self.name = name
         self.table = table
         self.prompt_len = prompt_len
+        self.reference = list(reference)
+        """The reference continuation, along which every recorded row is the real one."""
         self.fed: list[int] = []
         self.fed_tree: list[int] = []
         """Tokens fed by the passes that scored a token tree (costed by the tree curve)."""
@@ -85,8 +95,9 @@ class ReplayRung:
         return out
 
     def score_tree(self, context: np.ndarray, draft: Draft) -> torch.Tensor:
-        """Rows after the context and after each node of ``draft``: a node on its parent's
-        greedy path (its token is the recorded argmax there) gets the recorded row of its
+        """Rows after the context and after each node of ``draft``: a node below such nodes
+        whose token is the recorded argmax there or the reference's token (a drafter's second
+        choice the target takes, whose row the record holds) gets the recorded row of its
         depth, any other node a row whose argmax is the dummy token (a greedy review never
         walks past it, so its row is never read). Feeds the catch-up plus every node."""
         began = time.perf_counter()
@@ -97,8 +108,11 @@ class ReplayRung:
         on_path: list[bool] = []
         dummy = self.table[-1]
         for i, (parent, depth) in enumerate(zip(draft.parents, draft.depth(), strict=True)):
-            above = rows[parent + 1]
-            good = (parent < 0 or on_path[parent]) and int(above.argmax()) == draft.tokens[i]
+            x, at = draft.tokens[i], base + depth - 1
+            on_ref = at < len(self.reference) and self.reference[at] == x
+            good = (parent < 0 or on_path[parent]) and (
+                on_ref or int(rows[parent + 1].argmax()) == x
+            )
             on_path.append(good)
             rows.append(self.table[min(base + depth, len(self.table) - 1)] if good else dummy)
         self._tree = (context, draft)
@@ -184,7 +198,9 @@ class Replay:
             ids = np.vectorize(index.__getitem__, otypes=[np.int64])(rec.top_ids[r])
             force = [index[t] for t in rec.ref] if r == 0 else None
             table = replay_table(ids, rec.top_p[r], rows, vocab, len(order) + r, force)
-            sessions.append(ReplayRung(cal.names[r], table, len(rec.prompt)))
+            sessions.append(
+                ReplayRung(cal.names[r], table, len(rec.prompt), [index[t] for t in rec.ref])
+            )
         compact = {index[a]: index[b] for a, b in bigram.items() if a in index and b in index}
         return _ReplayPrompt(
             sessions,
@@ -247,6 +263,8 @@ class Replay:
         seconds = sum(cal.costs[r](n) for r, s in enumerate(p.sessions) for n in s.fed)
         tree_cost = cal.tree_cost or cal.costs[0]
         seconds += sum(tree_cost(n) for n in p.sessions[0].fed_tree)
+        # A drafter's tree passes (extending the target's trees): its own curve by tokens fed.
+        seconds += sum(cal.costs[r](n) for r, s in enumerate(p.sessions[1:], 1) for n in s.fed_tree)
         return seconds + max(0.0, engine_s) + vocab_s, target_reviews, out == p.ref
 
     def ar_seconds(self) -> list[float]:

@@ -237,6 +237,22 @@ def answers(
             f"predicted {fx(fb.speedup)} vs {fx(base.speedup if base else None)} without "
             "(drafts end after a token the drafter doubts; output unchanged)"
         )
+    trees = [c for c in plain if c.tree is not None]
+    for kind, pool in (
+        ("token trees", [c for c in trees if not c.tree.extend]),
+        ("extended trees", [c for c in trees if c.tree.extend]),
+    ):
+        if not pool:
+            continue
+        tb = pool[0]
+        base = next(
+            (c for c in plain if c.tree is None and c.k == tb.k and c.floor == tb.floor), None
+        )
+        lines.append(
+            f"{kind}: best [{kmatrix.text(tb.k)}] {tb.tree.short} predicted {fx(tb.speedup)}, "
+            f"{_per_review(tb)} tokens per target review, vs {fx(base.speedup if base else None)}"
+            f" and {_per_review(base)} linear (a tree pass costs the measured tree curve)"
+        )
     lenient = [c for c in ranked if c.pred and c.lenience != 1.0]
     if lenient:
         lb = lenient[0]
@@ -248,6 +264,10 @@ def answers(
             "(greedy output stays identical: lenience only acts on inner reviews)"
         )
     return lines
+
+
+def _per_review(c: Candidate | None) -> str:
+    return f"{c.pred.tokens_per_review:.2f}" if c is not None and c.pred else "-"
 
 
 def _versus(c: Candidate | None, with_all: Candidate | None, top: Candidate | None) -> str:

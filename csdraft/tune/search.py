@@ -36,10 +36,16 @@ GRID_LIMIT = 20000
 """Most grid points the analytic model ranks."""
 REFINE_REPLAYS = 120
 """Replays spent refining around the best by hill climbing."""
-TREES = tuple(TreeSettings(budget, 1, p) for budget in (12, 16, 24) for p in (0.3, 0.5, 0.7, 0.9))
+TREES = tuple(
+    TreeSettings(budget, 1, p, extend)
+    for budget in (12, 16, 24)
+    for p in (0.3, 0.5, 0.7, 0.9)
+    for extend in (0, 3)
+)
 """Token trees tried at the target's review of the best linear settings: one sibling (the
 drafter's second choice; calibration records each rung's top two) where the drafter's best
-token has less than ``min_prob``, within ``budget`` nodes."""
+token has less than ``min_prob``, within ``budget`` nodes, left as leaves or extended by the
+drafter by up to 3 tokens each."""
 
 
 @dataclass

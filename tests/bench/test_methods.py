@@ -24,7 +24,7 @@ def test_methods_skip_what_does_not_apply():
     assert METHODS["sd"].config(sd_only, Settings(sd_block=7))["k_matrix"] == [[7]]
     tree = METHODS["csd-tree"].config(sd_only, s)
     assert tree["k_matrix"] == [[4]] and tree["tree"] == [
-        {"budget": 16, "top_k": 2, "min_prob": 0.8}
+        {"budget": 12, "top_k": 1, "min_prob": 0.8, "extend": 3}
     ]
 
 
@@ -40,9 +40,15 @@ def test_tree_methods_name_their_settings(tiny_config):
     assert parse_methods("csd-tree@12/1/0.5") == ["ar", "csd-tree@12/1/0.5"]
     spec = get_ladder("tiny", tiny_config)
     config = method("csd-tree@12/1/0.5").config(spec, Settings())
-    assert config["tree"] == [{"budget": 12, "top_k": 1, "min_prob": 0.5}]
-    with pytest.raises(UsageError, match="BUDGET/TOP_K/MIN_PROB"):
-        parse_methods("csd-tree@12/1")
+    assert config["tree"] == [{"budget": 12, "top_k": 1, "min_prob": 0.5, "extend": 0}]
+    config = method("csd-tree@16/2/0.8/4").config(spec, Settings())
+    assert config["tree"] == [{"budget": 16, "top_k": 2, "min_prob": 0.8, "extend": 4}]
+    assert "extends every branch by up to 4" in method("csd-tree@16/2/0.8/4").description
+    for bad in ("csd-tree@12/1", "csd-tree@12/1/0.5/3/1", "csd-tree@12/1/0.5/x"):
+        with pytest.raises(UsageError, match="BUDGET/TOP_K/MIN_PROB"):
+            parse_methods(bad)
+    with pytest.raises(UsageError, match="extend must be >= 0"):
+        parse_methods("csd-tree@12/1/0.5/-1")
     with pytest.raises(UsageError, match="min_prob must be in"):
         parse_methods("csd-tree@12/1/2")
 

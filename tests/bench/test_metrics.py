@@ -89,3 +89,39 @@ def test_speed_bar():
     assert bar[1]["value"] == pytest.approx(1.6) and bar[2]["value"] == pytest.approx(4 / 4.1)
     assert [c["pass"] for c in metrics.speed_bar({}, [])] == [None, None, None, True]
     assert metrics.speed_bar(summary, prompts, greedy=False)[3]["pass"] is None
+
+
+def test_tree_crossover_from_decoding_passes():
+    """csd: 11 passes (10 after the prompt) of 0.1 s target, 0.1 s drafter each, 4 tokens a
+    pass; the tree: 8 passes (7 decoding) of 0.15 s target, 0.15 s drafter, 5.5 tokens a pass.
+    Gain 5.5 / 4 = 1.375, cost ratio 1.5, break-even (1.375 (0.1 + 0.1) - 0.15) / 0.1 = 1.25."""
+
+    def rec(passes: int, tokens: int, target_s: float, drafter_s: float, nodes: int) -> dict:
+        return {
+            "new_tokens": tokens, "wall_s": 1.0, "target_forwards": passes,
+            "forwards": {"t": passes, "d": 3 * passes},
+            "forward_s": {"t": 0.5 + (passes - 1) * target_s, "d": 0.2 + (passes - 1) * drafter_s},
+            "prompt_pass_s": {"t": 0.5, "d": 0.2},
+            "reviews": {"t": [nodes * passes, tokens]},
+        }  # fmt: skip
+
+    results = {
+        "ladder": {"rungs": ["t", "d", "max-gram"]},
+        "methods": ["ar", "csd", "csd-tree", "sd"],
+        "method_configs": {"csd-tree": {"tree": [{"budget": 12, "extend": 3}]}},
+        "costs": {},
+        "prompts": [
+            {"results": {
+                "ar": {"new_tokens": 44, "wall_s": 4.0, "forwards": {"t": 44}},
+                "csd": rec(11, 44, 0.1, 0.1, 4),
+                "csd-tree": rec(8, 44, 0.15, 0.15, 9),
+                "sd": rec(11, 44, 0.1, 0.1, 4),
+            }},
+        ],
+    }  # fmt: skip
+    (row,) = metrics.tree_crossover(results)  # sd has no tree: not a row
+    assert row["method"] == "csd-tree" and row["nodes"] == pytest.approx(9)
+    assert row["gain"] == pytest.approx(5.5 / 4)
+    assert row["cost"] == pytest.approx(1.5)
+    assert row["break_even"] == pytest.approx((5.5 / 4 * 0.2 - 0.15) / 0.1)  # 1.25: loses
+    assert metrics.tree_crossover({**results, "methods": ["ar", "csd-tree"]}) == []

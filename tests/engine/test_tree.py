@@ -200,17 +200,19 @@ def test_sample_tree_first_token_follows_p(seed, vocab, sampled):
     depth=st.integers(1, 5),
     budget=st.integers(1, 12),
     top_k=st.integers(1, 3),
+    extend=st.integers(0, 4),
     max_new_tokens=st.integers(1, 20),
     prompt=st.lists(st.integers(0, 47), min_size=1, max_size=8),
 )
 def test_greedy_trees_give_the_targets_greedy_decoding(
-    zoo, target, ladder, seed, depth, budget, top_k, max_new_tokens, prompt
+    zoo, target, ladder, seed, depth, budget, top_k, extend, max_new_tokens, prompt
 ):
     model = target_of(zoo, target)
     prompt = [t % target[1] for t in prompt]
     want = zoo.reference(model, prompt, max_new_tokens)
     toy = RandomTree(target[1], seed, reference=zoo.reference(model, prompt, 32))
-    grown = TreeSettings(budget=budget, top_k=top_k, min_prob=1.0)  # branch everywhere
+    # Branch everywhere; the drafter extends the leaves (``extend``) where it drafts first.
+    grown = TreeSettings(budget=budget, top_k=top_k, min_prob=1.0, extend=extend)
     if ladder == "tree":
         cascade = cascade_of(model, [toy], [[depth]])
     elif ladder == "near+tree":  # the drafter reviews the toy's trees, the target grows its own
@@ -238,19 +240,58 @@ def test_greedy_trees_give_the_targets_greedy_decoding(
             kept = last.kept()
             assert e.tokens == ([last.proposed[i] for i in kept] + [last.token])[: len(e.tokens)]
             assert len(e.rejected) == len(last.proposed) - len(kept)
+        if isinstance(e, Review) and e.reviewer == 0 and "grown" in ladder:  # within limits
+            assert len(e.proposed) <= max(budget, depth + 1) and e.depth() < max_new_tokens
     assert Stats.of(events).new_tokens == max_new_tokens
 
 
 def test_trees_raise_acceptance(zoo):
-    """With a far drafter, siblings at unsure positions keep more tokens per target pass."""
+    """Siblings at unsure positions keep more tokens per target pass (a far drafter), and more
+    still when the drafter extends them (staged; a near drafter, whose branches are worth it)."""
     key = TARGETS[0]
     model = target_of(zoo, key)
-    rates = []
-    for tree in (None, TreeSettings(budget=12, top_k=3, min_prob=0.9)):
-        cascade = cascade_of(model, [drafter_of(zoo, key, "far")], [[4]], tree=tree)
-        stats = Stats.of(cascade.generate([5, 6, 7], 40))
-        rates.append(stats.tokens_per_forward)
-    assert rates[1] > rates[0], rates
+
+    def rate(kind: str, tree: TreeSettings | None) -> float:
+        cascade = cascade_of(model, [drafter_of(zoo, key, kind)], [[4]], tree=tree)
+        return Stats.of(cascade.generate([5, 6, 7], 40)).tokens_per_forward
+
+    assert rate("far", None) < rate("far", TreeSettings(budget=12, top_k=3, min_prob=0.9))
+    rates = [rate("near", TreeSettings(16, 1, 0.9, extend)) for extend in (0, 3)]
+    assert rate("near", None) < rates[0] < rates[1], rates
+
+
+def test_extend_leaves_grows_every_branch_in_one_drafter_pass(zoo):
+    """The drafter extends the likeliest leaves first within the budget and the depth limit,
+    in one forward pass (one Review event with its own token below each leaf), and keeps only
+    the context and its chain in its cache."""
+    key = TARGETS[0]
+    model, far = target_of(zoo, key), drafter_of(zoo, key, "far")
+    tree = TreeSettings(budget=14, top_k=2, min_prob=1.0, extend=3)
+    cascade = cascade_of(model, [far, MaxGram()], [[3, 0], [0, 2]], tree=tree)
+    context = np.asarray(PROMPT, dtype=np.int64)
+    for rung in cascade.rungs:
+        rung.reset(PROMPT)
+    draft = cascade.block(0, context, limit=4)
+    assert draft.tokens[:3] == [draft.tokens[i] for i in draft.trunk_nodes()[:3]]
+    assert len(draft) <= 14 and max(draft.depth()) <= 4
+    extension = cascade._events[-1]
+    assert isinstance(extension, Review) and extension.reviewer == 1 and extension.own
+    grown = len(draft) - len(extension.own) - extension.accepted  # chain and siblings
+    assert grown > 3 and all(q is None for q in draft.q[3:grown])  # siblings: deterministic
+    assert all(q is not None for q in draft.q[grown:])  # extensions: the drafter's law
+    assert all(p < grown for p in draft.parents[grown:] if p >= 0) or len(extension.proposed)
+    # The drafter's cache holds the context and its 3-token chain only, as if fed them alone.
+    assert cascade.rungs[1].scorer.cache.get_seq_length() == len(PROMPT) + 3
+    with pytest.raises(ValueError, match="tree extend needs a neural drafter"):
+        cascade_of(model, [MaxGram()], [[3]], tree=tree)
+
+
+def test_cumulative_reads_siblings_from_their_chain_neighbours_distribution():
+    q0, q1 = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.1, 0.6, 0.3])
+    tree = Draft([0, 1, 1, 2], [1, 1, 1, 1], [q0, q1, None, None], parents=[-1, 0, -1, 0])
+    assert tree_module.cumulative(tree) == pytest.approx([0.5, 0.5 * 0.6, 0.3, 0.5 * 0.3])
+    assert tree_module.leaves(tree) == [1, 2, 3]
+    assert tree.trunk_nodes() == [0, 1] and tree.trunk().tokens == [0, 1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +314,19 @@ LADDERS = {
         k=[[2, 1], [0, 2]],
         tree=None,
         prompt=[1, 2, 3, 4, 1, 2, 5, 6, 1, 2, 7, 1, 2],  # [1, 2] was followed by 3, 5 and 7
+    ),
+    # One drafted token and its two likeliest rivals, each extended by the drafter's own
+    # sampled token: the second token always comes from an extension or the target.
+    "extended from one drafter": dict(
+        drafters=("far",), k=[[1]], tree=TreeSettings(6, 2, 1.0, extend=2)
+    ),
+    # Three rungs, staged: leaves extended by Max-Gram blocks the drafter reviews, top-k.
+    "grown and extended over Max-Gram": dict(
+        drafters=("far", "maxgram"),
+        k=[[2, 0], [0, 2]],
+        tree=TreeSettings(9, 2, 1.0, extend=3),
+        top_k=6,
+        prompt=[1, 2, 3, 4, 1, 2, 5, 6, 1, 2, 7, 1, 2],
     ),
     # Three rungs: drafter and Max-Gram, top-k sampling, grown at the target.
     "drafter + max-gram, grown, top-k": dict(
@@ -324,3 +378,26 @@ def test_check_rejects_a_tree_review_that_keeps_refused_children(sampling_models
     )
     assert not passes(results), f"went unnoticed: p-values {results}, TV {tv:.3f}"
     assert min(results.values()) < 1e-6, results
+
+
+def test_check_rejects_extensions_cut_by_their_own_probability(sampling_models, monkeypatch):
+    """Wrong: a sampled extension node is dropped unless it is the drafter's likeliest token
+    (a cut by each node's own probability, as EAGLE-2's budget is in greedy decoding), so the
+    children the target sees are biased toward the drafter's favourites."""
+    real = Draft.graft
+
+    def likeliest_only(self, node, other):
+        keep = 0
+        for q, x in zip(other.q, other.tokens, strict=True):
+            if q is not None and q[x] < q.max():
+                break
+            keep += 1
+        real(self, node, other.path(range(keep)))
+
+    monkeypatch.setattr(Draft, "graft", likeliest_only)
+    spec = LADDERS["extended from one drafter"]
+    cascade, sampling = tree_cascade(sampling_models, spec)
+    results, tv = distribution_check(
+        cascade, sampling_models["target"], sampling, 3, WRONG_RUNS, PROMPT
+    )
+    assert not passes(results), f"went unnoticed: p-values {results}, TV {tv:.3f}"

@@ -53,6 +53,10 @@ def test_cli_tune_end_to_end(tiny, monkeypatch):
     out = result.output
     for needle in ("candidates: predicted vs measured", "answers", "vertical only", "winner"):
         assert needle in out
+    # Trees were replayed, left as leaves and extended, each against its linear setting.
+    for kind in ("token trees: best", "extended trees: best"):
+        tree_line = next(ln for ln in out.splitlines() if kind in ln)
+        assert "tokens per target review, vs" in tree_line and "linear" in tree_line
     line = next(ln for ln in out.splitlines() if "identical outputs:" in ln)
     same, runs = line.rsplit("identical outputs:", 1)[1].strip().split("/")
     assert same == runs and int(runs) > 0
