@@ -371,12 +371,7 @@ def test_check_rejects_a_tree_review_that_keeps_refused_children(sampling_models
         return p if float(q.max()) == 1.0 else real(p, q)
 
     monkeypatch.setattr(tree_module, "_residual", keep_refused)
-    spec = LADDERS["grown from one drafter"]
-    cascade, sampling = tree_cascade(sampling_models, spec)
-    results, tv = distribution_check(
-        cascade, sampling_models["target"], sampling, 3, WRONG_RUNS, PROMPT
-    )
-    assert not passes(results), f"went unnoticed: p-values {results}, TV {tv:.3f}"
+    results = caught(sampling_models, "grown from one drafter")
     assert min(results.values()) < 1e-6, results
 
 
@@ -395,9 +390,15 @@ def test_check_rejects_extensions_cut_by_their_own_probability(sampling_models, 
         real(self, node, other.path(range(keep)))
 
     monkeypatch.setattr(Draft, "graft", likeliest_only)
-    spec = LADDERS["extended from one drafter"]
-    cascade, sampling = tree_cascade(sampling_models, spec)
+    caught(sampling_models, "extended from one drafter")
+
+
+def caught(sampling_models, ladder: str) -> dict[str, float]:
+    """The distribution check's p-values for a (deliberately wrong) ladder of ``LADDERS``,
+    asserted to fail it."""
+    cascade, sampling = tree_cascade(sampling_models, LADDERS[ladder])
     results, tv = distribution_check(
         cascade, sampling_models["target"], sampling, 3, WRONG_RUNS, PROMPT
     )
     assert not passes(results), f"went unnoticed: p-values {results}, TV {tv:.3f}"
+    return results
