@@ -452,8 +452,7 @@ def check_tree(value: Any, spec: LadderSpec, where: str) -> tuple[TreeSettings |
 def check_extender(spec: LadderSpec, reviewer: int, where: str) -> None:
     """A reviewer whose trees ``extend`` has a neural drafter that scores trees first in its
     block (that drafter extends them), or a one-line UsageError."""
-    row = spec.k_matrix[reviewer] if reviewer < len(spec.k_matrix) else []
-    first = next((c + 1 for c in range(reviewer, len(row)) if row[c] > 0), None)
+    first = kmatrix.first_drafter(spec.k_matrix, reviewer)
     drafter = spec.drafters[first - 1] if first and first <= len(spec.drafters) else None
     if drafter is None or drafter.backend not in TREE_BACKENDS:
         raise UsageError(

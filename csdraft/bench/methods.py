@@ -180,7 +180,6 @@ def lossy_method(name: str, config: Path | None = None) -> LossyMethod:
     """``BASE+RULE@ALPHA[,ALPHA...]`` as a method, or a one-line UsageError. BASE is an engine
     method: one of ``METHODS``, a parametrised one (``csd-vocab@N``) or ``csd@LADDER``, so a
     rule can be measured over another ladder's k-matrix and min_confidence in the same run."""
-
     base_name, _, rest = name.partition("+")
     rule, _, alpha_text = rest.partition("@")
     base: Any = METHODS.get(base_name)
@@ -267,7 +266,6 @@ def _window(tokens: int) -> Callable[[LadderSpec, Settings], EngineConfig | str]
 def window_method(name: str) -> EngineMethod:
     """``csd-window@N``: the ladder with each neural drafter seeing only the last N prompt
     tokens (a cheaper drafter pass over a long prompt; output unchanged)."""
-
     text = name.removeprefix("csd-window@")
     if not text.isdigit() or int(text) < 1:
         raise UsageError(f"--methods {name}: expected csd-window@TOKENS, TOKENS >= 1")
@@ -300,7 +298,6 @@ def vocab_method(name: str) -> EngineMethod:
 def branch_method(name: str) -> EngineMethod:
     """``csd-branch@N``: the ladder with Max-Gram's drafts as token trees of N branches (its
     reviewers check each tree in one pass; output unchanged)."""
-
     text = name.removeprefix("csd-branch@")
     if not text.isdigit() or int(text) < 1:
         raise UsageError(f"--methods {name}: expected csd-branch@BRANCHES, BRANCHES >= 1")
@@ -324,7 +321,6 @@ def branch_method(name: str) -> EngineMethod:
 def tree_method(name: str) -> EngineMethod:
     """``csd-tree@BUDGET/TOP_K/MIN_PROB[/EXTEND]``: the ladder with those tree settings at the
     target's review (a one-line error for a malformed name)."""
-
     try:
         budget, top_k, min_prob, *extend = name.removeprefix("csd-tree@").split("/")
         if len(extend) > 1:
@@ -706,7 +702,6 @@ def parse_methods(text: str | None, config: Path | None = None) -> list[str]:
     ``csd@LADDER`` or ``METHOD+RULE@ALPHA[,ALPHA...]``: a bare number after a lossy method is
     its next alpha), duplicates dropped, and ``ar`` added when missing, since every speedup
     and output check is against it."""
-
     if text is None:
         return list(DEFAULT_METHODS)
     names: list[str] = []

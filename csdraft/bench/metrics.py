@@ -379,23 +379,21 @@ def tree_crossover(results: Mapping[str, Any], base: str = "csd") -> list[dict[s
     prompts = results["prompts"]
     summary = results.get("summary") or summarize(results)
 
-    def costs(name: str) -> tuple[float, float] | None:
-        return decode_pass_costs(
-            [p["results"][name] for p in prompts if name in p["results"]], target
-        )
+    def records(name: str) -> list[Record]:
+        return [p["results"][name] for p in prompts if name in p["results"]]
 
-    linear = costs(base) if base in summary else None
+    linear = decode_pass_costs(records(base), target) if base in summary else None
     rows = []
     for name in results["methods"]:
         tree = (configs.get(name, {}).get("tree") or [None])[0]
-        mine = costs(name) if tree and name in summary else None
+        recs = records(name)
+        mine = decode_pass_costs(recs, target) if tree and name in summary else None
         if linear is None or mine is None:
             continue
         (t0, d0), (t1, d1) = linear, mine
         tpf0 = summary[base]["tokens_per_target_forward"] or 0.0
         tpf1 = summary[name]["tokens_per_target_forward"] or 0.0
         gain = tpf1 / tpf0 if tpf0 else 0.0
-        recs = [p["results"][name] for p in prompts if name in p["results"]]
         scored = sum((r.get("reviews") or {}).get(target, [0])[0] for r in recs)
         forwards = sum(r.get("target_forwards") or 0 for r in recs)
         rows.append({

@@ -117,14 +117,14 @@ class Cascade:
             tree = getattr(rung, "tree", None)
             if tree is None or not tree.extend or r >= len(self.k):
                 continue
-            first = kmatrix.segments(self.k, r, kmatrix.block_length(self.k, r))
-            drafter = self.rungs[first[0][0]] if first else None
+            first = kmatrix.first_drafter(self.k, r)
+            drafter = self.rungs[first] if first is not None else None
             if not isinstance(drafter, ModelRung) or not hasattr(drafter.scorer, "score_tree"):
                 raise ValueError(
                     f"{rung.name}: tree extend needs a neural drafter that scores token trees "
                     "first in its block"
                 )
-            out[r] = first[0][0]
+            out[r] = first
         return out
 
     @property

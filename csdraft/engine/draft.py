@@ -52,15 +52,7 @@ class Draft:
         """Append ``other`` (a chain or a tree) after this chain's last node."""
         if not self.is_chain:
             raise ValueError("only chains can be extended; grow trees node by node")
-        n = len(self)
-        if self.q_raw is not None or other.q_raw is not None:
-            self.q_raw = self.raw() + other.raw()
-        if not other.is_chain:
-            own = list(range(-1, n - 1))
-            self.parents = own + [p + n if p >= 0 else n - 1 for p in other.parents]
-        self.tokens += other.tokens
-        self.origins += other.origins
-        self.q += other.q
+        self.graft(len(self) - 1, other)
 
     def copy(self) -> Draft:
         """A draft with its own lists (the distributions are shared, never changed)."""
@@ -73,14 +65,15 @@ class Draft:
         )
 
     def graft(self, node: int, other: Draft) -> None:
-        """Append the chain ``other`` below node ``node`` (-1: the root) as a new branch."""
-        if not other.is_chain:
-            raise ValueError("only chains can be grafted")
+        """Append ``other`` (a chain or a tree) below node ``node`` (-1: the root) as a new
+        branch; a chain grafted below a chain's last node keeps it a chain."""
         n = len(self)
         if self.q_raw is not None or other.q_raw is not None:
             self.q_raw = self.raw() + other.raw()
-        own = self.parents if self.parents is not None else list(range(-1, n - 1))
-        self.parents = own + [node if i == 0 else n + i - 1 for i in range(len(other))]
+        if self.parents is not None or other.parents is not None or node != n - 1:
+            own = self.parents if self.parents is not None else list(range(-1, n - 1))
+            theirs = other.parents if other.parents is not None else range(-1, len(other) - 1)
+            self.parents = own + [p + n if p >= 0 else node for p in theirs]
         self.tokens += other.tokens
         self.origins += other.origins
         self.q += other.q

@@ -111,6 +111,12 @@ def block_length(k: Sequence[Sequence[int]], reviewer: int) -> int:
     return sum(k[reviewer][reviewer:]) if reviewer < len(k) else 0
 
 
+def first_drafter(k: Sequence[Sequence[int]], reviewer: int) -> int | None:
+    """The rung that drafts the first segment of ``reviewer``'s block (None: it drafts alone)."""
+    first = segments(k, reviewer, block_length(k, reviewer))
+    return first[0][0] if first else None
+
+
 def explain(k: Sequence[Sequence[int]], names: Sequence[str], neural: Sequence[bool]) -> list[str]:
     """The k-matrix in words, one line per reviewing rung, then every neural rung that drafts
     autoregressively. ``names`` and ``neural`` describe every rung in ladder order."""
