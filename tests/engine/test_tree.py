@@ -279,7 +279,11 @@ def test_extend_leaves_grows_every_branch_in_one_drafter_pass(zoo):
     grown = len(draft) - len(extension.own) - extension.accepted  # chain and siblings
     assert grown > 3 and all(q is None for q in draft.q[3:grown])  # siblings: deterministic
     assert all(q is not None for q in draft.q[grown:])  # extensions: the drafter's law
-    assert all(p < grown for p in draft.parents[grown:] if p >= 0) or len(extension.proposed)
+    # Every extension hangs below a leaf of the grown tree or continues another extension.
+    grown_tree = Draft(draft.tokens[:grown], draft.origins[:grown], [None] * grown)
+    grown_tree.parents = draft.parents[:grown]
+    ends = set(tree_module.leaves(grown_tree))
+    assert len(draft) > grown and all(p in ends or p >= grown for p in draft.parents[grown:])
     # The drafter's cache holds the context and its 3-token chain only, as if fed them alone.
     assert cascade.rungs[1].scorer.cache.get_seq_length() == len(PROMPT) + 3
     with pytest.raises(ValueError, match="tree extend needs a neural drafter"):
@@ -382,6 +386,8 @@ def test_check_rejects_extensions_cut_by_their_own_probability(sampling_models, 
     real = Draft.graft
 
     def likeliest_only(self, node, other):
+        if self.is_chain:  # a block being drafted (Draft.extend), not a tree's extension
+            return real(self, node, other)
         keep = 0
         for q, x in zip(other.q, other.tokens, strict=True):
             if q is not None and q[x] < q.max():
