@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from csdraft import trace
-from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling, learn_bigram
-from csdraft.engine.deferral import Deferral
-from csdraft.engine.tree import TreeSettings
+from csdraft.engine import Cascade, Sampling, learn_bigram
 from csdraft.errors import CsdraftError, UsageError
-from csdraft.ladder import LadderSpec, check_sampling, get_ladder
+from csdraft.ladder import get_ladder
+from csdraft.models.load import LoadedModel
+from csdraft.spec import LadderSpec, build_cascade, check_sampling
 from csdraft.text import StopStrings
 from csdraft.trace import Commit, Event, Stats
 
@@ -53,22 +53,25 @@ class Result:
 class Ladder:
     """A ladder with its models loaded and their tokenizers checked against the target's.
 
-    ``models`` holds one loaded model per neural rung (target first), each from the backend its
-    ``ModelSpec`` names; drafting rungs are built afresh for every cascade, so cascades over the
-    same ladder never share a cache."""
+    ``models`` maps each model rung's name to its loaded model (the target first), each from
+    the backend its ``RungSpec`` names. Cascades are built afresh for every generation
+    (``build_cascade``), so they never share a cache; any validated spec whose model rungs were
+    loaded here (a sub-ladder, other settings) runs over the same models."""
 
-    def __init__(self, spec: LadderSpec, models: list[Any], bigram: dict[int, int] | None) -> None:
+    def __init__(
+        self, spec: LadderSpec, models: dict[str, LoadedModel], bigram: dict[int, int] | None
+    ) -> None:
         self.spec = spec
         self.models = models
         self.bigram = bigram
 
     @classmethod
     def load(cls, spec: LadderSpec, progress: bool = True) -> Ladder:
-        """Load every neural rung (preparing offline packs once) and check tokenizers match."""
+        """Load every model rung (preparing offline packs once) and check tokenizers match."""
         from csdraft.models import load, tokenizer_fingerprint
 
         target = load(spec.target, progress, batch_invariant=True)
-        models = [target]
+        models = {spec.target.name: target}
         target_print = None  # computed only if some drafter's tokenizer files differ
         for d in spec.drafters:
             loaded = load(d, progress, share_tokenizer=target)
@@ -81,36 +84,33 @@ class Ladder:
                         "every rung must share the target's tokenizer"
                     )
             check_vocab(spec.name, d.name, loaded.vocab_size, len(target.tokenizer))
-            models.append(loaded)
+            models[d.name] = loaded
         bigram = None
         if spec.maxgram and spec.maxgram.bigram_text:
-            path = Path(spec.maxgram.bigram_text).expanduser()
-            if not path.is_file():
-                raise UsageError(f"ladder '{spec.name}': maxgram.bigram_text: {path} not found")
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            bigram = learn_bigram(target.tokenizer(lines)["input_ids"])
-        if spec.drafters or spec.maxgram:
+            lines = Path(spec.maxgram.bigram_text).expanduser().read_text().splitlines()
+            bigram = learn_bigram(target.tokenizer([ln for ln in lines if ln.strip()])["input_ids"])
+        if spec.drafting_rungs:
             _warn_slow_blocks(spec, models)
         return cls(spec, models, bigram)
 
     @property
     def tokenizer(self) -> Any:
-        return self.models[0].tokenizer
+        return self.target.tokenizer
 
     @property
-    def target(self) -> Any:
+    def target(self) -> LoadedModel:
         """The target's loaded model."""
-        return self.models[0]
+        return self.models[self.spec.target.name]
 
     @property
     def eos_ids(self) -> list[int]:
         """Token ids that end generation (the generation config's and the tokenizer's)."""
-        return self.models[0].eos_ids
+        return self.target.eos_ids
 
     @property
     def context_length(self) -> int | None:
         """The target's maximum context, when its config says."""
-        return self.models[0].context_length
+        return self.target.context_length
 
     def encode(self, text: str, raw: bool = False) -> list[int]:
         """Prompt ids: through the chat template for instruct models unless ``raw``."""
@@ -121,121 +121,56 @@ class Ladder:
         check_length(len(prompt_ids), max_new_tokens, self.context_length)
 
     def sampling(
-        self, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None
+        self,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        spec: LadderSpec | None = None,
     ) -> Sampling:
-        """Sampling settings: these over the ladder's generation defaults, validated."""
-        g = self.spec.generation
+        """Sampling settings: these over the (or ``spec``'s) generation defaults, validated."""
+        g = (spec or self.spec).generation
         t = g.temperature if temperature is None else temperature
         k = g.top_k if top_k is None else top_k
         p = g.top_p if top_p is None else top_p
-        check_sampling(t, k, p, "sampling")
-        return Sampling(float(t), int(k), float(p))
 
-    def proposer(
-        self,
-        rung: int,
-        lenience: float,
-        min_confidence: float,
-        tree: TreeSettings | None = None,
-        deferral: Deferral | None = None,
-        window: int | None = None,
-        branches: int | None = None,
-        vocab: int | None = None,
-    ) -> Proposer:
-        """A fresh drafting rung for ladder index ``rung`` (1..D); ``tree``: how the drafts it
-        reviews branch, ``deferral``: its review's rule, ``window``: how much of a long prompt
-        it sees, ``vocab``: its draft vocabulary (defaults: its model's ``window`` and
-        ``vocab``) (neural rungs only); ``branches``: Max-Gram's (default: the ladder's)."""
-        spec = self.spec
-        if rung <= len(spec.drafters):
-            m = spec.drafters[rung - 1]
-            session = self.models[rung].session(m.name, m.vocab if vocab is None else vocab)
-            return ModelRung(
-                session,
-                m.name,
-                lenience,
-                min_confidence,
-                tree=tree,
-                deferral=deferral,
-                window=m.window if window is None else window,
-            )
-        mg = spec.maxgram
-        assert mg is not None
-        return MaxGram(mg.max_ngram, mg.min_ngram, self.bigram, branches or mg.branches)
+        def fail(message: str) -> None:
+            raise UsageError(f"sampling: {message}")
+
+        check_sampling(t, k, p, fail)
+        return Sampling(float(t), int(k), float(p))
 
     def cascade(
         self,
-        rungs: Sequence[int] | None = None,
-        k_matrix: Sequence[Sequence[int]] | None = None,
-        lenience: float | Sequence[float] | None = None,
-        min_confidence: float | Sequence[float] | None = None,
+        spec: LadderSpec | None = None,
         sampling: Sampling | None = None,
         seed: int | None = None,
-        tree: Sequence[TreeSettings | None] | None = None,
-        deferral: Deferral | Sequence[Deferral | None] | None = None,
-        window: int | None = None,
-        maxgram_branches: int | None = None,
-        vocab: int | None = None,
     ) -> Cascade:
-        """A cascade over this ladder, or over a sub-ladder: ``rungs`` lists the drafting rungs
-        to keep (ladder indices 1..D; default all), for baselines such as bench's. ``lenience``
-        and ``min_confidence`` (one value, or one per kept neural drafter) default to the
-        ladder's; ``tree`` (per reviewer: the target, then each kept neural drafter; a shorter
-        list leaves the rest linear) to the ladder's. ``deferral`` (the target's rule, or one
-        per reviewer of the full ladder: target, then each neural drafter) defaults to the
-        ladder's; any lossy rule makes the output lossy on purpose (``Cascade.lossless`` is
-        then False). ``window``: every neural drafter sees only the last ``window`` prompt
-        tokens (default: each drafter model's own ``window``). ``maxgram_branches``: Max-Gram's
-        drafts as token trees of that many branches (default: the ladder's ``branches``).
-        ``vocab``: every neural drafter's draft vocabulary (``models.draft_vocab``; default:
-        each drafter model's own ``vocab``)."""
-        spec = self.spec
-        if deferral is not None:
-            spec = spec.with_settings(deferral=deferral, where=f"ladder '{spec.name}'")
-        keep = list(range(1, spec.drafting_rungs + 1)) if rungs is None else list(rungs)
-        if any(not 1 <= r <= spec.drafting_rungs for r in keep):
-            raise UsageError(f"ladder '{spec.name}' has no drafting rung {keep}")
-        neural = [r for r in keep if r <= len(spec.drafters)]
-        lenience = _per_rung(lenience, [spec.lenience[r - 1] for r in neural], "lenience")
-        floors = _per_rung(
-            min_confidence, [spec.min_confidence[r - 1] for r in neural], "min_confidence"
-        )
-        if tree is None:
-            tree = [spec.tree[0], *(spec.tree[r] for r in neural)]
-        trees = list(tree) + [None] * (1 + len(neural) - len(tree))
-        try:
-            target = ModelRung(
-                self.models[0].session(spec.target.name),
-                spec.target.name,
-                vocab_size=self.models[0].vocab_size,
-                tree=trees[0],
-                deferral=spec.deferral[0],
-            )
-            drafters: list[Proposer] = []
-            for r in keep:
-                if r in neural:
-                    i = neural.index(r)
-                    drafters.append(
-                        self.proposer(
-                            r,
-                            lenience[i],
-                            floors[i],
-                            trees[i + 1],
-                            spec.deferral[r],
-                            window,
-                            vocab=vocab,
-                        )  # fmt: skip
-                    )
-                else:
-                    drafters.append(self.proposer(r, 1.0, 0.0, branches=maxgram_branches))
-            return Cascade(
-                [target, *drafters],
-                spec.k_matrix if k_matrix is None else k_matrix,
-                sampling or Sampling(),
-                spec.generation.seed if seed is None else seed,
-            )
-        except ValueError as e:
-            raise UsageError(f"ladder '{spec.name}': {e}") from None
+        """A fresh cascade for ``spec`` (default: the ladder's own) over the loaded models:
+        bench's baselines, tune's candidates and a request's own settings are specs."""
+        spec = self.runnable(spec)
+        return build_cascade(spec, self.models, sampling, seed, self.bigram)
+
+    def runnable(self, spec: LadderSpec | None) -> LadderSpec:
+        """``spec`` (default: the ladder's), checked to run on the models loaded here: every
+        model rung's model, dtype, device and backend as loaded (a one-line UsageError)."""
+        if spec is None:
+            return self.spec
+        loaded = {r.name: r for r in self.spec.rungs}
+        for rung in spec.rungs:
+            have = loaded.get(rung.name)
+            same = have is not None and have.kind == rung.kind
+            if same and rung.reviews:
+                key = ("ref", "dtype", "device", "backend")
+                same = all(getattr(have, k) == getattr(rung, k) for k in key)
+            if not same:
+                raise UsageError(
+                    f"ladder '{spec.name}': rung {rung.name} is not loaded in ladder "
+                    f"'{self.spec.name}' as it is given; load a ladder that has it"
+                )
+        own = self.spec.maxgram.bigram_text if self.spec.maxgram else None
+        if spec.maxgram and spec.maxgram.bigram_text != own:
+            raise UsageError(f"ladder '{spec.name}': max-gram's bigram_text is not the loaded one")
+        return spec
 
     def stream(
         self,
@@ -248,11 +183,13 @@ class Ladder:
         seed: int | None = None,
         stop: Sequence[str] = (),
         raw: bool = False,
+        spec: LadderSpec | None = None,
     ) -> Iterator[Event]:
         """The events of one generation (text is encoded with the chat template unless
-        ``raw``; token ids are used as they are). Settings default to the ladder's."""
+        ``raw``; token ids are used as they are). Settings default to the ladder's, or to
+        ``spec``'s: any validated spec over the loaded models (``spec.keep``, ``with_rung``...)."""
         prompt_ids, n_new, cascade, stops = self._prepare(
-            prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, raw
+            prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, raw, spec
         )
         yield from cascade.generate(prompt_ids, n_new, self.eos_ids, stops)
 
@@ -280,24 +217,30 @@ class Ladder:
         seed: int | None,
         stop: Sequence[str],
         raw: bool,
+        spec: LadderSpec | None,
     ) -> tuple[list[int], int, Cascade, StopStrings | None]:
-        gen = self.spec.generation
-        n_new = max_new_tokens or gen.max_new_tokens
+        spec = self.runnable(spec)
+        gen = spec.generation
+        n_new = gen.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
+            raise UsageError(f"max_new_tokens must be a whole number >= 1, got {n_new!r}")
+        if isinstance(stop, str):
+            stop = [stop]
         ids = self.prompt_ids(prompt, raw)
         self.check_length(ids, n_new)
-        cascade = self.cascade(sampling=self.sampling(temperature, top_k, top_p), seed=seed)
+        sampling = self.sampling(temperature, top_k, top_p, spec)
+        cascade = self.cascade(spec, sampling, seed)
         stops = [*gen.stop, *stop]
         return ids, n_new, cascade, (StopStrings(self.tokenizer, stops) if stops else None)
 
 
-def _warn_slow_blocks(spec: LadderSpec, models: list[Any]) -> None:
+def _warn_slow_blocks(spec: LadderSpec, models: dict[str, LoadedModel]) -> None:
     """One warning line when some model of a drafting ladder has block passes that cost about
     one pass per token on this CPU (``models.cpu``): speculation cannot pay for it here."""
     from csdraft.models.cache import warn
     from csdraft.models.cpu import slow_blocks_warning
 
-    specs = [spec.target, *spec.drafters]
-    message = slow_blocks_warning({s.name: m for s, m in zip(specs, models, strict=True)})
+    message = slow_blocks_warning(models)
     if message:
         warn(message)
 
@@ -312,15 +255,6 @@ def check_vocab(ladder: str, drafter: str, rows: int, tokens: int) -> None:
             f"tokenizer has {tokens} tokens, so it cannot read every token; use a drafter whose "
             "vocabulary covers the tokenizer"
         )
-
-
-def _per_rung(value: float | Sequence[float] | None, default: list[float], key: str) -> list[float]:
-    if value is None:
-        return default
-    values = [float(value)] * len(default) if isinstance(value, int | float) else list(value)
-    if len(values) != len(default):
-        raise UsageError(f"{key}: expected one value or {len(default)} (one per neural drafter)")
-    return values
 
 
 def encode(tokenizer: Any, text: str, raw: bool = False) -> list[int]:
@@ -376,4 +310,6 @@ def load(
     return Ladder.load(get_ladder(ladder, Path(config) if config else None), progress)
 
 
-__all__ = ["Ladder", "Result", "check_length", "encode", "load", "trace"]
+__all__ = [
+    "Ladder", "LadderSpec", "Result", "build_cascade", "check_length", "encode", "load", "trace"
+]

@@ -59,23 +59,22 @@ DEFERRAL_HELP = (
 
 
 def parse_deferral(rules: str | None, alphas: str | None) -> Any:
-    """--deferral 'opt' --alpha 0.1 -> [Deferral('opt', 0.1)] (the target's); comma lists give
-    one rule per reviewer, with one alpha for all or one each."""
-    from csdraft.engine.deferral import Deferral
+    """--deferral 'opt' --alpha 0.1 -> the target's Deferral('opt', 0.1); comma lists give
+    one rule per reviewer, with one alpha for all or one each. Every rule but 'none' needs an
+    alpha in its range."""
+    from csdraft.spec import deferral_of, spread
 
     if rules is None:
         if alphas is not None:
             raise UsageError("--alpha: needs --deferral RULE")
         return None
     names = [r.strip() for r in rules.split(",")]
-    values = parse_numbers(alphas or "0", "--alpha")
-    values = values if isinstance(values, list) else [values] * len(names)
-    if len(values) != len(names):
-        raise UsageError(f"--alpha: expected one value or {len(names)} (one per --deferral rule)")
-    try:
-        out = [Deferral(n, a) for n, a in zip(names, values, strict=True)]
-    except ValueError as e:
-        raise UsageError(f"--deferral: {e}") from None
+    values = parse_numbers(alphas, "--alpha")
+    values = spread(values, len(names), "--alpha (one per --deferral rule)")
+    out = [deferral_of(n, a, "--deferral") for n, a in zip(names, values, strict=True)]
+    for d in out:
+        if problem := d.range_problem():
+            raise UsageError(f"--deferral: {problem}")
     return out[0] if len(out) == 1 else out
 
 

@@ -95,15 +95,15 @@ def models_table(loaded: Any) -> Table:
         table.add_column(col, overflow="fold")
     table.add_column("memory", justify="right", no_wrap=True)
     table.add_column("tokenizer", no_wrap=True)
-    target_print = tokenizer_fingerprint(loaded.models[0].tokenizer)
+    target_print = tokenizer_fingerprint(loaded.tokenizer)
     names = spec.rung_names
-    for i, m in enumerate(loaded.models):
+    for i, (rung, m) in enumerate(zip(spec.rungs, loaded.models.values(), strict=False)):
         facts = model_facts(m)
         fp = tokenizer_fingerprint(m.tokenizer)
         same = "target" if i == 0 else ("✓ same" if fp == target_print else "✗ DIFFERENT")
         table.add_row(
             names[i],
-            "target" if i == 0 else f"drafter {i}" + _drafter_view(spec.drafters[i - 1]),
+            "target" if i == 0 else f"drafter {i}" + _drafter_view(rung),
             m.source,
             str(m.path) if m.path else "Hugging Face cache",
             _human_count(facts["params"]),
@@ -149,19 +149,21 @@ def k_matrix_lines(spec: Any) -> list[str]:
         "drafter c + 1 in turn",
     ]
     lines += [f"  {line}" for line in spec.explain_k_matrix()]
-    if spec.lenience:
-        lines.append("lenience (inner reviews only): " + ", ".join(f"{v:g}" for v in spec.lenience))
-    if any(spec.min_confidence):
+    drafters = spec.drafters
+    if drafters:
+        lines.append(
+            "lenience (inner reviews only): " + ", ".join(f"{d.lenience:g}" for d in drafters)
+        )
+    if any(d.min_confidence for d in drafters):
         lines.append(
             "min_confidence (a drafter ends its draft after a token it doubts): "
-            + ", ".join(f"{v:g}" for v in spec.min_confidence)
+            + ", ".join(f"{d.min_confidence:g}" for d in drafters)
         )
-    names = spec.rung_names
-    for reviewer, tree in enumerate(spec.tree):
-        if tree is not None:
+    for reviewer, rung in enumerate(spec.rungs):
+        if rung.tree is not None:
             drafter = names[reviewer + 1] if reviewer + 1 < len(names) else "its drafter"
-            lines.append(f"{names[reviewer]} reviews {tree.explain(drafter)}")
-    if not any(t is not None for t in spec.tree):
+            lines.append(f"{rung.name} reviews {rung.tree.explain(drafter)}")
+    if not any(r.tree is not None for r in spec.rungs):
         lines.append("linear drafts (no token trees)")
     return lines
 
@@ -185,6 +187,7 @@ def run_inspect(
         agreement_table,
         calibrate,
         costs_table,
+        settings,
     )
 
     out = console or report_console()
@@ -214,9 +217,9 @@ def run_inspect(
             )
         )
     if spec.k_matrix:
-        lenience: Any = tuple(spec.lenience) if spec.lenience else 1.0
-        floor: Any = tuple(spec.min_confidence) if spec.min_confidence else 0.0
-        pred = Replay(cal).predict(spec.k_matrix, lenience, floor, spec.tree[0])
+        lenience = settings.from_spec([d.lenience for d in spec.drafters], 1.0)
+        floor = settings.from_spec([d.min_confidence for d in spec.drafters], 0.0)
+        pred = Replay(cal).predict(spec.k_matrix, lenience, floor, spec.target.tree)
         analytic = AnalyticModel.from_calibration(cal, agree).predict(spec.k_matrix)
         out.print(
             f"predicted speedup of this k-matrix over ar: [bold]{pred.speedup:.2f}x[/] "

@@ -353,7 +353,7 @@ def _skeleton(
             "name": spec.name,
             "rungs": spec.rung_names,
             "k_matrix": [list(r) for r in spec.k_matrix],
-            "lenience": list(spec.lenience),
+            "lenience": [d.lenience for d in spec.drafters],
             "dtype": (
                 f"{target.dtype} (batch-invariant)"
                 if getattr(target, "batch_invariant", False)
@@ -369,10 +369,9 @@ def _skeleton(
         "skipped": skipped,
         "costs": {
             "params": {
-                name: m.parameter_count()
-                for name, m in zip(spec.rung_names, loaded.models, strict=False)
-            }
-            | {name: 0 for name in spec.rung_names[len(loaded.models) :]},
+                name: loaded.models[name].parameter_count() if name in loaded.models else 0
+                for name in spec.rung_names
+            },
             "measured_s": {},
         },
         "prompts": [],

@@ -28,7 +28,6 @@ from csdraft.engine.tree import (
     greedy_tree,
     grow,
     leaves,
-    no_lenience,
     path_to,
     sample_tree,
 )
@@ -40,7 +39,8 @@ StopCheck = Callable[[list[int]], int | None]
 
 class Cascade:
     """Generates exactly what ``rungs[0]`` would, drafting with the rungs below it; or, when
-    some rung has a lossy deferral rule, what the rules' pi say (``lossless`` is False)."""
+    some rung has a lossy deferral rule, what the rules' pi say (``lossless`` is False). Build
+    it from a validated ladder spec (``csdraft.spec.build_cascade``): it trusts its settings."""
 
     def __init__(
         self,
@@ -50,34 +50,24 @@ class Cascade:
         seed: int = 0,
     ) -> None:
         self.rungs = list(rungs)
-        if not self.rungs or not isinstance(self.rungs[0], ModelRung):
-            raise ValueError("the first rung must be the target model")
-        if self.rungs[0].lenience != 1:
-            raise ValueError("the target's review is never lenient")
-        if self.rungs[0].window is not None:
-            raise ValueError("the target sees the whole prompt (a window is for drafters)")
         for i, rung in enumerate(self.rungs):
             rung.index = i
         self.names = [r.name for r in self.rungs]
-        try:
-            self.k = kmatrix.check(
-                [list(map(int, row)) for row in k_matrix], self.names, self.names[1:]
-            )
-        except kmatrix.KMatrixError as e:
-            raise ValueError(f"{e} for this ladder") from None
+        self.k = tuple(tuple(int(v) for v in row) for row in k_matrix)
         self.sampling = sampling or Sampling()
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         lenient = any(getattr(r, "lenience", 1.0) > 1 for r in self.rungs)
-        self._check_tree_reviewers()
-        self.extender = self._extenders()
+        self.extender = {
+            r: kmatrix.first_drafter(self.k, r)
+            for r, rung in enumerate(self.rungs)
+            if getattr(rung, "tree", None) is not None and rung.tree.extend
+        }
         """Per reviewer whose trees ``extend``: the drafter that extends them (its first
-        segment's, a neural rung that scores trees)."""
+        segment's; ``spec.validate`` made sure it is a model that scores trees)."""
         trees = any(getattr(r, "tree", None) is not None for r in self.rungs)
         lossy = [getattr(r, "lossy", False) for r in self.rungs]
         self.lossless = not any(lossy)
-        if (trees or any(r.proposes_trees for r in self.rungs)) and not self.lossless:
-            raise ValueError("token trees and deferral rules do not combine yet: use one")
         self.hand_on_raw = [any(lossy[:i]) for i in range(len(self.rungs))]
         """Per rung: whether a lossy review above it judges its outputs' raw distributions."""
         if self.sampling.greedy:  # growing trees and lossy reviews need the probabilities
@@ -87,45 +77,6 @@ class Cascade:
         self.vocab_size = self.rungs[0].vocab_size
         self._events: list[Event] = []
         self._t0 = 0.0
-
-    def _check_tree_reviewers(self) -> None:
-        """Every rung that reviews a tree-proposing drafter (its k-matrix entry > 0) can score
-        trees and is not lenient (ValueError, naming both, otherwise)."""
-        for d, drafter in enumerate(self.rungs):
-            if not drafter.proposes_trees:
-                continue
-            for r, row in enumerate(self.k[:d]):
-                reviewer = self.rungs[r]
-                if row[d - 1] <= 0:
-                    continue
-                if not hasattr(reviewer.scorer, "score_tree"):
-                    raise ValueError(
-                        f"{reviewer.name} reviews {drafter.name}'s token trees, but its backend "
-                        "does not score trees"
-                    )
-                if reviewer.lenience != 1:
-                    raise ValueError(
-                        f"{reviewer.name} reviews {drafter.name}'s token trees: lenience needs "
-                        "linear drafts (set its lenience to 1)"
-                    )
-
-    def _extenders(self) -> dict[int, int]:
-        """Reviewer -> the rung that extends its trees: the drafter of its block's first
-        segment, which must be a model that scores trees (ValueError otherwise)."""
-        out = {}
-        for r, rung in enumerate(self.rungs):
-            tree = getattr(rung, "tree", None)
-            if tree is None or not tree.extend or r >= len(self.k):
-                continue
-            first = kmatrix.first_drafter(self.k, r)
-            drafter = self.rungs[first] if first is not None else None
-            if not isinstance(drafter, ModelRung) or not hasattr(drafter.scorer, "score_tree"):
-                raise ValueError(
-                    f"{rung.name}: tree extend needs a neural drafter that scores token trees "
-                    "first in its block"
-                )
-            out[r] = first
-        return out
 
     @property
     def deferral(self) -> list[dict | None]:
@@ -210,7 +161,6 @@ class Cascade:
 
     def tree_rule(self, logits: torch.Tensor, draft: Draft, lenience: float) -> Verdict:
         """The review of a tree draft, greedy or sampled as the cascade's rule is."""
-        no_lenience(lenience)
         if self.sampling.greedy:
             return greedy_tree(logits, draft, self.rule.hand_on_probs)
         return sample_tree(logits, draft, self.sampling, self.generator)

@@ -40,6 +40,18 @@ RULES: dict[str, str] = {
 
 TOKEN_SPECIFIC = ("v1", "v2", "v3")
 
+ALPHA_RANGE: dict[str, tuple[float, float]] = {
+    "none": (-math.inf, math.inf),
+    "chow": (0.0, 1.0),
+    "diff": (-1.0, 1.0),
+    "opt": (-math.inf, math.inf),
+    "v1": (-1.0, 1.0),
+    "v2": (0.0, 1.0),
+    "v3": (0.0, 1.0),
+}
+"""The alphas a user may give each rule (``RULES`` says what they mean); outside them a rule
+either changes nothing more or has no meaning."""
+
 
 @dataclass(frozen=True)
 class Deferral:
@@ -77,6 +89,13 @@ class Deferral:
             "v2": a < 0,
             "v3": a < 0,
         }[self.rule]
+
+    def range_problem(self) -> str | None:
+        """Why this alpha is outside the rule's range (``ALPHA_RANGE``), or None."""
+        low, high = ALPHA_RANGE[self.rule]
+        if low <= self.alpha <= high:
+            return None
+        return f"{self.rule} takes alpha in [{low:g}, {high:g}], got {self.alpha:g}"
 
     def __str__(self) -> str:
         return "none" if self.rule == "none" else f"{self.rule} alpha={self.alpha:g}"
@@ -130,9 +149,16 @@ def _token_mix(q: torch.Tensor, p: torch.Tensor, inside: torch.Tensor) -> torch.
 
 
 def parse(text: str) -> Deferral:
-    """``RULE`` or ``RULE@ALPHA`` (e.g. ``opt@0.1``) as a Deferral."""
+    """``RULE@ALPHA`` (e.g. ``opt@0.1``; ``none`` needs no alpha) as a Deferral, its alpha in
+    the rule's range."""
     rule, _, alpha = text.partition("@")
+    rule = rule.strip()
     try:
-        return Deferral(rule.strip(), float(alpha) if alpha else 0.0)
+        if not alpha.strip() and rule != "none":
+            raise ValueError(f"{rule} needs an alpha: {rule}@ALPHA")
+        deferral = Deferral(rule, float(alpha) if alpha.strip() else 0.0)
+        if problem := deferral.range_problem():
+            raise ValueError(problem)
+        return deferral
     except ValueError as e:
         raise ValueError(f"bad deferral {text!r}: {e}") from None

@@ -123,24 +123,6 @@ class ModelRung(Proposer):
         deferral: Deferral | None = None,
         window: int | None = None,
     ) -> None:
-        if window is not None and window < 1:
-            raise ValueError(f"{name}: window must be at least 1 token, got {window}")
-        if not lenience >= 1:  # NaN too
-            raise ValueError(f"{name}: lenience must be >= 1, got {lenience}")
-        if tree is not None and lenience != 1:
-            raise ValueError(f"{name}: lenience needs linear drafts (no tree with lenience > 1)")
-        if lenience > 1 and deferral is not None and not deferral.lossless:
-            raise ValueError(
-                f"{name}: lenience {lenience:g} and deferral {deferral} on one rung: choose one"
-            )
-        if tree is not None and deferral is not None and not deferral.lossless:
-            raise ValueError(f"{name}: deferral rules need linear drafts (no tree with {deferral})")
-        if tree is not None and not hasattr(scorer, "score_tree"):
-            raise ValueError(
-                f"{name}: its backend does not score token trees; drop its tree setting"
-            )
-        if not 0 <= min_confidence < 1:
-            raise ValueError(f"{name}: min_confidence must be in [0, 1), got {min_confidence}")
         self.scorer = scorer
         self.name = name
         self.lenience = float(lenience)

@@ -79,3 +79,29 @@ def load_tokenizer(ref: str, progress: bool = True) -> PreTrainedTokenizerBase:
     from csdraft.models.transformers_backend import load_tokenizer as load
 
     return load(ref, progress)
+
+
+def backend_class(name: str) -> Any:  # TEMPORARY stub until the h-struct merge
+    """The model class of backend ``name`` (its capabilities as class attributes)."""
+    from types import SimpleNamespace
+
+    if name == "transformers":
+        return SimpleNamespace(
+            scores_trees=True, supports_vocab=True, cpu_only=False,
+            dtypes=("bfloat16", "float16", "float32", "int8"),
+            reference_problem=lambda ref: None,
+        )
+    if name == "llama.cpp":
+        from csdraft.models.packs import has_gguf
+
+        return SimpleNamespace(
+            scores_trees=False, supports_vocab=False, cpu_only=True, dtypes=("gguf",),
+            reference_problem=lambda ref: None if has_gguf(ref) else (
+                f"backend llama.cpp runs GGUF files: {ref!r} is neither an offline pack nor a "
+                "path ending in .gguf"
+            ),
+        )
+    raise UsageError(f"backend: expected one of transformers, llama.cpp, got {name!r}")
+
+
+LoadedModel = Any  # TEMPORARY stub until the h-struct merge

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from csdraft.engine import MaxGram, Sampling
-from csdraft.ladder import MaxGramSpec
 from csdraft.runs import cascade_runner
+from csdraft.spec import RungSpec
 from csdraft.tune.costs import (
     COST_LENGTHS,
     CostCurve,
@@ -79,7 +79,7 @@ class Calibration:
 
     names: list[str]
     n_neural: int
-    maxgram: MaxGramSpec | None
+    maxgram: RungSpec | None
     bigram: dict[int, int] | None
     costs: list[CostCurve]
     argmax: CostCurve
@@ -137,7 +137,7 @@ def teacher_force(
 def maxgram_along(
     prompt: Sequence[int],
     ref: Sequence[int],
-    spec: MaxGramSpec,
+    spec: RungSpec,
     bigram: dict[int, int] | None = None,
     depth: int = MAX_RUN,
 ) -> tuple[np.ndarray, float]:
@@ -168,7 +168,7 @@ def calibrate(
 ) -> Calibration:
     """Measure costs and acceptance statistics of a loaded ladder on ``prompts`` (token ids)."""
     spec = ladder.spec
-    models = list(ladder.models)
+    models = list(ladder.models.values())
     eos = ladder.eos_ids
     records: list[PromptRecord] = []
 
@@ -178,7 +178,7 @@ def calibrate(
         tid = progress.add_task(description, total=total)
         return lambda: progress.advance(tid)
 
-    ar = cascade_runner(ladder.cascade(rungs=[], k_matrix=[], sampling=Sampling()), eos)
+    ar = cascade_runner(ladder.cascade(spec.keep([], []), Sampling()), eos)
     if prompts:
         ar(list(prompts[0]), max_new_tokens)  # warm-up: first calls (and shapes) are slow
     step = task("reference continuations (target, greedy)", len(prompts))

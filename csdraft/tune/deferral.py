@@ -8,7 +8,6 @@ ar's; ``--write`` stores the winner as a new ladder whose name and description s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +155,6 @@ def run_tune_deferral(
             f"  (not written; add --write to store it as '{lossy_name(spec.name, winner)}')"
         )
         return 0
-    rule = {"rule": winner.rule, "alpha": winner.alpha}
     description = (
         f"LOSSY: {spec.name} with deferral {winner.rule} alpha={winner.alpha:g} at the target's "
         f"review (csdraft tune deferral: {speed:.2f}x over ar, answers equal to the target's on "
@@ -166,8 +164,8 @@ def run_tune_deferral(
         path, name = store_ladder(
             write_name or lossy_name(spec.name, winner),
             config,
-            lambda final: replace(
-                spec.with_settings(name=final, deferral=rule), description=description
+            lambda final: spec.with_settings("tune", deferral=winner).replace(
+                "tune", name=final, description=description
             ),
         )
     except OSError as e:

@@ -25,7 +25,7 @@ from csdraft.tune.write import tuned_spec, write_winner
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from csdraft.ladder import LadderSpec
+    from csdraft.spec import LadderSpec
 
 
 def run_tune(

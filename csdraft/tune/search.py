@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from csdraft.engine import kmatrix
 from csdraft.engine.kmatrix import KMatrix
 from csdraft.engine.tree import TreeSettings
-from csdraft.ladder import LadderSpec
 from csdraft.runs import Outcome
+from csdraft.spec import LadderSpec
 from csdraft.tune import settings
 from csdraft.tune.analytic import AnalyticModel, Prediction
 from csdraft.tune.calibration import Calibration
@@ -71,6 +71,23 @@ class Candidate:
     @property
     def key(self) -> tuple:
         return (self.k, self.lenience, self.floor, self.tree)
+
+    def spec_of(self, ladder: LadderSpec, name: str = "", description: str = "") -> LadderSpec:
+        """The ladder this setting runs, validated: the rungs its k-matrix uses (with their
+        own settings), its k-matrix over them, its lenience and min_confidence on the neural
+        drafters it keeps and its tree at the target's review; renamed when ``name`` is given."""
+        kept, sub = kmatrix.sub_ladder(self.k)
+        neural = [r for r in kept if ladder.rungs[r].reviews]
+        spec = ladder.keep([ladder.rungs[r].name for r in kept], sub)
+        spec = spec.with_settings(
+            "tune",
+            lenience=settings.for_rungs(self.lenience, neural) if neural else None,
+            min_confidence=settings.for_rungs(self.floor, neural) if neural else None,
+        )
+        spec = spec.with_rung(spec.target.name, "tune", tree=self.tree)
+        return spec.replace(
+            "tune", name=name or spec.name, description=description or spec.description
+        )
 
     @property
     def speedup(self) -> float:
@@ -177,10 +194,10 @@ def current_setting(spec: LadderSpec) -> tuple:
     """The ladder's own (k-matrix, lenience, min_confidence, target's tree), as
     ``setting_key`` keys it."""
     k = kmatrix.canonical(spec.k_matrix)
-    lenience = settings.from_spec(spec.lenience, 1.0)
-    floor = settings.from_spec(spec.min_confidence, 0.0)
+    lenience = settings.from_spec([d.lenience for d in spec.drafters], 1.0)
+    floor = settings.from_spec([d.min_confidence for d in spec.drafters], 0.0)
     n = len(spec.drafters) + 1
-    return setting_key(k, lenience, floor, n, spec.tree[0]) if k else (None, 1.0, 0.0, None)
+    return setting_key(k, lenience, floor, n, spec.target.tree) if k else (None, 1.0, 0.0, None)
 
 
 def search(

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from csdraft import exactness
-from csdraft.engine import Sampling, kmatrix
+from csdraft.engine import Sampling
 from csdraft.runs import Outcome, Runner, cascade_runner, interleaved
-from csdraft.tune import noise, settings
+from csdraft.tune import noise
 from csdraft.tune.calibration import Calibration, PromptRecord
 from csdraft.tune.replay import Replay
 from csdraft.tune.search import Candidate
@@ -71,20 +71,9 @@ def runners(ladder: Ladder, chosen: Sequence[Candidate]) -> dict[str, Runner]:
     sub-ladder its k-matrix uses (``kmatrix.sub_ladder``) with its lenience and
     min_confidence for the neural drafters it keeps and its tree at the target's review."""
     spec, eos = ladder.spec, ladder.eos_ids
-    plain = ladder.cascade(rungs=[], k_matrix=[], sampling=Sampling())
-    out = {AR: cascade_runner(plain, eos)}
+    out = {AR: cascade_runner(ladder.cascade(spec.keep([], []), Sampling()), eos)}
     for i, cand in enumerate(chosen):
-        kept, sub = kmatrix.sub_ladder(cand.k)
-        neural = [r for r in kept if r <= len(spec.drafters)]
-        cascade = ladder.cascade(
-            rungs=kept,
-            k_matrix=sub,
-            lenience=settings.for_rungs(cand.lenience, neural),
-            min_confidence=settings.for_rungs(cand.floor, neural),
-            sampling=Sampling(),
-            tree=[cand.tree],
-        )
-        out[str(i + 1)] = cascade_runner(cascade, eos)
+        out[str(i + 1)] = cascade_runner(ladder.cascade(cand.spec_of(spec), Sampling()), eos)
     return out
 
 

@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 
-from csdraft.engine import kmatrix
 from csdraft.errors import CsdraftError
-from csdraft.ladder import (
-    LadderSpec,
-    add_ladder,
-    check_k_matrix,
-    check_lenience,
-    check_min_confidence,
-    load_ladders,
-    parse_config,
-    user_config_path,
-)
-from csdraft.tune import settings
+from csdraft.ladder import add_ladder, load_ladders, user_config_path
+from csdraft.spec import LadderSpec
 from csdraft.tune.search import Candidate
 
 
@@ -36,31 +25,13 @@ def unique_name(base: str, taken: Iterable[str]) -> str:
 
 
 def tuned_spec(spec: LadderSpec, cand: Candidate, name: str, description: str = "") -> LadderSpec:
-    """The ladder a candidate describes: only the rungs its k-matrix uses, its k-matrix over
-    them, its lenience and min_confidence, under a new name."""
-    kept, sub = kmatrix.sub_ladder(cand.k)
-    n = len(spec.drafters)
-    neural = [r for r in kept if r <= n]
-    new = replace(
-        spec,
-        name=name,
-        drafters=tuple(spec.drafters[r - 1] for r in neural),
-        maxgram=spec.maxgram if any(r > n for r in kept) else None,
-        k_matrix=(),
-        lenience=(),
-        min_confidence=(),
-        tree=(cand.tree, *(None for _ in neural)),
-        description=description or spec.description,
-    )
-    where = f"ladder '{name}'"
-    return replace(
-        new,
-        k_matrix=check_k_matrix(sub, new, where),
-        lenience=check_lenience(settings.for_rungs(cand.lenience, neural), len(neural), where),
-        min_confidence=check_min_confidence(
-            settings.for_rungs(cand.floor, neural), len(neural), where
-        ),
-    )
+    """The ladder a candidate describes (``Candidate.spec_of``) under a new name; a lossy one
+    (its rungs' deferral rules) says so in its description."""
+    new = cand.spec_of(spec, name, description)
+    if not new.lossless and not new.description.startswith("LOSSY"):
+        rules = "; ".join(f"{r.name}: {r.deferral}" for r in new.rungs if r.lossy)
+        new = new.replace(description=f"LOSSY ({rules}): {new.description}")
+    return new
 
 
 def store_ladder(
@@ -70,13 +41,11 @@ def store_ladder(
     ``base_name`` or, when that is taken, ``base_name-2``, ``-3``, ...; never overwrites.
     Returns the file and the name used."""
     path = Path(config) if config is not None else user_config_path()
-    taken: set[str] = set()
+    others: dict[str, LadderSpec] = {}
     with contextlib.suppress(CsdraftError):
-        taken |= set(load_ladders(config))
-    if path.is_file():
-        taken |= set(parse_config(path.read_text(), str(path)))
-    final = unique_name(base_name, taken)
-    add_ladder(path, make(final))
+        others = load_ladders(config) if config is not None else load_ladders()
+    final = unique_name(base_name, others)
+    add_ladder(path, make(final), others)
     return path, final
 
 

@@ -32,8 +32,8 @@ def test_lossy_config_names_rule_and_reviewers(tiny_config):
         "tiny-t": {"rule": "opt", "alpha": 0.1},
         "tiny-d": {"rule": "opt", "alpha": 0.2},
     }
-    plan = m._configure(spec, Settings())
-    assert plan.deferral == [Deferral("opt", 0.1), Deferral("opt", 0.2)]
+    plan = m.plan(spec, Settings())
+    assert [r.deferral for r in plan.rungs[:2]] == [Deferral("opt", 0.1), Deferral("opt", 0.2)]
     assert "3 alphas" in method("csd+opt@0.1,0.2,0.3").skip_reason(spec, Settings())
 
 
@@ -86,15 +86,21 @@ tiny-lossy:
     over = method("csd@tiny-slow+chow@1", config)  # a rule over another ladder's settings
     assert not over.lossless
     assert over.config(spec, Settings())["k_matrix"] == [[2, 0], [0, 2]]
-    assert over._configure(spec, Settings()).min_confidence == [0.3]
-    assert over._configure(spec, Settings()).deferral == [Deferral("chow", 1.0), None]
+    plan = over.plan(spec, Settings())
+    assert plan.drafters[0].min_confidence == 0.3
+    assert [r.deferral for r in plan.rungs] == [Deferral("chow", 1.0), None, None]
     ladder = method("csd@tiny-lossy", config)  # a ladder's own rules come with it, labelled
     assert not ladder.lossless and "LOSSY: chow alpha=1" in ladder.description
-    assert ladder._configure(spec, Settings()).deferral == [Deferral("chow", 1.0), None]
+    assert ladder.plan(spec, Settings()).target.deferral == Deferral("chow", 1.0)
     assert method("csd@tiny-slow", config).lossless
-    assert method("csd@tiny-slow", config)._configure(spec, Settings()).deferral is None
+    assert method("csd@tiny-slow", config).plan(spec, Settings()).lossless
     reason = method("csd-tree+chow@1", config).skip_reason(spec, Settings())
-    assert reason == "token trees and deferral rules do not combine yet"
+    assert "token trees and a lossy deferral rule do not combine" in reason
+    assert method("csd+chow@0").lossless  # chow's lossless end is not labelled LOSSY
+    with pytest.raises(UsageError, match="chow needs an alpha"):
+        parse_methods("csd+chow@")
+    with pytest.raises(UsageError, match=r"chow takes alpha in \[0, 1\]"):
+        parse_methods("csd+chow@5")
     with pytest.raises(UsageError, match="unknown ladder 'nowhere'"):
         parse_methods("csd@nowhere+chow@1", config)
     results = run_bench(

@@ -31,7 +31,8 @@ def test_methods_skip_what_does_not_apply():
 def test_parse_methods():
     assert parse_methods(None)[0] == "ar" and "hf-lookup" in parse_methods(None)
     assert parse_methods("csd, sd,csd") == ["ar", "csd", "sd"]
-    assert parse_methods("csd,csd@mine") == ["ar", "csd", "csd@mine"]
+    with pytest.raises(UsageError, match="unknown ladder 'mine'"):
+        parse_methods("csd,csd@mine")  # checked before any loading
     with pytest.raises(UsageError, match="unknown nope"):
         parse_methods("ar,nope")
 
@@ -56,7 +57,9 @@ def test_tree_methods_name_their_settings(tiny_config):
 def test_window_methods(tiny_config):
     assert parse_methods("csd-window@256") == ["ar", "csd-window@256"]
     spec = get_ladder("tiny", tiny_config)
-    assert method("csd-window@256").config(spec, Settings())["window"] == 256
+    plan = method("csd-window@256").plan(spec, Settings())
+    assert [d.window for d in plan.drafters] == [256]
+    assert method("csd-window@256").config(spec, Settings())["spec"]["rungs"][1]["window"] == 256
     with pytest.raises(UsageError, match="csd-window@TOKENS"):
         parse_methods("csd-window@0")
 
@@ -64,8 +67,8 @@ def test_window_methods(tiny_config):
 def test_vocab_methods(tiny_config):
     assert parse_methods("csd-vocab@64,csd-vocab@all") == ["ar", "csd-vocab@64", "csd-vocab@all"]
     spec = get_ladder("tiny", tiny_config)
-    assert method("csd-vocab@64").config(spec, Settings())["vocab"] == 64
-    assert method("csd-vocab@all").config(spec, Settings())["vocab"] == 2**31 - 1
+    assert method("csd-vocab@64").config(spec, Settings())["spec"]["rungs"][1]["vocab"] == 64
+    assert method("csd-vocab@all").plan(spec, Settings()).drafters[0].vocab is None
     for bad in ("csd-vocab@0", "csd-vocab@x", "csd-vocab@"):
         with pytest.raises(UsageError, match="csd-vocab@IDS"):
             parse_methods(bad)
@@ -75,7 +78,7 @@ def test_branch_methods(tiny_config):
     assert parse_methods("csd-branch@3") == ["ar", "csd-branch@3"]
     spec = get_ladder("tiny", tiny_config)
     config = method("csd-branch@3").config(spec, Settings())
-    assert config["maxgram_branches"] == 3
+    assert config["spec"]["rungs"][-1]["branches"] == 3
     assert config["k_matrix"] == [list(r) for r in spec.k_matrix]
     with pytest.raises(UsageError, match="csd-branch@BRANCHES"):
         parse_methods("csd-branch@x")
@@ -88,14 +91,12 @@ def test_another_ladder_on_the_same_models(tiny_config):
     s = Settings()
     slow = method("csd@tiny-slow", tiny_config)
     assert slow.skip_reason(spec, s) is None
-    assert slow.config(spec, s) == {
-        "rungs": ["tiny-t", "tiny-d", "max-gram"],
-        "k_matrix": [[2, 0], [0, 2]],
-        "lenience": [1.0],
-        "min_confidence": [0.3],
-        "lossless": True,
-    }
-    assert "Max-Gram" in method("csd@tiny-lookup", tiny_config).skip_reason(spec, s)
+    config = slow.config(spec, s)
+    assert config["rungs"] == ["tiny-t", "tiny-d", "max-gram"]
+    assert config["k_matrix"] == [[2, 0], [0, 2]] and config["lossless"] is True
+    assert [(d.lenience, d.min_confidence) for d in slow.plan(spec, s).drafters] == [(1.0, 0.3)]
+    lookup = method("csd@tiny-lookup", tiny_config).plan(spec, s)  # Max-Gram is settings
+    assert lookup.rung_names == ["tiny-t", "max-gram"] and lookup.maxgram.max_ngram == 8
     assert "another target" in method("csd@tiny-swapped", tiny_config).skip_reason(spec, s)
     with pytest.raises(UsageError, match="nope"):
         method("csd@nope", tiny_config)

@@ -22,7 +22,7 @@ def add_wrapped_ar(monkeypatch, name: str, doc: str, wrap) -> None:
         def runner(self, ladder, settings):
             return wrap(ar.runner(ladder, settings))
 
-    monkeypatch.setitem(METHODS, name, Wrapped(name, doc, ar._configure))
+    monkeypatch.setitem(METHODS, name, Wrapped(name, doc, ar.transform))
 
 
 def bench_ar_and(method: str, config: Path, data: Path, **options) -> dict:
@@ -85,11 +85,12 @@ def test_run_bench_end_to_end(tiny_config, gsm8k_file, tmp_path, capsys):
 def test_bench_compares_another_ladder(tiny_config, gsm8k_file, tmp_path):
     results = run_bench(
         "gsm8k", data=gsm8k_file, config=tiny_config, ladder="tiny", max_new_tokens=12,
-        methods="ar,csd,csd@tiny-slow,csd@tiny-lookup", out=tmp_path / "r.json", quiet=True,
+        methods="ar,csd,csd@tiny-slow,csd@tiny-swapped", out=tmp_path / "r.json", quiet=True,
     )  # fmt: skip
     assert results["methods"] == ["ar", "csd", "csd@tiny-slow"]
-    assert "Max-Gram" in results["skipped"]["csd@tiny-lookup"]
-    assert results["method_configs"]["csd@tiny-slow"]["min_confidence"] == [0.3]
+    assert "another target" in results["skipped"]["csd@tiny-swapped"]
+    slow_spec = results["method_configs"]["csd@tiny-slow"]["spec"]
+    assert slow_spec["rungs"][1]["min_confidence"] == 0.3
     slow = results["summary"]["csd@tiny-slow"]
     assert slow["mismatches"] == 0 and slow["prompts"] == 2
     # its own k-matrix ran: blocks of at most 2 drafted tokens for the target
@@ -103,7 +104,7 @@ def test_bench_measures_maxgram_trees(tiny_config, gsm8k_file, tmp_path):
         "gsm8k", data=gsm8k_file, config=tiny_config, ladder="tiny", max_new_tokens=16,
         methods="ar,csd,csd-branch@3", out=tmp_path / "r.json", quiet=True,
     )  # fmt: skip
-    assert results["method_configs"]["csd-branch@3"]["maxgram_branches"] == 3
+    assert results["method_configs"]["csd-branch@3"]["spec"]["rungs"][-1]["branches"] == 3
     assert results["summary"]["csd-branch@3"]["mismatches"] == 0
 
 
@@ -248,7 +249,7 @@ def test_a_failure_keeps_what_was_measured(tiny_config, gsm8k_file, tmp_path, mo
 
             return crash
 
-    monkeypatch.setitem(METHODS, "crash", Crash("crash", "crashes on its 2nd call", ar._configure))
+    monkeypatch.setitem(METHODS, "crash", Crash("crash", "crashes on its 2nd call", ar.transform))
     out = tmp_path / "r.json"
     with pytest.raises(CsdraftError, match=r"after 1 of 2 prompts .*backend fell over.*r\.json"):
         run_bench(

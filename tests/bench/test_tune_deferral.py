@@ -70,7 +70,7 @@ def test_write_stores_a_lossy_ladder(tiny_config, tmp_path, monkeypatch):
     ladders = load_ladders(config)
     for name in ("tiny-lossy-v3-0.4", "tiny-lossy-v3-0.4-2"):
         spec = ladders[name]
-        assert spec.deferral[0] == Deferral("v3", 0.4) and not spec.lossless
+        assert spec.target.deferral == Deferral("v3", 0.4) and not spec.lossless
         assert spec.description.startswith("LOSSY")
     assert ladders["tiny"].lossless
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from csdraft.cli import app
 from csdraft.errors import UsageError
-from csdraft.ladder import check_k_matrix, get_ladder, load_ladders
+from csdraft.ladder import get_ladder, load_ladders
+from csdraft.spec import validate
 from csdraft.tune import noise
 
 
@@ -65,7 +66,7 @@ def test_cli_tune_end_to_end(tiny, monkeypatch):
     assert " ± " in out and "over the current settings" in out
     assert "wrote ladder tiny-tuned" in out
     tuned = get_ladder("tiny-tuned", cfg)
-    check_k_matrix([list(r) for r in tuned.k_matrix], tuned, "test")
+    assert validate(tuned) == tuned
     again = CliRunner().invoke(
         app,
         [

@@ -106,7 +106,7 @@ def test_replay_matches_the_engine_on_tiny_models(tiny):
         pred = replay.predict(k, 1.0, floor)
         assert pred.exact
         kept, sub = kmatrix.sub_ladder(k)
-        cascade = loaded.cascade(rungs=kept, k_matrix=sub, min_confidence=floor)
+        cascade = loaded.cascade(tune.Candidate(k, 1.0, floor).spec_of(loaded.spec))
         forwards = 0
         for rec in cal.records:
             events = list(cascade.generate(rec.prompt, 20, loaded.eos_ids))

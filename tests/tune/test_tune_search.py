@@ -8,7 +8,6 @@ from tune_helpers import spec_with
 
 from csdraft import tune
 from csdraft.engine import kmatrix
-from csdraft.ladder import check_k_matrix
 
 
 @pytest.mark.parametrize(("drafters", "maxgram"), [(1, False), (0, True), (1, True), (2, True)])
@@ -19,11 +18,11 @@ def test_candidates_respect_shape_rules(drafters, maxgram):
     assert grid
     assert len(set(grid)) == len(grid)
     for i, k in enumerate(grid):
-        assert check_k_matrix([list(r) for r in k], spec, "test") == k
+        assert spec.replace(k_matrix=[list(r) for r in k]).k_matrix == k
         assert kmatrix.canonical(k) == k
         assert any(k[0])
         for nb in tune.neighbours(k) if i < 200 else ():
-            check_k_matrix([list(r) for r in nb], spec, "test")
+            spec.replace(k_matrix=[list(r) for r in nb])
     if d == 2:
         assert len(grid) > 100
         assert ((4, 2), (0, 6)) in grid
@@ -34,7 +33,7 @@ def test_candidate_grid_samples_large_ladders_reproducibly():
     assert grid == tune.candidate_grid(4, limit=500, seed=3)
     spec = spec_with(3, True)
     for k in grid:
-        check_k_matrix([list(r) for r in k], spec, "test")
+        spec.replace(k_matrix=[list(r) for r in k])
 
 
 def test_settings_that_cannot_act_are_neutral():

@@ -25,25 +25,25 @@ def test_tuned_spec_drops_unused_rungs():
     assert [d.name for d in new.drafters] == ["d1"]
     assert new.maxgram is not None
     assert new.k_matrix == ((3, 2), (0, 0))
-    assert new.lenience == (2.0,)
+    assert [d.lenience for d in new.drafters] == [2.0]
     floored = tune.tuned_spec(
         spec, tune.Candidate(((3, 0, 2), (0, 2, 0), (0, 0, 0)), 1.0, 0.4), "f"
     )
-    assert floored.min_confidence == (0.4, 0.4)
+    assert [d.min_confidence for d in floored.drafters] == [0.4, 0.4]
     per_drafter = tune.tuned_spec(
         spec, tune.Candidate(((0, 3, 0), (0, 0, 0), (0, 0, 0)), 1.0, (0.2, 0.6)), "d2"
     )
     assert [d.name for d in per_drafter.drafters] == ["d2"] and per_drafter.maxgram is None
-    assert per_drafter.min_confidence == (0.6,)
+    assert [d.min_confidence for d in per_drafter.drafters] == [0.6]
 
 
 def test_write_never_clobbers(tmp_path):
     cfg = tmp_path / "ladders.yaml"
     spec = spec_with(1, True).with_settings(k_matrix=[[4, 2], [0, 6]], lenience=1.0)
-    add_ladder(cfg, spec.with_settings(name="synthetic-tuned"))
+    add_ladder(cfg, spec.replace(name="synthetic-tuned"))
     before = cfg.read_text()
     with pytest.raises(CsdraftError, match="already has a ladder"):
-        add_ladder(cfg, spec.with_settings(name="synthetic-tuned"))
+        add_ladder(cfg, spec.replace(name="synthetic-tuned"))
     cand = tune.Candidate(((3, 3), (0, 5)), 1.0)
     path, name = tune.write_winner(spec, cand, None, cfg)
     assert (path, name) == (cfg, "synthetic-tuned-2")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from csdraft import tune
-from csdraft.ladder import LadderSpec, MaxGramSpec, ModelSpec
+from csdraft.spec import MAX_GRAM, LadderSpec, RungSpec
 from csdraft.tune import CostCurve
 
 
@@ -17,12 +17,10 @@ def geometric(a: float, depth: int = 40) -> np.ndarray:
 
 def spec_with(drafters: int, maxgram: bool) -> LadderSpec:
     """A ladder spec (no models needed) with ``drafters`` neural drafters."""
-    return LadderSpec(
-        "synthetic",
-        ModelSpec("t", "target"),
-        tuple(ModelSpec(f"d{i}", f"d{i}") for i in range(1, drafters + 1)),
-        MaxGramSpec() if maxgram else None,
-    )
+    rungs = [RungSpec(ref="t", name="target")]
+    rungs += [RungSpec(ref=f"d{i}", name=f"d{i}") for i in range(1, drafters + 1)]
+    rungs += [RungSpec(kind=MAX_GRAM, name="max-gram")] if maxgram else []
+    return LadderSpec("synthetic", tuple(rungs))
 
 
 def synthetic_calibration(
