@@ -21,7 +21,7 @@ from csdraft import trace
 from csdraft.engine import Cascade, Sampling, learn_bigram
 from csdraft.errors import CsdraftError, UsageError
 from csdraft.ladder import get_ladder
-from csdraft.models.load import LoadedModel
+from csdraft.models.interface import LoadedModel
 from csdraft.spec import LadderSpec, build_cascade, check_sampling
 from csdraft.text import StopStrings
 from csdraft.trace import Commit, Event, Stats

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from csdraft.errors import CsdraftError, UsageError
+from csdraft.models.load import backend_class
 from csdraft.spec import (
     MAX_GRAM,
     MODEL,
@@ -26,8 +27,6 @@ from csdraft.spec import (
 
 _LADDER_KEYS = ("description", "rungs", "k_matrix", "dtype", "device", "backend", "generation")
 _OLD_KEYS = ("target", "drafters", "maxgram", "lenience", "min_confidence", "tree", "deferral")
-GGUF_DTYPE = "gguf"
-"""The ``dtype`` of a llama.cpp model: the GGUF's own quantization runs."""
 
 
 def parse_ladder(name: str, raw: Any) -> LadderSpec:
@@ -84,8 +83,10 @@ def _rung(raw: Any, where: str, defaults: dict[str, Any]) -> RungSpec:
     if kind == MODEL:
         if not isinstance(raw.get("model"), str) or not raw["model"]:
             raise UsageError(f"{where}: model: missing (a pack, a folder, a .gguf file, a hub id)")
-        gguf = raw.get("backend", defaults.get("backend")) == "llama.cpp"
-        raw = {**defaults, **({"dtype": GGUF_DTYPE} if gguf else {}), **raw}
+        backend = backend_class(str(raw.get("backend", defaults.get("backend", "transformers"))))
+        dtype = defaults.get("dtype", RungSpec.dtype)
+        own = {"dtype": dtype if dtype in backend.dtypes else backend.dtypes[0]}
+        raw = {**defaults, **own, **raw}  # a ladder's dtype applies where the backend runs it
         values["name"] = str(raw.get("name") or Path(raw["model"]).name)
     else:
         values["name"] = str(raw.get("name") or kind)

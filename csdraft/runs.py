@@ -12,7 +12,7 @@ from typing import Any
 
 from csdraft.engine import Cascade
 from csdraft.engine.cascade import StopCheck
-from csdraft.trace import Commit, Event, Review, Stats
+from csdraft.trace import Commit, Event, Review, Stats, tokens_per_second
 
 
 @dataclass
@@ -44,7 +44,8 @@ class Outcome:
 
     @property
     def tokens_per_s(self) -> float:
-        return len(self.ids) / self.wall_s if self.wall_s > 0 else 0.0
+        """Generated tokens per wall-clock second (0 when no time was measured)."""
+        return tokens_per_second(len(self.ids), self.wall_s) or 0.0
 
     @classmethod
     def of(cls, events: Sequence[Event], wall_s: float) -> Outcome:

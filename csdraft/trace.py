@@ -126,6 +126,12 @@ def load(path: Path) -> tuple[dict, list[Event]]:
     return header, events
 
 
+def tokens_per_second(tokens: int, seconds: float) -> float | None:
+    """Generated tokens per wall-clock second (None when no time was measured): the one place
+    throughput is computed (``Stats``, ``runs.Outcome``, tune's and bench's totals)."""
+    return tokens / seconds if seconds > 0 else None
+
+
 @dataclass
 class Stats:
     """Counters over one generation, computed from its events."""
@@ -192,8 +198,8 @@ class Stats:
 
     @property
     def tokens_per_s(self) -> float:
-        """Generated tokens per wall-clock second."""
-        return self.new_tokens / self.wall_s if self.wall_s else 0.0
+        """Generated tokens per wall-clock second (0 when no time was measured)."""
+        return tokens_per_second(self.new_tokens, self.wall_s) or 0.0
 
     @property
     def lossless(self) -> bool:

@@ -109,7 +109,7 @@ def test_model_facts_count_int8_layers(tmp_path):
     from tiny_ladder import tiny_model_dir, tiny_tokenizer
 
     from csdraft.inspector import model_facts
-    from csdraft.models import load_model
+    from csdraft.models.transformers_backend import load_transformers as load_model
 
     path = tiny_model_dir(tmp_path / "m", 0, tiny_tokenizer())
     full = model_facts(load_model(str(path), "float32", progress=False))

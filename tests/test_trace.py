@@ -156,3 +156,26 @@ def test_tree_reviews_round_trip_and_count_by_depth(tmp_path):
     stats = Stats.of([Start(["t", "d"], 3, kinds=["target", "model"]), tree])
     assert stats.by_position == [[1, 1], [1, 1], [1, 0]]  # by depth: kept 2 of 3 levels
     assert stats.proposed == {0: 5} and stats.accepted == {0: 2}
+
+
+def test_tokens_per_second_is_one_rule_everywhere():
+    from csdraft.bench import metrics
+    from csdraft.runs import Outcome
+    from csdraft.trace import tokens_per_second
+    from csdraft.tune import verify
+
+    assert tokens_per_second(7, 2.0) == 3.5
+    assert tokens_per_second(7, 0.0) is None and tokens_per_second(0, -1.0) is None
+    for wall, want in ((2.0, 3.5), (0.0, None)):
+        stats = Stats.of([*EVENTS[:-1], Finish("length", t=wall)])
+        outcome = Outcome(ids=[1] * 7, wall_s=wall, target_forwards=3, forwards={})
+        record = {"new_tokens": 7, "wall_s": wall}
+        assert stats.tokens_per_s == outcome.tokens_per_s == (want or 0.0)
+        assert metrics.tokens_per_s(record) == (want or 0.0)
+        assert verify.tokens_per_s([outcome]) == want
+    halves = [Outcome(ids=[1] * n, wall_s=1.0, target_forwards=1, forwards={}) for n in (3, 4)]
+    assert verify.tokens_per_s(halves) == 3.5  # summed tokens over summed seconds
+    decode = {"new_tokens": 9, "wall_s": 3.0, "decode_s": 2.0, "prefill_tokens": 2}
+    assert metrics.decode_tokens_per_s(decode) == 3.5
+    assert metrics.decode_tokens_per_s({**decode, "decode_s": 0.0}) is None
+    assert metrics.decode_tokens_per_s({"new_tokens": 9, "wall_s": 3.0}) is None

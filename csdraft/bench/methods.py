@@ -88,7 +88,8 @@ class EngineMethod:
         reports read (its rungs, k-matrix, the target's tree, its lossy rules)."""
         plan = self.plan(spec, settings)
         assert isinstance(plan, LadderSpec)
-        out: dict[str, Any] = {"rungs": plan.rung_names, "k_matrix": [list(r) for r in plan.k_matrix]}
+        k = [list(r) for r in plan.k_matrix]
+        out: dict[str, Any] = {"rungs": plan.rung_names, "k_matrix": k}
         if plan.target.tree is not None:
             out["tree"] = [dataclasses.asdict(plan.target.tree)]
         out["lossless"] = plan.lossless

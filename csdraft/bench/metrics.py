@@ -21,6 +21,8 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from csdraft.trace import tokens_per_second
+
 Record = Mapping[str, Any]
 
 SPEED_BAR = {
@@ -71,8 +73,8 @@ def answer_agreement(prompts: Sequence[Mapping[str, Any]], name: str) -> float |
 
 
 def tokens_per_s(record: Record) -> float:
-    """Generated tokens per wall-clock second."""
-    return record["new_tokens"] / record["wall_s"] if record["wall_s"] > 0 else 0.0
+    """Generated tokens per wall-clock second (0 when no time was measured)."""
+    return tokens_per_second(record["new_tokens"], record["wall_s"]) or 0.0
 
 
 def speedup(record: Record, base: Record) -> float | None:
@@ -94,9 +96,9 @@ def decode_tokens_per_s(record: Record) -> float | None:
     several) are both left out, so no method gains from the first block. None when the record
     has no time split."""
     decode = record.get("decode_s")
-    if not decode:
+    if decode is None:
         return None
-    return (record["new_tokens"] - (record.get("prefill_tokens") or 0)) / decode
+    return tokens_per_second(record["new_tokens"] - (record.get("prefill_tokens") or 0), decode)
 
 
 def decode_speedup(record: Record, base: Record) -> float | None:
@@ -249,7 +251,7 @@ def summarize_method(
         "prompts": len(recs),
         "new_tokens": tokens,
         "wall_s": wall,
-        "tokens_per_s": tokens / wall if wall > 0 else 0.0,
+        "tokens_per_s": tokens_per_second(tokens, wall) or 0.0,
         "speedup": spread(paired_ratios(prompts, name, "ar")),
         "time_speedup": spread(paired_ratios(prompts, name, "ar", time_speedup)),
         "decode_speedup": spread(paired_ratios(prompts, name, "ar", decode_speedup)),
@@ -396,15 +398,17 @@ def tree_crossover(results: Mapping[str, Any], base: str = "csd") -> list[dict[s
         gain = tpf1 / tpf0 if tpf0 else 0.0
         scored = sum((r.get("reviews") or {}).get(target, [0])[0] for r in recs)
         forwards = sum(r.get("target_forwards") or 0 for r in recs)
-        rows.append({
-            "method": name,
-            "nodes": scored / forwards if forwards else 0.0,
-            "gain": gain,
-            "target_s": t1,
-            "drafters_s": d1,
-            "cost": t1 / t0,
-            "break_even": (gain * (t0 + d0) - d1) / t0,
-            "base_target_s": t0,
-            "base_drafters_s": d0,
-        })  # fmt: skip
+        rows.append(
+            {
+                "method": name,
+                "nodes": scored / forwards if forwards else 0.0,
+                "gain": gain,
+                "target_s": t1,
+                "drafters_s": d1,
+                "cost": t1 / t0,
+                "break_even": (gain * (t0 + d0) - d1) / t0,
+                "base_target_s": t0,
+                "base_drafters_s": d0,
+            }
+        )
     return rows

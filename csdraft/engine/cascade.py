@@ -21,7 +21,7 @@ import torch
 from csdraft.engine import kmatrix
 from csdraft.engine.draft import Draft
 from csdraft.engine.proposer import ModelRung, Proposer
-from csdraft.engine.review import GreedyReview, Sampling, SamplingReview, Verdict
+from csdraft.engine.review import GreedyReview, Reviewed, Sampling, SamplingReview, Verdict
 from csdraft.engine.tree import (
     TreeSettings,
     cumulative,
@@ -130,8 +130,8 @@ class Cascade:
         produced = 0
         while produced < max_new_tokens:
             draft = self.block(0, seq, max_new_tokens - produced - 1)
-            out, _ = self.review(target, seq, draft)
-            kept = set(self._events[-1].kept())  # the target's review is the last event
+            reviewed = self.review(target, seq, draft)
+            out, kept = reviewed.out, set(reviewed.kept)
             lost = [i for i in range(len(draft)) if i not in kept]
             keep = len(out)
             reason = ""
@@ -264,9 +264,10 @@ class Cascade:
             logits = fit_vocab(logits, self.vocab_size)
         return logits, time.perf_counter() - start
 
-    def review(self, rung: ModelRung, context: np.ndarray, draft: Draft) -> tuple[Draft, float]:
-        """One forward pass of ``rung`` over ``draft``: the kept proposals plus its own token,
-        and its probability of that token."""
+    def review(self, rung: ModelRung, context: np.ndarray, draft: Draft) -> Reviewed:
+        """One forward pass of ``rung`` over ``draft`` (recorded as a ``Review`` event): the
+        kept proposals plus its own token, its probability of that token, and which proposals
+        it kept."""
         chain = draft.is_chain
         logits, forward_s = self._score(rung, context, draft)
         if not chain:
@@ -292,10 +293,15 @@ class Cascade:
                 None if chain else verdict.path,
             )
         )
-        kept = draft.path(verdict.kept())
-        kept.tokens.append(verdict.token)
-        kept.origins.append(rung.index)
-        return Draft(kept.tokens, kept.origins, verdict.q, q_raw=verdict.q_raw), verdict.confidence
+        nodes = verdict.kept()
+        kept = draft.path(nodes)
+        out = Draft(
+            [*kept.tokens, verdict.token],
+            [*kept.origins, rung.index],
+            verdict.q,
+            q_raw=verdict.q_raw,
+        )
+        return Reviewed(out, verdict.confidence, nodes)
 
 
 def fit_vocab(logits: torch.Tensor, size: int) -> torch.Tensor:

@@ -11,13 +11,14 @@ it like the others, asking it what they need (``name``, ``kind``, ``neural``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 
 from csdraft.engine.deferral import Deferral
 from csdraft.engine.draft import Draft
+from csdraft.engine.review import Reviewed
 from csdraft.engine.tree import TreeSettings
 
 
@@ -25,6 +26,12 @@ class Scorer(Protocol):
     """A model session with its own cache: any backend that can score new tokens is a rung."""
 
     name: str
+    scores_trees: ClassVar[bool]
+    """Whether it also scores token trees: ``score_tree(context, draft)`` -> logits
+    [1 + len(draft), vocab] (row 0 after ``context``, row i + 1 after node i, each node seeing
+    the context and its ancestors only) and ``keep_path(path)`` (keep only those nodes, root
+    first, of the last tree in the cache). The engine reads it with ``getattr(scorer,
+    "scores_trees", False)``: a scorer that does not declare it scores chains only."""
 
     def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
         """Logits [len(seq) - start + 1, vocab] predicting each of seq[start:] and the next;
@@ -34,12 +41,6 @@ class Scorer(Protocol):
     def reset(self) -> None:
         """Forget the cache."""
         ...
-
-    # Optional, for token trees (TransformersScorer has them; a rung whose scorer lacks them
-    # is refused a tree setting):
-    #   score_tree(context, draft) -> logits [1 + len(draft), vocab]: row 0 after ``context``,
-    #     row i + 1 after node i, each node seeing the context and its ancestors only.
-    #   keep_path(path): keep only those nodes (root first) of the last tree in the cache.
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -57,9 +58,9 @@ class Engine(Protocol):
         """The draft rung ``reviewer`` checks next, built from the rungs below it."""
         ...
 
-    def review(self, rung: ModelRung, context: np.ndarray, draft: Draft) -> tuple[Draft, float]:
+    def review(self, rung: ModelRung, context: np.ndarray, draft: Draft) -> Reviewed:
         """One forward pass of ``rung`` over ``draft``: the kept proposals plus its own token,
-        and its probability of that token."""
+        its probability of that token, and which proposals it kept."""
         ...
 
 
@@ -154,10 +155,8 @@ class ModelRung(Proposer):
         out = Draft()
         while len(out) < n:
             ctx = np.concatenate([context, np.asarray(out.tokens, dtype=np.int64)])
-            kept, confidence = engine.review(
-                self, ctx, engine.block(self.index, ctx, n - len(out) - 1)
-            )
-            out.extend(kept)
-            if confidence < self.min_confidence:
+            reviewed = engine.review(self, ctx, engine.block(self.index, ctx, n - len(out) - 1))
+            out.extend(reviewed.out)
+            if reviewed.confidence < self.min_confidence:
                 break
         return out

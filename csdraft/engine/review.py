@@ -1,9 +1,10 @@
-"""How one rung reviews a draft: the greedy rule and speculative sampling, as pure functions.
+"""How one rung reviews a chain draft: the greedy rule and speculative sampling, as pure
+functions (a draft that branches is reviewed by the tree rules in ``engine/tree.py``).
 
 A review sees the reviewer's logits at every position of the draft (one forward pass) and the
 proposals with the distribution each was drawn from, and returns the proposals it keeps (a path
 from the root), the token it appends itself, and the distribution it hands on for every token it
-outputs.
+outputs (a ``Verdict``); the engine hands the kept tokens on as a ``Reviewed``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,18 @@ class Verdict:
         return list(range(self.accepted)) if self.path is None else self.path
 
 
+@dataclass
+class Reviewed:
+    """One review as the engine hands it back: ``out``, the kept proposals and the reviewer's
+    own token with the distributions handed on; ``confidence``, the reviewer's probability of
+    its own token; ``kept``, the kept proposals' indices in the draft, root first (the rest
+    were lost)."""
+
+    out: Draft
+    confidence: float
+    kept: list[int]
+
+
 def _proposal_probs(draft: Draft, vocab: int) -> torch.Tensor:
     """Each proposal's distribution as a dense [m, vocab] matrix (one-hot where ``q`` is None)."""
     rows = [
@@ -79,8 +92,11 @@ def _proposal_probs(draft: Draft, vocab: int) -> torch.Tensor:
 
 
 def _chain_only(draft: Draft) -> None:
-    if draft.parents is not None and not draft.is_chain:
-        raise NotImplementedError("reviews of tree drafts are not implemented yet")
+    if not draft.is_chain:
+        raise ValueError(
+            "a chain rule reviews chains only: a tree draft takes engine.tree's greedy_tree or "
+            "sample_tree (Cascade.tree_rule)"
+        )
 
 
 def _first_false(ok: torch.Tensor) -> int:
@@ -104,7 +120,7 @@ def lenient_output(q: torch.Tensor, p: torch.Tensor, lenience: float) -> torch.T
     """
     kept = torch.minimum(q, lenience * p)
     beta = (1 - kept.sum(-1, keepdim=True)).clamp_min(0)
-    return kept + beta * _residual(p, q)
+    return kept + beta * residual(p, q)
 
 
 def deferred_target(
@@ -131,8 +147,10 @@ def deferred_target(
     return torch.cat([pi, p[m:]]), torch.cat([pi_raw, p_raw[m:]])
 
 
-def _residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """normalise(max(0, p - q)), falling back to p where p <= q everywhere (then p == q)."""
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """What speculative sampling draws from after refusing a proposal drawn from ``q``:
+    normalise(max(0, p - q)) along the last axis, falling back to p where p <= q everywhere
+    (then p == q). Tree reviews apply it once per refused sibling (``tree.sample_tree``)."""
     r = (p - q).clamp_min(0)
     total = r.sum(-1, keepdim=True)
     return torch.where(total > 0, r / total.clamp_min(1e-30), p)
@@ -233,7 +251,7 @@ class SamplingReview:
             accepted = _first_false(u < ratio)
         else:
             accepted = 0
-        draw_from = _residual(target[accepted], q[accepted]) if accepted < m else p[m]
+        draw_from = residual(target[accepted], q[accepted]) if accepted < m else p[m]
         token = int(torch.multinomial(draw_from, 1, generator=self.generator))
         if lenience == 1:
             handed = [target[j] for j in range(accepted + 1)]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from csdraft.engine.draft import Draft
-from csdraft.engine.review import Sampling, Verdict, _residual
+from csdraft.engine.review import Sampling, Verdict, residual
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def sample_tree(
             if u * q[x] < row[x]:  # u < p(x) / q(x), without dividing by a zero q(x)
                 kept = c
                 break
-            row = _residual(row, q)
+            row = residual(row, q)
         if kept is None:
             break
         path.append(kept)

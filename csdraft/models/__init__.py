@@ -4,7 +4,9 @@
 - ``packs``, ``gguf``: preparing packs and GGUF files once into ``cache_dir()/"models"``;
 - ``cache``: what the on-disk cache shares (locks, temporary folders, manifests, digests);
 - ``int8``: int8 drafters and their cache; ``tokenizers``: tokenizer identity;
-- ``load``: the backend factory; ``transformers_backend``: the transformers backend.
+- ``interface``: what a loaded model of any backend offers (``LoadedModel``, a Protocol);
+- ``load``: the backends (``BACKENDS``, ``backend_class``) and ``load``;
+  ``transformers_backend`` and ``llamacpp_backend``: the two backends.
 
 Importing this package stays cheap: torch and transformers are imported when a model is loaded
 (``TransformersModel`` and ``TransformersScorer`` are imported on first use).
@@ -19,12 +21,14 @@ from csdraft.models.cache import (
     MANIFEST,
     CacheCheck,
     CacheDamaged,
+    cache_dir,
     verify_model_cache,
 )
 from csdraft.models.gguf import prepare_gguf
-from csdraft.models.load import BACKENDS, load, load_model, load_tokenizer
+from csdraft.models.interface import LoadedModel, LoadSpec
+from csdraft.models.load import BACKENDS, backend_class, load, load_tokenizer
 from csdraft.models.packs import PACKS, OfflinePack, prepare_pack
-from csdraft.models.resolve import cache_dir, resolve
+from csdraft.models.resolve import resolve
 from csdraft.models.tokenizers import (
     TOKENIZER_FILES,
     tokenizer_files_digest,
@@ -34,8 +38,6 @@ from csdraft.models.tokenizers import (
 if TYPE_CHECKING:
     from csdraft.models.transformers_backend import TransformersModel, TransformersScorer
 
-    LoadedModel = TransformersModel
-
 __all__ = [
     "BACKENDS",
     "MANIFEST",
@@ -44,13 +46,14 @@ __all__ = [
     "TOKENIZER_FILES",
     "CacheCheck",
     "CacheDamaged",
+    "LoadSpec",
     "LoadedModel",
     "OfflinePack",
     "TransformersModel",
     "TransformersScorer",
+    "backend_class",
     "cache_dir",
     "load",
-    "load_model",
     "load_tokenizer",
     "near_tie",
     "prepare_gguf",
@@ -61,17 +64,11 @@ __all__ = [
     "verify_model_cache",
 ]
 
-_LAZY = {
-    "TransformersModel": "TransformersModel",
-    "TransformersScorer": "TransformersScorer",
-    "LoadedModel": "TransformersModel",  # the old name of a loaded transformers model
-}
-
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    """``TransformersModel`` and ``TransformersScorer``, imported (with torch) on first use."""
+    if name in ("TransformersModel", "TransformersScorer"):
+        from csdraft.models import transformers_backend
 
-        backend = importlib.import_module("csdraft.models.transformers_backend")
-        return getattr(backend, _LAZY[name])
+        return getattr(transformers_backend, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

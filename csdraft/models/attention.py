@@ -32,9 +32,14 @@ def gqa_attention(
         attention_mask = torch.ones(rows, keys, dtype=torch.bool, device=query.device)
         attention_mask = attention_mask.tril(keys - rows)
     out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, is_causal=causal, scale=scaling,
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        is_causal=causal,
+        scale=scaling,
         enable_gqa=key.shape[1] != query.shape[1],
-    )  # fmt: skip
+    )
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -32,7 +32,6 @@ from typing import Any
 
 from csdraft.console import byte_progress
 from csdraft.errors import CsdraftError
-from csdraft.models.resolve import cache_dir
 
 MANIFEST = "csdraft-manifest.json"
 MANIFEST_FORMAT = 2
@@ -48,6 +47,26 @@ LEGACY_TEMP_AGE_S = 3600.0
 """Temporary entries with no lock (left by csdraft <= 0.1.0) are removed once this old."""
 _POLL_S = 0.2
 _CHUNK = 8 * 1024 * 1024
+
+
+def cache_dir() -> Path:
+    """The csdraft cache: ``$CSDRAFT_HOME`` if set, else the platform user cache dir."""
+    env = os.environ.get("CSDRAFT_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("csdraft"))
+
+
+def one_line(exc: BaseException, limit: int = 240) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none), cut to
+    ``limit`` characters: how an error from a library is quoted in a one-line message."""
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    if len(line) > limit:
+        line = line[: limit - 3] + "..."
+    return line
 
 
 class CacheDamaged(CsdraftError):

@@ -19,16 +19,17 @@ from typing import Any
 from csdraft.console import byte_progress, progress_console, quiet_transformers
 from csdraft.errors import CsdraftError
 from csdraft.models.cache import (
+    cache_dir,
     cache_writes,
     check_prepared,
     file_lock,
     file_sha256,
+    one_line,
     relax_permissions,
     remove_stale_temp,
     temp_dir,
     write_manifest,
 )
-from csdraft.models.resolve import _one_line, cache_dir
 
 
 def _hash_file(path: Path, console: Any) -> str:
@@ -136,7 +137,7 @@ def _convert(
                 str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16, **kwargs
             )
         except Exception as exc:  # noqa: BLE001 - one line for the user
-            raise CsdraftError(f"could not read GGUF file {gguf.name}: {_one_line(exc)}") from exc
+            raise CsdraftError(f"could not read GGUF file {gguf.name}: {one_line(exc)}") from exc
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from csdraft.models.cache import file_mode, sampled_digest, temp_dir, warn
-from csdraft.models.resolve import cache_dir
+from csdraft.models.cache import cache_dir, file_mode, sampled_digest, temp_dir, warn
 
 if TYPE_CHECKING:
     from csdraft.models.resolve import _Resolved

@@ -4,9 +4,8 @@
 the transformers tokenizer of the same GGUF, so that drafters of either backend share the
 target's token ids. ``LlamaCppScorer`` is a rung's session: one llama context, its KV cache
 truncated after a rejection (``llama_memory_seq_rm``), one ``llama_decode`` per block with
-logits asked for at every position the engine reads. Token trees are not offered (no
-``score_tree``): a ladder that asks for them on such a rung is refused when its cascade is
-built.
+logits asked for at every position the engine reads. Token trees are not offered
+(``scores_trees`` is False): a ladder that asks for them on such a rung is refused.
 
 Offline packs are assembled once into ``cache_dir()/"gguf"/NAME`` (verified by sha256, then
 checked like every prepared model at each load); a ``.gguf`` path is used where it lies.
@@ -21,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,20 +29,23 @@ from csdraft.engine.proposer import common_prefix
 from csdraft.errors import CsdraftError, UsageError
 from csdraft.models.cache import (
     CacheDamaged,
+    cache_dir,
     cache_writes,
     check_prepared,
     file_lock,
+    one_line,
     remove_stale_temp,
     temp_dir,
     warn,
     write_manifest,
 )
-from csdraft.models.resolve import _one_line, cache_dir
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from transformers import PreTrainedTokenizerBase
+
+    from csdraft.models.interface import LoadSpec
 
 EXTRA = "pip install 'csdraft[llamacpp]'"
 INSTALL_HINT = f"{EXTRA} (builds llama.cpp from source: a C++ compiler and cmake, 6-10 min)"
@@ -57,6 +59,9 @@ N_BATCH = 512
 
 CONTEXT_SLACK = 64
 """Positions allocated beyond ``context_length``: a draft block may run a little past it."""
+
+GGUF_DTYPE = "gguf"
+"""The only ``dtype`` of a llama.cpp model: the GGUF's own quantization runs."""
 
 
 def import_llama_cpp() -> Any:
@@ -124,11 +129,9 @@ def gguf_source(ref: str, progress: bool = True) -> GgufSource:
         return GgufSource(folder / PACKS[name].filename, folder, f"offline pack {name} (GGUF)")
     if ref.startswith("pack:"):
         raise UsageError(f"unknown model pack {name!r}; known packs: {', '.join(sorted(PACKS))}")
-    if not ref.lower().endswith(".gguf"):
-        raise UsageError(
-            f"backend llama.cpp runs GGUF files: {ref!r} is neither an offline pack nor a "
-            "path ending in .gguf"
-        )
+    problem = LlamaCppModel.reference_problem(ref)
+    if problem:
+        raise UsageError(problem)
     path = Path(ref).expanduser()
     if not path.is_file():
         raise CsdraftError(f"GGUF file {path} does not exist")
@@ -218,9 +221,7 @@ def _save_tokenizer(gguf: Path, out: Path) -> None:
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except Exception as exc:  # noqa: BLE001 - one line for the user
-        raise CsdraftError(
-            f"could not read the tokenizer of {gguf.name}: {_one_line(exc)}"
-        ) from exc
+        raise CsdraftError(f"could not read the tokenizer of {gguf.name}: {one_line(exc)}") from exc
     tok.save_pretrained(str(out))
 
 
@@ -235,6 +236,8 @@ class LlamaCppScorer:
     The context is taken from the model's pool at the first ``score`` and given back, cleared,
     at ``reset``, so cascades built over one model (bench builds one per method) share a few
     contexts instead of holding one each."""
+
+    scores_trees: ClassVar[bool] = False
 
     def __init__(self, model: LlamaCppModel, name: str) -> None:
         self.model = model
@@ -349,6 +352,11 @@ class LlamaCppModel:
     ``dtype`` is ``"gguf"`` (the file's own quantization runs; ``weight_format`` says which);
     activations and logits are float32 (``compute_dtype``)."""
 
+    scores_trees: ClassVar[bool] = False
+    supports_vocab: ClassVar[bool] = False
+    cpu_only: ClassVar[bool] = True
+    dtypes: ClassVar[tuple[str, ...]] = (GGUF_DTYPE,)
+
     ref: str
     source: str
     path: Path
@@ -358,13 +366,37 @@ class LlamaCppModel:
     n_ctx: int
     n_threads: int
     weight_format: str
-    dtype: str = "gguf"
+    dtype: str = GGUF_DTYPE
     device: str = "cpu"
     batch_invariant: bool = False
     """llama.cpp's block passes differ from its one-token passes (``exactness.NEAR_TIE``)."""
     _pool: list[_Context] = field(default_factory=list, repr=False)
     _vocab: int = 0
     _eos: tuple[int, ...] = ()
+
+    @classmethod
+    def reference_problem(cls, ref: str) -> str | None:
+        """Why ``ref`` names no GGUF (neither an offline pack nor a ``.gguf`` path), or None."""
+        from csdraft.models.packs import has_gguf
+
+        if has_gguf(ref):
+            return None
+        return (
+            f"backend llama.cpp runs GGUF files: {ref!r} is neither an offline pack nor a path "
+            "ending in .gguf"
+        )
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: LoadSpec,
+        progress: bool = True,
+        share_tokenizer: Any = None,
+        batch_invariant: bool = False,
+    ) -> LlamaCppModel:
+        """``load_llamacpp`` of the spec's reference; llama.cpp has no batch-invariant path
+        (``batch_invariant`` stays False)."""
+        return load_llamacpp(spec.ref, progress, share_tokenizer)
 
     def session(self, name: str, vocab: int | None = None) -> LlamaCppScorer:
         """A fresh scorer over this model (its context is taken at its first ``score``).
@@ -420,7 +452,7 @@ class LlamaCppModel:
     def compute_dtype(self) -> str:
         """``"gguf"``: llama.cpp's own kernels over the GGUF's quantized weights (float32
         activations and logits); ``exactness.NEAR_TIE`` holds its near-tie width."""
-        return "gguf"
+        return GGUF_DTYPE
 
     def close(self) -> None:
         """Free the contexts and the model (the object is unusable afterwards)."""
@@ -494,13 +526,3 @@ def load_llamacpp(
         _vocab=n_vocab,
         _eos=tuple(e for e in eos if 0 <= e < n_vocab),
     )
-
-
-def load_spec(spec: Any, progress: bool = True, share_tokenizer: Any = None) -> LlamaCppModel:
-    """The ``BACKENDS["llama.cpp"]`` loader: a ``ModelSpec`` on the CPU."""
-    if spec.device != "cpu":
-        raise UsageError(
-            f"model '{spec.name}': backend llama.cpp runs on the CPU here; got device "
-            f"{spec.device!r}"
-        )
-    return load_llamacpp(spec.ref, progress, share_tokenizer)

@@ -1,107 +1,79 @@
-"""Loading a model rung: the backend factory (``BACKENDS``, ``load``: transformers, and
-llama.cpp for GGUF files) and the transformers loaders kept under their old names
-(``load_model``, ``load_tokenizer``).
+"""Loading a model rung: the backends (``BACKENDS``, ``backend_class``) and ``load``, which
+dispatches a rung's spec to its backend.
 
-A backend is a function ``(spec, progress, share_tokenizer, batch_invariant) -> loaded
-model`` (``batch_invariant``: load a target so that its block passes compute what its one-token
-passes compute, where the backend can; it says so in the model's ``batch_invariant``); the loaded
-model offers ``session(name, vocab=None)`` (a scorer the engine can drive; ``vocab``: a
-drafter's draft vocabulary, refused by backends without one), ``next_logits``, ``eos_ids``,
-``context_length``, ``vocab_size`` and the size facts ``inspect`` shows. Each backend imports
-its heavy dependencies only when it loads something.
+A backend is a class that satisfies ``interface.LoadedModel``: it loads itself from a spec
+(``from_spec``), declares what it can do as class attributes (``scores_trees``,
+``supports_vocab``, ``cpu_only``, ``dtypes``, ``reference_problem``), so that a ladder is
+checked without loading anything and nothing matches backend names, and hands the engine a
+``Scorer`` per rung (``session``). Each backend imports its heavy dependencies only when it
+loads something; importing this module imports neither torch nor llama.cpp.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from csdraft.errors import UsageError
+from csdraft.models.interface import LoadedModel, LoadSpec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+
+def _transformers() -> type[LoadedModel]:
     from csdraft.models.transformers_backend import TransformersModel
 
-
-def _load_transformers_spec(
-    spec: Any, progress: bool = True, share_tokenizer: Any = None, batch_invariant: bool = False
-) -> TransformersModel:
-    return load_model(spec.ref, spec.dtype, spec.device, progress, share_tokenizer, batch_invariant)
+    return TransformersModel
 
 
-def _load_llamacpp_spec(
-    spec: Any, progress: bool = True, share_tokenizer: Any = None, batch_invariant: bool = False
-) -> Any:
-    from csdraft.models.llamacpp_backend import load_spec
+def _llamacpp() -> type[LoadedModel]:
+    from csdraft.models.llamacpp_backend import LlamaCppModel
 
-    return load_spec(spec, progress, share_tokenizer)  # llama.cpp has no batch-invariant path
+    return LlamaCppModel
 
 
-BACKENDS: dict[str, Callable[..., Any]] = {
-    "transformers": _load_transformers_spec,
-    "llama.cpp": _load_llamacpp_spec,
+BACKENDS: dict[str, Callable[[], type[LoadedModel]]] = {
+    "transformers": _transformers,
+    "llama.cpp": _llamacpp,
 }
-"""Backend name (``backend:`` of a ladder's model) -> loader of a ``ModelSpec``."""
+"""Backend name (``backend:`` of a ladder's model) -> its model class, imported when asked."""
+
+
+def backend_class(name: str) -> type[LoadedModel]:
+    """The model class of backend ``name`` (a one-line UsageError naming the known ones)."""
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r}; known backends: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name]()
 
 
 def load(
-    spec: Any, progress: bool = True, share_tokenizer: Any = None, batch_invariant: bool = False
-) -> TransformersModel:
-    """Load the model a ``csdraft.ladder.ModelSpec`` names with the backend it names.
+    spec: LoadSpec,
+    progress: bool = True,
+    share_tokenizer: LoadedModel | None = None,
+    batch_invariant: bool = False,
+) -> LoadedModel:
+    """Load the model ``spec`` names with the backend it names.
 
     ``share_tokenizer``: a loaded model (the target) whose tokenizer object is reused when the
     two models' tokenizer files are identical. ``batch_invariant``: as a target (int8 on
-    transformers then computes its blocks exactly as one-token passes)."""
-    backend = getattr(spec, "backend", "transformers") or "transformers"
-    loader = BACKENDS.get(backend)
-    if loader is None:
-        name = getattr(spec, "name", None) or spec.ref
+    transformers then computes its blocks exactly as one-token passes; backends without such a
+    path ignore it and say so in ``batch_invariant``)."""
+    try:
+        cls = backend_class(spec.backend)
+    except UsageError as exc:
+        raise UsageError(f"model '{spec.name}': {exc}") from None
+    if cls.cpu_only and spec.device != "cpu":
         raise UsageError(
-            f"model '{name}': unknown backend {backend!r}; known backends: "
-            f"{', '.join(sorted(BACKENDS))}"
+            f"model '{spec.name}': backend {spec.backend} runs on the CPU here; got device "
+            f"{spec.device!r}"
         )
-    return loader(
-        spec, progress=progress, share_tokenizer=share_tokenizer, batch_invariant=batch_invariant
-    )
-
-
-def load_model(ref: str, *args: Any, **kwargs: Any) -> TransformersModel:
-    """Load ``ref`` with transformers: ``transformers_backend.load_transformers`` (dtype,
-    device, progress, share_tokenizer), imported only when called."""
-    from csdraft.models.transformers_backend import load_transformers
-
-    return load_transformers(ref, *args, **kwargs)
+    return cls.from_spec(spec, progress, share_tokenizer, batch_invariant)
 
 
 def load_tokenizer(ref: str, progress: bool = True) -> PreTrainedTokenizerBase:
-    """Load only the tokenizer of ``ref`` (same resolution as ``load_model``)."""
+    """Load only the tokenizer of ``ref`` (resolved as the transformers backend resolves it)."""
     from csdraft.models.transformers_backend import load_tokenizer as load
 
     return load(ref, progress)
 
-
-def backend_class(name: str) -> Any:  # TEMPORARY stub until the h-struct merge
-    """The model class of backend ``name`` (its capabilities as class attributes)."""
-    from types import SimpleNamespace
-
-    if name == "transformers":
-        return SimpleNamespace(
-            scores_trees=True, supports_vocab=True, cpu_only=False,
-            dtypes=("bfloat16", "float16", "float32", "int8"),
-            reference_problem=lambda ref: None,
-        )
-    if name == "llama.cpp":
-        from csdraft.models.packs import has_gguf
-
-        return SimpleNamespace(
-            scores_trees=False, supports_vocab=False, cpu_only=True, dtypes=("gguf",),
-            reference_problem=lambda ref: None if has_gguf(ref) else (
-                f"backend llama.cpp runs GGUF files: {ref!r} is neither an offline pack nor a "
-                "path ending in .gguf"
-            ),
-        )
-    raise UsageError(f"backend: expected one of transformers, llama.cpp, got {name!r}")
-
-
-LoadedModel = Any  # TEMPORARY stub until the h-struct merge

@@ -18,15 +18,16 @@ from csdraft.console import byte_progress, progress_console, quiet_transformers
 from csdraft.errors import CsdraftError
 from csdraft.models.cache import (
     CacheDamaged,
+    cache_dir,
     cache_writes,
     check_prepared,
     file_lock,
+    one_line,
     remove_stale_temp,
     temp_dir,
     warn,
 )
 from csdraft.models.gguf import _convert
-from csdraft.models.resolve import _one_line, cache_dir
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -141,7 +142,7 @@ def _chunk_paths(pack: OfflinePack) -> list[Path]:
             raise CsdraftError(f"model pack '{pack.name}' is not installed: {install}") from exc
         except Exception as exc:  # noqa: BLE001 - a broken chunk package
             raise CsdraftError(
-                f"model pack '{pack.name}' is broken ({mod_name}: {_one_line(exc, 80)}): "
+                f"model pack '{pack.name}' is broken ({mod_name}: {one_line(exc, 80)}): "
                 f"reinstall it with {install}"
             ) from exc
         if not path.is_file():

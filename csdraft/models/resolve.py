@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from csdraft.errors import CsdraftError, UsageError
+from csdraft.models.cache import one_line
 
 
 @dataclass(frozen=True)
@@ -26,24 +27,6 @@ class _Resolved:
     ref: str
     source: str
     path: Path | None  # directory to load from (None for hub ids)
-
-
-def cache_dir() -> Path:
-    """The csdraft cache: ``$CSDRAFT_HOME`` if set, else the platform user cache dir."""
-    env = os.environ.get("CSDRAFT_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("csdraft"))
-
-
-def _one_line(exc: BaseException, limit: int = 240) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0].strip() if text else type(exc).__name__
-    if len(line) > limit:
-        line = line[: limit - 3] + "..."
-    return line
 
 
 def _looks_like_path(ref: str) -> bool:
@@ -113,7 +96,7 @@ def _hub_load(loader: Any, ref: str, **kwargs: Any) -> Any:
                 return loader.from_pretrained(ref, **kwargs)
             except Exception as second:  # noqa: BLE001
                 error = second
-                why = _one_line(second, 160)
+                why = one_line(second, 160)
     raise CsdraftError(
         f"model {ref!r} could not be found locally or on the Hugging Face hub ({why}); it is not "
         f"an offline pack, a .gguf file or an existing directory, so it was taken as a hub id"

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -16,12 +16,14 @@ from csdraft.console import quiet_transformers
 from csdraft.engine.draft import Draft
 from csdraft.engine.proposer import common_prefix
 from csdraft.errors import CsdraftError, UsageError
-from csdraft.models.cache import check_prepared
-from csdraft.models.resolve import _hub_load, _one_line, _Resolved, resolve
+from csdraft.models.cache import check_prepared, one_line
+from csdraft.models.resolve import _hub_load, _Resolved, resolve
 from csdraft.models.tokenizers import tokenizer_files_digest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from csdraft.models.interface import LoadSpec
 
 DTYPES = ("bfloat16", "float16", "float32", "int8")
 """``int8``: int8 weights in every linear layer (float32 activations), CPU only. A drafter runs
@@ -37,6 +39,9 @@ class TransformersScorer:
     go), feeds the rest in one forward pass and computes logits only where they are asked for.
     Llama-style models run ``lean.LeanDecoder`` (transformers' numbers without its framework).
     """
+
+    scores_trees: ClassVar[bool] = True
+    """``score_tree`` and ``keep_path``: a token tree in one masked forward pass."""
 
     def __init__(
         self, model: torch.nn.Module, name: str, head: torch.nn.Module | None = None
@@ -95,15 +100,22 @@ class TransformersScorer:
             logits = self.lean(ids, self.cache, keep, positions, mask)
         elif self.head is not None:
             out = self.model.base_model(
-                input_ids=ids, attention_mask=mask, position_ids=positions,
-                past_key_values=self.cache, use_cache=True,
-            )  # fmt: skip
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=self.cache,
+                use_cache=True,
+            )
             self.cache, logits = out.past_key_values, self.head(out.last_hidden_state[:, -keep:])
         else:
             out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions,
-                past_key_values=self.cache, use_cache=True, logits_to_keep=keep,
-            )  # fmt: skip
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=keep,
+            )
             self.cache, logits = out.past_key_values, out.logits
         return logits[0].float().cpu()
 
@@ -124,10 +136,9 @@ class TransformersScorer:
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
         depth = torch.tensor(draft.depth(), dtype=torch.long)
         positions = torch.cat([torch.arange(keep, len(context)), len(context) - 1 + depth])
-        logits = self._forward(
-            torch.from_numpy(ids).to(self.device)[None], m + 1,
-            positions[None].to(self.device), mask[None, None].to(self.device),
-        )  # fmt: skip
+        ids_t = torch.from_numpy(ids).to(self.device)[None]
+        positions, mask = positions[None].to(self.device), mask[None, None].to(self.device)
+        logits = self._forward(ids_t, m + 1, positions, mask)
         self.tokens = context
         self.tree = np.asarray(draft.tokens, dtype=np.int64)
         return logits
@@ -167,6 +178,11 @@ class TransformersModel:
     ``dtype`` and ``device`` are as asked (``"int8"``, ``"auto"``...); ``compute_dtype`` is
     what the parameters hold."""
 
+    scores_trees: ClassVar[bool] = True
+    supports_vocab: ClassVar[bool] = True
+    cpu_only: ClassVar[bool] = False
+    dtypes: ClassVar[tuple[str, ...]] = DTYPES
+
     ref: str
     source: str
     path: Path | None
@@ -180,6 +196,24 @@ class TransformersModel:
 
     heads: dict[int, torch.nn.Module] = field(default_factory=dict, repr=False)
     """Draft-vocabulary heads built so far, by size (``draft_vocab``)."""
+
+    @classmethod
+    def reference_problem(cls, ref: str) -> None:
+        """None: every reference resolves (``resolve``) or fails with its own message."""
+        return None
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: LoadSpec,
+        progress: bool = True,
+        share_tokenizer: Any = None,
+        batch_invariant: bool = False,
+    ) -> TransformersModel:
+        """``load_transformers`` with the spec's reference, dtype and device."""
+        return load_transformers(
+            spec.ref, spec.dtype, spec.device, progress, share_tokenizer, batch_invariant
+        )
 
     def session(self, name: str, vocab: int | None = None) -> TransformersScorer:
         """A fresh KV-cached scorer over this model (its own cache); ``vocab``: a drafter's
@@ -258,6 +292,11 @@ class TransformersModel:
         """The torch dtype name of the parameters (int8 models compute in float32)."""
         return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
+    @property
+    def weight_format(self) -> None:
+        """None: the weights are held as ``compute_dtype`` says (int8 layers aside)."""
+        return None
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -291,7 +330,7 @@ def _dir_load(loader: Any, res: _Resolved, **kwargs: Any) -> Any:
     except CsdraftError:
         raise
     except Exception as exc:  # noqa: BLE001 - turned into a one-line user error
-        raise CsdraftError(f"could not load {res.source}: {_one_line(exc)}") from exc
+        raise CsdraftError(f"could not load {res.source}: {one_line(exc)}") from exc
 
 
 def load_tokenizer(ref: str, progress: bool = True) -> PreTrainedTokenizerBase:

@@ -223,7 +223,7 @@ def calibrate(
         costs.append(measure_cost(model, context, cont, lengths, repeats, vocab=vocab))
         step()
     tree_cost = None
-    if hasattr(models[0].session("probe"), "score_tree"):
+    if models[0].scores_trees:
         tree_cost = measure_cost(models[0], context, cont, lengths, repeats, False, tree=True)
     vocab = int(getattr(models[0], "vocab_size", 0) or len(ladder.tokenizer))
     argmax = measure_vocab_op(argmax_op, vocab, repeats=repeats)

@@ -15,12 +15,16 @@ from csdraft.console import fx, pct, report_console
 from csdraft.engine.deferral import Deferral
 from csdraft.errors import CsdraftError, UsageError
 
-DEFAULT_SWEEP = (
-    "chow@0.05", "chow@0.15", "chow@0.3",
-    "diff@-0.2", "diff@0", "diff@0.2",
-    "v2@0.05", "v2@0.15", "v2@0.3",
-    "v3@0.2", "v3@0.4", "v3@0.6",
-)  # fmt: skip
+DEFAULT_SWEEP = tuple(
+    f"{rule}@{alpha}"
+    for rule, alphas in {
+        "chow": ("0.05", "0.15", "0.3"),
+        "diff": ("-0.2", "0", "0.2"),
+        "v2": ("0.05", "0.15", "0.3"),
+        "v3": ("0.2", "0.4", "0.6"),
+    }.items()
+    for alpha in alphas
+)
 """Three alphas for each rule that differs at temperature 0 (there OPT and V1 decide as Diff
 does: with one-hot tempered q and p, TV is 1 wherever the argmaxes differ, and V1's set
 {v : q(v) >= max p - alpha} holds the drafted token exactly when max q >= max p - alpha)."""
@@ -67,12 +71,12 @@ def choose(
             continue
         speed = (s.get("time_speedup") or {}).get("median")
         agree = s.get("answers_agree_with_ar") or 0.0
-        verdict = (
-            f"agreement {pct(agree)} < {pct(min_agreement)}"
-            if agree < min_agreement
-            else ("not faster than lossless csd" if speed is None or speed <= (csd or 0.0)
-                  else "eligible")
-        )  # fmt: skip
+        if agree < min_agreement:
+            verdict = f"agreement {pct(agree)} < {pct(min_agreement)}"
+        elif speed is None or speed <= (csd or 0.0):
+            verdict = "not faster than lossless csd"
+        else:
+            verdict = "eligible"
         lines.append(f"{method_name(d)}: {fx(speed)} over ar, agreement {pct(agree)}: {verdict}")
         if verdict == "eligible" and speed is not None and speed > best_speed:
             best, best_speed = d, speed
@@ -118,10 +122,18 @@ def run_tune_deferral(
         check_writable(target, "--write")
     methods = ["ar", "csd", *dict.fromkeys(method_name(d) for d in settings)]
     results = run_bench(
-        "gsm8k", data=data, limit=limit, ladder=spec.name, config=config, methods=methods,
-        until_answer=until_answer, sample_seed=seed, out=out, no_plot=out is None,
+        "gsm8k",
+        data=data,
+        limit=limit,
+        ladder=spec.name,
+        config=config,
+        methods=methods,
+        until_answer=until_answer,
+        sample_seed=seed,
+        out=out,
+        no_plot=out is None,
         plot=None if out is None else Path(out).with_suffix(".png"),
-    )  # fmt: skip
+    )
     if results.get("interrupted"):
         return 130
     summary = results["summary"]

@@ -116,7 +116,7 @@ def noise_band(ar: ArTimings, others: Sequence[Sequence[float]] = (), widen: boo
 
 
 @dataclass
-class Verdict:
+class MeasuredMargin:
     """The best measured setting against the current settings: its margin (``baseline_s /
     winner_s - 1``: +0.05 is 5% faster) and the noise interval around it."""
 
@@ -135,9 +135,9 @@ class Verdict:
         return f"{100 * self.margin:+.1f}% ± {100 * self.noise:.1f}%"
 
 
-def verdict(baseline_s: float | None, winner_s: float | None, noise: float) -> Verdict:
+def verdict(baseline_s: float | None, winner_s: float | None, noise: float) -> MeasuredMargin:
     """The verdict on a winner that took ``winner_s`` where the current settings took
     ``baseline_s`` on the same prompts, with a noise interval of ``noise``."""
     if not baseline_s or not winner_s:
-        return Verdict(None, noise)
-    return Verdict(baseline_s / winner_s - 1, noise)
+        return MeasuredMargin(None, noise)
+    return MeasuredMargin(baseline_s / winner_s - 1, noise)

@@ -48,6 +48,8 @@ class ReplayRung:
     only (the engine calls it when a generation starts and ends); ``clear`` empties the log.
     """
 
+    scores_trees = True  # ``score_tree`` and ``keep_path`` below
+
     def __init__(
         self,
         name: str,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from csdraft import exactness
 from csdraft.engine import Sampling
 from csdraft.runs import Outcome, Runner, cascade_runner, interleaved
+from csdraft.trace import tokens_per_second
 from csdraft.tune import noise
 from csdraft.tune.calibration import Calibration, PromptRecord
 from csdraft.tune.replay import Replay
@@ -56,8 +57,7 @@ def wall(outcomes: Sequence[Outcome]) -> float:
 
 def tokens_per_s(outcomes: Sequence[Outcome]) -> float | None:
     """New tokens per second over some generations (None when there are none)."""
-    seconds = wall(outcomes)
-    return sum(len(o.ids) for o in outcomes) / seconds if seconds > 0 else None
+    return tokens_per_second(sum(len(o.ids) for o in outcomes), wall(outcomes))
 
 
 def tokens_per_forward(outcomes: Sequence[Outcome]) -> float | None:

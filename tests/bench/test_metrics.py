@@ -98,12 +98,14 @@ def test_tree_crossover_from_decoding_passes():
 
     def rec(passes: int, tokens: int, target_s: float, drafter_s: float, nodes: int) -> dict:
         return {
-            "new_tokens": tokens, "wall_s": 1.0, "target_forwards": passes,
+            "new_tokens": tokens,
+            "wall_s": 1.0,
+            "target_forwards": passes,
             "forwards": {"t": passes, "d": 3 * passes},
             "forward_s": {"t": 0.5 + (passes - 1) * target_s, "d": 0.2 + (passes - 1) * drafter_s},
             "prompt_pass_s": {"t": 0.5, "d": 0.2},
             "reviews": {"t": [nodes * passes, tokens]},
-        }  # fmt: skip
+        }
 
     results = {
         "ladder": {"rungs": ["t", "d", "max-gram"]},
@@ -111,14 +113,16 @@ def test_tree_crossover_from_decoding_passes():
         "method_configs": {"csd-tree": {"tree": [{"budget": 12, "extend": 3}]}},
         "costs": {},
         "prompts": [
-            {"results": {
-                "ar": {"new_tokens": 44, "wall_s": 4.0, "forwards": {"t": 44}},
-                "csd": rec(11, 44, 0.1, 0.1, 4),
-                "csd-tree": rec(8, 44, 0.15, 0.15, 9),
-                "sd": rec(11, 44, 0.1, 0.1, 4),
-            }},
+            {
+                "results": {
+                    "ar": {"new_tokens": 44, "wall_s": 4.0, "forwards": {"t": 44}},
+                    "csd": rec(11, 44, 0.1, 0.1, 4),
+                    "csd-tree": rec(8, 44, 0.15, 0.15, 9),
+                    "sd": rec(11, 44, 0.1, 0.1, 4),
+                }
+            },
         ],
-    }  # fmt: skip
+    }
     (row,) = metrics.tree_crossover(results)  # sd has no tree: not a row
     assert row["method"] == "csd-tree" and row["nodes"] == pytest.approx(9)
     assert row["gain"] == pytest.approx(5.5 / 4)

@@ -372,3 +372,28 @@ def test_min_confidence_shortens_drafts_but_not_output(zoo):
     bold, careful = list(eager.generate(prompt, 24)), list(wary.generate(prompt, 24))
     assert ids_of(careful) == ids_of(bold) == reference_greedy(target, prompt, 24)
     assert proposed(careful) < proposed(bold)
+
+
+def test_review_returns_the_kept_nodes_the_loop_commits(zoo):
+    from csdraft.engine.draft import Draft
+
+    cascade, target = ladder(zoo)
+    plain = zoo.reference(target, PROMPT, 3)
+    rung = cascade.rungs[0]
+    rung.reset(PROMPT)
+    wrong = (plain[2] + 1) % SMALL_VOCAB
+    reviewed = cascade.review(rung, np.asarray(PROMPT), Draft.deterministic([*plain[:2], wrong], 1))
+    rung.release()
+    assert reviewed.kept == [0, 1]
+    assert reviewed.out.tokens == plain[:3] and reviewed.out.origins == [1, 1, 0]
+    assert 0 < reviewed.confidence <= 1
+    # the loop commits the kept nodes and reports the others of the target's review as rejected
+    events = list(cascade.generate(PROMPT, 30))
+    review = None
+    for e in events:
+        if isinstance(e, Review) and e.reviewer == 0:
+            review = e
+        elif isinstance(e, Commit):
+            kept = set(review.kept())
+            assert e.rejected == [t for i, t in enumerate(review.proposed) if i not in kept]
+    assert any(isinstance(e, Commit) and e.rejected for e in events)

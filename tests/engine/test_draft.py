@@ -112,5 +112,5 @@ def test_reviews_of_chains_given_with_parents_match_plain_chains():
 )
 def test_reviews_of_trees_are_refused(review):
     logits = torch.zeros(len(TREE) + 1, 20)
-    with pytest.raises(NotImplementedError, match="tree"):
+    with pytest.raises(ValueError, match="chain rule reviews chains only"):
         review(logits, TREE, 1.0)

@@ -369,12 +369,12 @@ def test_tree_cascade_samples_the_target_distribution(sampling_models, name):
 
 def test_check_rejects_a_tree_review_that_keeps_refused_children(sampling_models, monkeypatch):
     """Wrong: a refused deterministic child stays in p (only sampled children's q is removed)."""
-    real = tree_module._residual
+    real = tree_module.residual
 
     def keep_refused(p, q):
         return p if float(q.max()) == 1.0 else real(p, q)
 
-    monkeypatch.setattr(tree_module, "_residual", keep_refused)
+    monkeypatch.setattr(tree_module, "residual", keep_refused)
     results = caught(sampling_models, "grown from one drafter")
     assert min(results.values()) < 1e-6, results
 

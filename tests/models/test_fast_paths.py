@@ -28,9 +28,14 @@ VOCAB = 64
 
 def gqa_model(seed: int = 0) -> torch.nn.Module:
     return build_model(
-        "qwen2", VOCAB, hidden=64, layers=2, seed=seed, num_attention_heads=4,
+        "qwen2",
+        VOCAB,
+        hidden=64,
+        layers=2,
+        seed=seed,
+        num_attention_heads=4,
         num_key_value_heads=2,
-    )  # fmt: skip
+    )
 
 
 def passes(model: torch.nn.Module, seq: np.ndarray, cuts: list[int]) -> list[torch.Tensor]:

@@ -162,19 +162,19 @@ def test_cascade_over_an_int8_target_outputs_its_own_greedy_exactly(seed, tree):
 
 
 def test_loading_an_int8_target(tiny_dir):
-    from csdraft.models import load_model
+    from csdraft.models.transformers_backend import load_transformers as load
 
-    target = load_model(str(tiny_dir), "int8", progress=False, batch_invariant=True)
+    target = load(str(tiny_dir), "int8", progress=False, batch_invariant=True)
     assert target.batch_invariant and target.model.config._attn_implementation == ATTENTION
     layers = [m for m in target.model.modules() if isinstance(m, RowInt8Linear)]
     assert len(layers) == 2 * 4 + 1  # q/k/v fused, o, gate/up fused, down; and the head
     assert target.int8_layers() == 2 * 7 + 1  # projections, each counted
-    drafter = load_model(str(tiny_dir), "int8", progress=False)
+    drafter = load(str(tiny_dir), "int8", progress=False)
     assert not drafter.batch_invariant
     assert drafter.model.config._attn_implementation == GQA_ATTENTION
     assert all(not isinstance(m, RowInt8Linear) for m in drafter.model.modules())
     assert any(isinstance(m, Int8Linear) for m in drafter.model.modules())
-    bf16 = load_model(str(tiny_dir), "bfloat16", progress=False, batch_invariant=True)
+    bf16 = load(str(tiny_dir), "bfloat16", progress=False, batch_invariant=True)
     assert not bf16.batch_invariant  # only int8 has a batch-invariant path
 
 

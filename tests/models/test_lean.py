@@ -31,9 +31,16 @@ def model_of(kind: str, arch: str = "qwen2", seed: int = 0) -> torch.nn.Module:
     drafter, fused projections) or ``target`` (the batch-invariant int8 target)."""
     extra = {"attention_bias": True, "mlp_bias": True} if arch == "llama" else {}
     model = build_model(
-        arch, VOCAB, hidden=64, layers=2, seed=seed, init_range=0.05, num_attention_heads=4,
-        num_key_value_heads=2, **extra,
-    )  # fmt: skip
+        arch,
+        VOCAB,
+        hidden=64,
+        layers=2,
+        seed=seed,
+        init_range=0.05,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **extra,
+    )
     if kind == "target":
         return make_batch_invariant(quantize_int8(model, layer=RowInt8Linear))
     if kind == "int8":

@@ -73,6 +73,9 @@ def one_at_a_time(model, seq: np.ndarray, start: int) -> torch.Tensor:
 
 @needs_llama
 def test_model_facts(target):
+    from csdraft.models import LoadedModel
+
+    assert isinstance(target, LoadedModel) and not target.session("s").scores_trees
     assert target.vocab_size == VOCAB and len(target.tokenizer) == VOCAB
     assert target.eos_ids == [1]  # <|im_end|>, the GGUF's eos and the tokenizer's
     assert target.context_length == 128 and target.compute_dtype == "gguf"

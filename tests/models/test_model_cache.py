@@ -36,12 +36,12 @@ from csdraft.models import (
     CacheDamaged,
     OfflinePack,
     cache_dir,
-    load_model,
     load_tokenizer,
     verify_model_cache,
 )
 from csdraft.models import cache as mcache
 from csdraft.models.int8 import int8_cache_digest
+from csdraft.models.transformers_backend import load_transformers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def _python(code: str) -> subprocess.Popen:
 
 
 def test_manifest_records_sha256_and_sampled_digests(tiny_gguf):
-    lm = load_model(str(tiny_gguf), progress=False)
+    lm = load_transformers(str(tiny_gguf), progress=False)
     manifest = json.loads((lm.path / MANIFEST).read_text())
     assert manifest["format"] == 2 and manifest["sampling"] == {"window": 65536, "windows": 64}
     files = sorted(p.name for p in lm.path.iterdir() if p.name != MANIFEST)
@@ -86,12 +86,12 @@ def test_manifest_records_sha256_and_sampled_digests(tiny_gguf):
 
 
 def test_same_size_corruption_of_a_cached_model_is_an_error(tiny_gguf):
-    lm = load_model(str(tiny_gguf), progress=False)
+    lm = load_transformers(str(tiny_gguf), progress=False)
     weights = lm.path / "model.safetensors"
     st = weights.stat()
     overwrite_middle(weights, 64)
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with its old mtime
-    for load in (load_model, load_tokenizer):
+    for load in (load_transformers, load_tokenizer):
         with pytest.raises(CsdraftError) as err:
             load(str(tiny_gguf), progress=False)
         msg = assert_one_line(err)
@@ -103,7 +103,7 @@ def test_same_size_corruption_of_a_cached_model_is_an_error(tiny_gguf):
         verify_model_cache(lm.path, full=True)
     # the advice works: delete the folder and the next run prepares it again
     shutil.rmtree(lm.path)
-    assert load_model(str(tiny_gguf), progress=False).path == lm.path
+    assert load_transformers(str(tiny_gguf), progress=False).path == lm.path
 
 
 def test_sampled_digest_sees_large_damage_and_full_check_sees_small(tmp_path, monkeypatch):
@@ -138,13 +138,13 @@ def test_sampled_digest_sees_large_damage_and_full_check_sees_small(tmp_path, mo
 
 def test_damaged_pack_is_rebuilt_from_its_chunks(tmp_path, monkeypatch, tiny_gguf, capfd):
     pack = fake_pack(tmp_path, monkeypatch, tiny_gguf.read_bytes(), filename="tiny.gguf")
-    lm = load_model(pack.name, progress=False)
+    lm = load_transformers(pack.name, progress=False)
     weights = lm.path / "model.safetensors"
     good = _sha256(weights)
     capfd.readouterr()
     overwrite_middle(weights, 256)
     assert _sha256(weights) != good
-    again = load_model(pack.name, progress=False)
+    again = load_transformers(pack.name, progress=False)
     err = capfd.readouterr().err
     assert err == (
         f"csdraft: warning: cached model at {lm.path} is damaged (model.safetensors differs "
@@ -159,7 +159,7 @@ def test_old_manifest_gets_sampled_digests_on_first_load(tmp_path, monkeypatch, 
     pack = OfflinePack("fake-old", ("csdraft_no_such_module_xyz",), "f.gguf", 1, "0" * 64, "x")
     monkeypatch.setitem(PACKS, pack.name, pack)
     target = prepared_copy(tiny_dir, pack.name)  # sizes only, as csdraft 0.1.0 wrote
-    load_model(pack.name, progress=False)
+    load_transformers(pack.name, progress=False)
     manifest = json.loads((target / MANIFEST).read_text())
     assert manifest["format"] == 2 and sorted(manifest["sampled"]) == sorted(manifest["files"])
     assert "sha256" not in manifest  # a full digest would bless whatever is there at length
@@ -167,7 +167,7 @@ def test_old_manifest_gets_sampled_digests_on_first_load(tmp_path, monkeypatch, 
     assert not check.complete and "model.safetensors" in check.unverified
     overwrite_middle(target / "model.safetensors", 64)
     with pytest.raises(CsdraftError, match="model.safetensors differs from when it was written"):
-        load_model(pack.name, progress=False)
+        load_transformers(pack.name, progress=False)
 
 
 # ----------------------------------------------------------------------------- the int8 cache
@@ -175,14 +175,14 @@ def test_old_manifest_gets_sampled_digests_on_first_load(tmp_path, monkeypatch, 
 
 def test_damaged_int8_cache_is_rebuilt(tiny_dir, capfd):
     ids = torch.tensor([[3, 4, 5]])
-    first = load_model(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
+    first = load_transformers(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
     (cached,) = (cache_dir() / "int8").iterdir()
     recorded, actual = int8_cache_digest(cached)
     assert recorded == actual and len(recorded) == 64
     good = cached.read_bytes()
     overwrite_middle(cached, 64)
     capfd.readouterr()
-    again = load_model(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
+    again = load_transformers(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
     err = capfd.readouterr().err
     assert err.startswith(f"csdraft: warning: the int8 cache {cached} is damaged")
     assert err.count("\n") == 1 and "computing it again" in err
@@ -193,12 +193,12 @@ def test_int8_cache_without_digest_is_rewritten(tiny_dir, capfd):
     """int8 files from csdraft 0.1.0 have no digest: computed again, quietly, and rewritten."""
     from safetensors.torch import load_file, save_file
 
-    load_model(str(tiny_dir), dtype="int8", progress=False)
+    load_transformers(str(tiny_dir), dtype="int8", progress=False)
     (cached,) = (cache_dir() / "int8").iterdir()
     save_file(load_file(str(cached)), str(cached))  # the same tensors, no metadata
     assert int8_cache_digest(cached)[0] is None
     capfd.readouterr()
-    load_model(str(tiny_dir), dtype="int8", progress=False)
+    load_transformers(str(tiny_dir), dtype="int8", progress=False)
     assert capfd.readouterr().err == ""
     recorded, actual = int8_cache_digest(cached)
     assert recorded == actual
@@ -208,7 +208,7 @@ def test_int8_cache_without_digest_is_rewritten(tiny_dir, capfd):
 def test_int8_cache_follows_the_umask(tiny_dir, umask):
     old = os.umask(umask)
     try:
-        load_model(str(tiny_dir), dtype="int8", progress=False)
+        load_transformers(str(tiny_dir), dtype="int8", progress=False)
     finally:
         os.umask(old)
     (cached,) = (cache_dir() / "int8").iterdir()
@@ -242,7 +242,7 @@ def test_leftovers_of_dead_processes_are_removed(tiny_gguf):
         os.utime(p, (hour_ago, hour_ago))
     with mcache.temp_dir("alive") as alive:
         (alive / "busy").write_bytes(b"z")
-        load_model(str(tiny_gguf), progress=False)  # a preparation starts by cleaning up
+        load_transformers(str(tiny_gguf), progress=False)  # a preparation starts by cleaning up
         assert not dead.exists() and not legacy.exists()
         assert not Path(f"{dead}.lock").exists()
         assert (alive / "busy").is_file() and fresh_legacy.is_dir()  # owner alive / too young
@@ -364,7 +364,7 @@ def _read_only(root: Path):
 def test_read_only_cache_is_an_error_in_csdrafts_words(tiny_gguf):
     home = cache_dir()
     with _read_only(home), pytest.raises(CsdraftError) as err:
-        load_model(str(tiny_gguf), progress=False)
+        load_transformers(str(tiny_gguf), progress=False)
     msg = assert_one_line(err)
     assert msg == (
         f"cannot write to the csdraft cache at {home} (permission denied); set CSDRAFT_HOME to "
@@ -374,8 +374,8 @@ def test_read_only_cache_is_an_error_in_csdrafts_words(tiny_gguf):
 
 def test_read_only_prepared_cache_still_loads(tiny_gguf, tiny_dir, capfd):
     ids = torch.tensor([[3, 4, 5]])
-    prepared = load_model(str(tiny_gguf), progress=False)
-    want = load_model(str(tiny_gguf), dtype="int8", progress=False).model(ids).logits
+    prepared = load_transformers(str(tiny_gguf), progress=False)
+    want = load_transformers(str(tiny_gguf), dtype="int8", progress=False).model(ids).logits
     shutil.rmtree(cache_dir() / "int8")
     old = OfflinePack("fake-ro", ("csdraft_no_such_module_xyz",), "f.gguf", 1, "0" * 64, "x")
     PACKS[old.name] = old
@@ -384,10 +384,10 @@ def test_read_only_prepared_cache_still_loads(tiny_gguf, tiny_dir, capfd):
         manifest = (old_target / MANIFEST).read_text()
         capfd.readouterr()
         with _read_only(cache_dir()):
-            lm = load_model(str(tiny_gguf), dtype="int8", progress=False)
+            lm = load_transformers(str(tiny_gguf), dtype="int8", progress=False)
             assert lm.path == prepared.path and lm.int8_layers() > 0
             assert torch.equal(lm.model(ids).logits, want)  # quantized in memory
-            assert load_model(old.name, progress=False).path == old_target
+            assert load_transformers(old.name, progress=False).path == old_target
         assert not (cache_dir() / "int8").exists()
         assert (old_target / MANIFEST).read_text() == manifest
         assert capfd.readouterr().err == ""

@@ -26,10 +26,10 @@ from csdraft.models import (
     LoadedModel,
     OfflinePack,
     cache_dir,
-    load_model,
     load_tokenizer,
     tokenizer_fingerprint,
 )
+from csdraft.models.transformers_backend import load_transformers
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_cache_dir_env(tmp_path, monkeypatch):
 
 
 def test_load_local_dir(tiny_dir):
-    lm = load_model(str(tiny_dir), progress=False)
+    lm = load_transformers(str(tiny_dir), progress=False)
     assert isinstance(lm, LoadedModel)
     assert lm.path == tiny_dir and lm.source == f"local dir {tiny_dir}"
     assert lm.model.dtype == torch.bfloat16 and not lm.model.training
@@ -66,16 +66,16 @@ def test_load_local_dir(tiny_dir):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_dtypes(tiny_dir, dtype):
-    lm = load_model(str(tiny_dir), dtype=dtype, progress=False)
+    lm = load_transformers(str(tiny_dir), dtype=dtype, progress=False)
     assert lm.model.dtype == getattr(torch, dtype)
 
 
 def test_int8_quantizes_every_linear(tiny_dir):
-    lm = load_model(str(tiny_dir), dtype="int8", progress=False)
+    lm = load_transformers(str(tiny_dir), dtype="int8", progress=False)
     linears = [m for m in lm.model.modules() if type(m) is torch.nn.Linear]
     assert linears == []
     ids = torch.tensor([[3, 4, 5]])
-    ref = load_model(str(tiny_dir), dtype="float32", progress=False).model(ids).logits
+    ref = load_transformers(str(tiny_dir), dtype="float32", progress=False).model(ids).logits
     out = lm.model(ids).logits
     assert out.dtype == torch.float32 and out.shape == ref.shape
     assert torch.allclose(out, ref, atol=0.05)  # close, not equal: a drafter may round
@@ -101,13 +101,13 @@ def test_int8_attention_sink_gets_its_own_pass():
 
 def test_int8_weights_are_cached(tiny_dir):
     ids = torch.tensor([[3, 4, 5]])
-    first = load_model(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
+    first = load_transformers(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
     (cached,) = (cache_dir() / "int8").iterdir()
     stamp = cached.stat().st_mtime_ns
-    again = load_model(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
+    again = load_transformers(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
     assert torch.equal(first, again) and cached.stat().st_mtime_ns == stamp  # read, not rewritten
     cached.write_bytes(b"garbage")  # an unreadable cache is made again, never trusted
-    third = load_model(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
+    third = load_transformers(str(tiny_dir), dtype="int8", progress=False).model(ids).logits
     assert torch.equal(first, third) and cached.stat().st_size > 100
 
 
@@ -115,36 +115,36 @@ def test_int8_cache_follows_the_weights(tiny_dir, tmp_path):
     import shutil
 
     copy = shutil.copytree(tiny_dir, tmp_path / "copy")
-    load_model(str(copy), dtype="int8", progress=False)
+    load_transformers(str(copy), dtype="int8", progress=False)
     (copy / "model.safetensors").touch()  # new weights: a new cache entry, not the stale one
-    load_model(str(copy), dtype="int8", progress=False)
+    load_transformers(str(copy), dtype="int8", progress=False)
     assert len(list((cache_dir() / "int8").iterdir())) == 2
 
 
 def test_drafter_shares_identical_tokenizer(tiny_dir, tmp_path):
     import shutil
 
-    target = load_model(str(tiny_dir), dtype="float32", progress=False)
-    twin = load_model(
+    target = load_transformers(str(tiny_dir), dtype="float32", progress=False)
+    twin = load_transformers(
         str(shutil.copytree(tiny_dir, tmp_path / "twin")), "float32", share_tokenizer=target
     )
     assert twin.tokenizer is target.tokenizer
     other = shutil.copytree(tiny_dir, tmp_path / "other")
     make_tokenizer(WORDS[:-1] + ["zzz"]).save_pretrained(other)
-    loaded = load_model(str(other), "float32", share_tokenizer=target)
+    loaded = load_transformers(str(other), "float32", share_tokenizer=target)
     assert loaded.tokenizer is not target.tokenizer
     assert tokenizer_fingerprint(loaded.tokenizer) != tokenizer_fingerprint(target.tokenizer)
 
 
 def test_bad_dtype_and_device(tiny_dir):
     with pytest.raises(UsageError) as err:
-        load_model(str(tiny_dir), dtype="int4")
+        load_transformers(str(tiny_dir), dtype="int4")
     assert err.value.exit_code == 2 and "int4" in str(err.value)
     with pytest.raises(UsageError):
-        load_model(str(tiny_dir), device="gpu-please")
+        load_transformers(str(tiny_dir), device="gpu-please")
     if not torch.cuda.is_available():
         with pytest.raises(CsdraftError, match="CUDA"):
-            load_model(str(tiny_dir), device="cuda")
+            load_transformers(str(tiny_dir), device="cuda")
 
 
 def test_load_tokenizer_local(tiny_dir):
@@ -154,14 +154,14 @@ def test_load_tokenizer_local(tiny_dir):
 
 def test_missing_dir(tmp_path):
     with pytest.raises(CsdraftError) as err:
-        load_model(str(tmp_path / "nope" / "model"))
+        load_transformers(str(tmp_path / "nope" / "model"))
     assert "does not exist" in assert_one_line(err)
 
 
 def test_unknown_hub_id():
     ref = "csdraft-test-org/definitely-not-a-model-" + uuid.uuid4().hex[:6]
     with pytest.raises(CsdraftError) as err:
-        load_model(ref, progress=False)
+        load_transformers(ref, progress=False)
     msg = assert_one_line(err)
     assert ref in msg and "hub" in msg
     with pytest.raises(CsdraftError):
@@ -173,13 +173,13 @@ def test_broken_local_dir(tmp_path):
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
     with pytest.raises(CsdraftError) as err:
-        load_model(str(bad), progress=False)
+        load_transformers(str(bad), progress=False)
     assert str(bad) in assert_one_line(err)
 
 
 def test_unknown_pack_prefix():
     with pytest.raises(UsageError, match="unknown model pack"):
-        load_model("pack:no-such-pack")
+        load_transformers("pack:no-such-pack")
 
 
 def test_pack_missing_module(monkeypatch):
@@ -187,7 +187,7 @@ def test_pack_missing_module(monkeypatch):
     monkeypatch.setitem(PACKS, pack.name, pack)
     for ref in (pack.name, f"pack:{pack.name}"):
         with pytest.raises(CsdraftError) as err:
-            load_model(ref)
+            load_transformers(ref)
         msg = assert_one_line(err)
         assert "not installed" in msg and 'pip install "csdraft[ex]"' in msg
     with pytest.raises(CsdraftError, match="pip install"):
@@ -197,7 +197,7 @@ def test_pack_missing_module(monkeypatch):
 def test_pack_corrupt_chunks(tmp_path, monkeypatch):
     pack = fake_pack(tmp_path, monkeypatch, b"not really a gguf" * 10, digest="f" * 64)
     with pytest.raises(CsdraftError) as err:
-        load_model(pack.name, progress=False)
+        load_transformers(pack.name, progress=False)
     msg = assert_one_line(err)
     assert "corrupt" in msg and "reinstall" in msg
     assert not (cache_dir() / "models" / pack.name).exists()
@@ -216,7 +216,7 @@ def test_tokenizer_fingerprint():
 
 def test_gguf_file(tiny_gguf):
     path, ref_model = tiny_gguf
-    lm = load_model(str(path), dtype="float32", progress=False)
+    lm = load_transformers(str(path), dtype="float32", progress=False)
     assert lm.source == f"gguf file {path}"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert lm.path == cache_dir() / "models" / f"gguf-{digest[:16]}"
@@ -231,7 +231,7 @@ def test_gguf_file(tiny_gguf):
     torch.testing.assert_close(got, want, atol=5e-2, rtol=5e-2)
     assert lm.tokenizer.eos_token == "<|im_end|>"
     # second load: from the cache (and the remembered hash), same directory
-    again = load_model(str(path), progress=False)
+    again = load_transformers(str(path), progress=False)
     assert again.path == lm.path and again.model.dtype == torch.bfloat16
     fp = tokenizer_fingerprint(load_tokenizer(str(path), progress=False))
     assert fp == tokenizer_fingerprint(lm.tokenizer)
@@ -239,7 +239,7 @@ def test_gguf_file(tiny_gguf):
 
 def test_gguf_missing_file(tmp_path):
     with pytest.raises(CsdraftError) as err:
-        load_model(str(tmp_path / "absent.gguf"))
+        load_transformers(str(tmp_path / "absent.gguf"))
     assert "does not exist" in assert_one_line(err)
 
 
@@ -247,7 +247,7 @@ def test_gguf_garbage(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(CsdraftError) as err:
-        load_model(str(bad), progress=False)
+        load_transformers(str(bad), progress=False)
     assert "bad.gguf" in assert_one_line(err)
     assert list((cache_dir() / "tmp").iterdir()) == []
 
@@ -255,7 +255,7 @@ def test_gguf_garbage(tmp_path):
 def test_pack_end_to_end(tmp_path, monkeypatch, tiny_gguf, capsys):
     path, _ = tiny_gguf
     pack = fake_pack(tmp_path, monkeypatch, path.read_bytes(), filename="tiny-qwen2.gguf")
-    lm = load_model(f"pack:{pack.name}", dtype="float32")
+    lm = load_transformers(f"pack:{pack.name}", dtype="float32")
     assert lm.path == cache_dir() / "models" / pack.name
     assert lm.source == f"offline pack {pack.name}"
     err = capsys.readouterr().err
@@ -266,7 +266,7 @@ def test_pack_end_to_end(tmp_path, monkeypatch, tiny_gguf, capsys):
     assert list((cache_dir() / "tmp").iterdir()) == []  # assembled GGUF deleted
     # a second load is quiet and comes from the cache
     load_tokenizer(pack.name, progress=False)
-    lm2 = load_model(pack.name, progress=False)
+    lm2 = load_transformers(pack.name, progress=False)
     assert capsys.readouterr().err == ""
     assert lm2.path == lm.path
 
@@ -276,13 +276,13 @@ def test_prepared_cache_and_corrupt_manifest(tmp_path, monkeypatch, tiny_dir):
     monkeypatch.setitem(PACKS, pack.name, pack)
     target = prepared_copy(tiny_dir, pack.name)
     # already prepared: the chunk modules are not needed any more
-    assert load_model(pack.name, progress=False).path == target
+    assert load_transformers(pack.name, progress=False).path == target
 
     weights = target / "model.safetensors"
     size = weights.stat().st_size
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
     with pytest.raises(CsdraftError) as err:
-        load_model(pack.name)
+        load_transformers(pack.name)
     msg = assert_one_line(err)
     assert msg.startswith(f"cached model at {target} is damaged (model.safetensors has 100 bytes")
     assert f"{size} were written" in msg
@@ -295,4 +295,4 @@ def test_prepared_cache_and_corrupt_manifest(tmp_path, monkeypatch, tiny_dir):
         load_tokenizer(pack.name)
     (target / MANIFEST).unlink()
     with pytest.raises(CsdraftError, match=f"manifest {MANIFEST} is missing"):
-        load_model(pack.name)
+        load_transformers(pack.name)

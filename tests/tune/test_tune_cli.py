@@ -34,7 +34,7 @@ def _force_verdict(monkeypatch, declared: bool) -> list:
 
     def fixed(baseline_s, winner_s, band):
         asked.append((baseline_s, winner_s, band))
-        return noise.Verdict(band + 0.5 if declared else band, band)
+        return noise.MeasuredMargin(band + 0.5 if declared else band, band)
 
     monkeypatch.setattr(noise, "verdict", fixed)
     return asked
