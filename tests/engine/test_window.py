@@ -78,14 +78,6 @@ def test_a_windowed_drafter_sees_only_the_last_prompt_tokens(zoo):
     assert max(drafter.scorer.lengths) <= 5 + 12 + 4
 
 
-def test_the_target_has_no_window(zoo):
-    key = TARGETS[0]
-    cascade = cascade_of(target_of(zoo, key), [drafter_of(zoo, key, "near")], [[4]])
-    cascade.rungs[0].window = 4
-    with pytest.raises(ValueError, match="target sees the whole prompt"):
-        Cascade(cascade.rungs, [[4]])
-
-
 def test_windowed_drafter_samples_the_target_distribution(sampling_models):
     sampling = Sampling(1.0)
     cascade = with_window(

@@ -14,7 +14,7 @@ import torch
 from model_fixtures import own_home, tiny_dir_fixture  # noqa: F401 - fixtures
 
 from csdraft.errors import UsageError
-from csdraft.ladder import ModelSpec
+from csdraft.spec import RungSpec as ModelSpec
 from csdraft.models import (
     BACKENDS,
     LoadedModel,
