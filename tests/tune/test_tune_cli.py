@@ -187,3 +187,14 @@ def test_ctrl_c_in_tunes_search_keeps_the_calibration(tiny, tmp_path, monkeypatc
     assert line.startswith("csdraft: interrupted; kept the calibration in ")
     assert kept["predictions"] is None and kept["real_runs"] is None
     assert len(kept["calibration"]["prompts"]) == 2
+
+
+@pytest.mark.parametrize("name", ["prompts.jsonl", "prompts.txt"])
+def test_cli_tune_data_not_utf8_is_one_line(tmp_path, name):
+    """JSON lines or plain text (one prompt a line): either way, the line is named."""
+    from csdraft.tune.data import load_calibration_prompts
+
+    path = tmp_path / name
+    path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(UsageError, match=rf"{name}:2: not UTF-8 text \(byte 0xe9\)"):
+        load_calibration_prompts(str(path), 2)
