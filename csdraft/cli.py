@@ -8,10 +8,27 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from csdraft.errors import CsdraftError, UsageError
 
+
+class _Interrupted(Exception):
+    """Ctrl-C, carried past typer (which turns KeyboardInterrupt into a silent exit 130)."""
+
+
+class _Commands(TyperGroup):
+    """The root command group: lets Ctrl-C in any command reach ``main``'s one-line message."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="Faster generation with identical output: Cascade Speculative Drafting for Hugging "
     "Face causal LMs.",
     no_args_is_help=True,
@@ -629,14 +646,11 @@ def main() -> None:
             traceback.print_exc()
         print(f"csdraft: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted, typer.Abort):
         print("\ncsdraft: interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
-        print("\ncsdraft: interrupted", file=sys.stderr)
-        sys.exit(130)
     except Exception as e:  # click usage errors (typer bundles its own click) and the unforeseen
         if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             if type(e).__name__ == "NoArgsIsHelpError":

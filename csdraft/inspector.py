@@ -314,8 +314,10 @@ def replay_trace(
         raise UsageError(f"--trace {path}: no such file")
     try:
         header, events = trace.load(path)
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--trace {path}: not a csdraft trace ({e})") from None
+    except OSError as e:
+        raise UsageError(f"--trace {path}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:
+        raise UsageError(f"--trace {path}: not a csdraft trace: {e}") from None
     out = console or report_console()
     err = Console(stderr=True)
     tokenizer = _trace_tokenizer(ladder or header.get("ladder"), config, err)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 
@@ -99,9 +99,35 @@ def to_dict(event: Event) -> dict:
 
 
 def from_dict(data: dict) -> Event:
-    """The event a ``to_dict`` result describes."""
+    """The event a ``to_dict`` result describes; a ValueError saying what is wrong otherwise
+    (an unknown kind, a missing or unknown field, a value of the wrong type)."""
     data = dict(data)
-    return _KINDS[data.pop("event")](**data)
+    kind = data.pop("event", None)
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown event {kind!r} (expected one of {', '.join(_KINDS)})")
+    known = {f.name: f for f in fields(cls)}
+    if unknown := [k for k in data if k not in known]:
+        raise ValueError(f"a {kind} event has an unknown field {unknown[0]!r}")
+    for name, f in known.items():
+        required = f.default is MISSING and f.default_factory is MISSING
+        if name not in data:
+            if required:
+                raise ValueError(f"a {kind} event without {name!r}")
+        elif not _has_type(data[name], str(f.type)):
+            raise ValueError(f"a {kind} event's {name!r} is not {f.type}: {data[name]!r:.60}")
+    return cls(**data)
+
+
+def _has_type(value: object, annotation: str) -> bool:
+    """Whether a JSON value fits an event field's annotation ('int', 'list[int] | None',
+    'list[dict | None]', ...)."""
+    if annotation.endswith(" | None"):
+        return value is None or _has_type(value, annotation.removesuffix(" | None"))
+    if annotation.startswith("list["):
+        return isinstance(value, list) and all(_has_type(v, annotation[5:-1]) for v in value)
+    kinds = {"int": int, "float": int | float, "str": str, "dict": dict}
+    return not isinstance(value, bool) and isinstance(value, kinds.get(annotation, object))
 
 
 def save(events: Iterable[Event], path: Path, header: dict | None = None) -> None:
@@ -114,15 +140,37 @@ def save(events: Iterable[Event], path: Path, header: dict | None = None) -> Non
 
 
 def load(path: Path) -> tuple[dict, list[Event]]:
-    """Read a trace written by ``save``: its header (or ``{}``) and its events."""
+    """Read a trace written by ``save``: its header (or ``{}``) and its events. Anything else
+    (not UTF-8, a line that is no event, no events at all, no Start first) is a ValueError
+    naming the line."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"line {line}: not UTF-8 text") from None
     header: dict = {}
     events: list[Event] = []
-    for line in Path(path).read_text().splitlines():
-        data = json.loads(line)
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"line {n}: not JSON ({e.msg})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"line {n}: expected an event object, got {line.strip():.60}")
         if data.get("event") == "Header":
             header = {k: v for k, v in data.items() if k != "event"}
-        else:
+            continue
+        try:
             events.append(from_dict(data))
+        except ValueError as e:
+            raise ValueError(f"line {n}: {e}") from None
+    if not events:
+        raise ValueError("it holds no events (an empty file?)")
+    if not isinstance(events[0], Start):
+        raise ValueError("its first event is not a Start (the rung names)")
     return header, events
 
 

@@ -316,3 +316,37 @@ def test_huge_prompt_is_refused_before_loading(capsys, monkeypatch, ladder_dir):
     code, _, err = run(capsys, monkeypatch, "generate", "-c", cfg, stdin=huge)
     assert code == 2
     assert "exceeds the target's context of 256" in one_line_error(err)
+
+
+@pytest.mark.parametrize(
+    ("where", "args"),
+    [
+        ("csdraft.inspector.run_inspect", ["inspect"]),
+        ("csdraft.tune.run_tune", ["tune", "k-matrix", "--data", "gsm8k"]),
+        ("csdraft.tune.deferral.run_tune_deferral", ["tune", "deferral"]),
+        ("csdraft.bench.run_bench", ["bench", "gsm8k"]),
+        ("csdraft.api.Ladder.load", ["generate", "-p", PROMPT]),
+    ],
+)
+def test_ctrl_c_in_any_command_says_interrupted(capsys, monkeypatch, ladder_dir, where, args):
+    """Ctrl-C outside the loops that keep partial work (here: while starting up) is one line
+    and exit 130 in every command, not typer's silent exit."""
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(where, interrupt)
+    cfg = str(ladder_dir / "cascades.yaml")
+    code, _, err = run(capsys, monkeypatch, *args, "-c", cfg)
+    assert code == 130
+    assert [ln for ln in err.splitlines() if ln.strip()] == ["csdraft: interrupted"]
+
+
+def test_a_deferral_list_of_the_wrong_length_is_written_as_rules(capsys, monkeypatch, ladder_dir):
+    no_model_loads(monkeypatch)
+    cfg = str(ladder_dir / "cascades.yaml")
+    args = ["generate", "-c", cfg, "-p", PROMPT, "--deferral", "chow,diff,v3", "--alpha", "0.1"]
+    code, _, err = run(capsys, monkeypatch, *args)
+    assert code == 2
+    line = one_line_error(err)
+    assert "chow@0.1, diff@0.1, v3@0.1" in line and "Deferral(" not in line

@@ -141,3 +141,25 @@ def test_model_facts_ask_the_loaded_model():
         "dtype": "bfloat16",
         "device": "cuda:0",
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "not a csdraft trace: it holds no events (an empty file?)"),
+        ("[1,2,3]\n", "not a csdraft trace: line 1: expected an event object, got [1,2,3]"),
+    ],
+)
+def test_inspect_trace_of_the_wrong_shape_is_one_line(tmp_path, capsys, monkeypatch, text, needle):
+    import sys
+
+    from csdraft import cli
+
+    path = tmp_path / "t.jsonl"
+    path.write_text(text)
+    monkeypatch.setattr(sys, "argv", ["csdraft", "inspect", "--trace", str(path), "--speed", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.strip() == f"csdraft: error: --trace {path}: {needle}"

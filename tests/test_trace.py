@@ -92,7 +92,7 @@ def test_event_dict_round_trip():
         assert data["event"] == type(event).__name__
         assert from_dict(json.loads(json.dumps(data))) == event
         assert "event" in data  # from_dict does not consume its argument
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="unknown event 'Nonsense'"):
         from_dict({"event": "Nonsense"})
 
 
@@ -179,3 +179,34 @@ def test_tokens_per_second_is_one_rule_everywhere():
     assert metrics.decode_tokens_per_s(decode) == 3.5
     assert metrics.decode_tokens_per_s({**decode, "decode_s": 0.0}) is None
     assert metrics.decode_tokens_per_s({"new_tokens": 9, "wall_s": 3.0}) is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([], "it holds no events"),
+        (["", "  "], "it holds no events"),
+        (["[1,2,3]"], "line 1: expected an event object, got [1,2,3]"),
+        (["{oops"], "line 1: not JSON"),
+        (["START", '{"event": "Boom"}'], "line 2: unknown event 'Boom'"),
+        (["START", '{"event": "Finish"}'], "line 2: a Finish event without 'reason'"),
+        (["START", '{"event": "Finish", "reason": "eos", "x": 1}'], "unknown field 'x'"),
+        (["START", '{"event": "Commit", "tokens": 5, "origins": []}'], "'tokens' is not list"),
+        (["START", '{"event": "Commit", "tokens": ["a"], "origins": []}'], "'tokens' is not"),
+        (['{"event": "Finish", "reason": "eos"}'], "its first event is not a Start"),
+    ],
+)
+def test_a_file_that_is_no_trace_says_what_is_wrong_where(tmp_path, lines, message):
+    start = json.dumps(to_dict(EVENTS[0]))
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join((start if ln == "START" else ln) + "\n" for ln in lines))
+    with pytest.raises(ValueError) as err:
+        load(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_non_utf8_trace_names_the_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(json.dumps(to_dict(EVENTS[0])).encode() + b'\n{"event": "\xff"}\n')
+    with pytest.raises(ValueError, match="line 2: not UTF-8 text"):
+        load(path)

@@ -153,14 +153,26 @@ def mmlu_answer(text: str) -> str | None:
 # ------------------------------------------------------------------------------ files
 
 
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file; unreadable or not UTF-8 is a one-line UsageError
+    naming the line."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UsageError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The objects of a JSON-lines file; a malformed line is a one-line UsageError."""
     rows = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
         try:

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from csdraft.bench import metrics
+from csdraft.bench.results import title
 from csdraft.console import fx, pct, simple_table
 
 RULE_MARKS = {"chow": "c", "diff": "d", "opt": "o", "v1": "1", "v2": "2", "v3": "3"}
@@ -176,13 +177,13 @@ def answers_against(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, dic
     moves the answers; {} unless both runs reached answers (``--until-answer``)."""
     if not (a["settings"].get("until_answer") and b["settings"].get("until_answer")):
         return {}
-    ref = {p["id"]: p["results"]["ar"] for p in a["prompts"] if "ar" in p["results"]}
+    ref = {p["id"]: p["results"]["ar"] for p in a["prompts"] if p.get("id") is not None}
     out = {}
     for name in b["methods"]:
         pairs = [
             (p["results"][name], ref[p["id"]])
             for p in b["prompts"]
-            if p["id"] in ref and name in p["results"]
+            if p.get("id") in ref and name in p["results"]
         ]
         if not pairs:
             continue
@@ -285,8 +286,6 @@ def write_quality_png(results: Mapping[str, Any], path: Path) -> bool:
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-
-    from csdraft.bench.report import title
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharey=True)
     ar = _ar(pts)

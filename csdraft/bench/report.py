@@ -18,6 +18,7 @@ from csdraft.bench.quality import (
     quality_chart,
     quality_table,
 )
+from csdraft.bench.results import title
 from csdraft.console import fx, num, pct, simple_table
 
 _EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -37,17 +38,6 @@ def bar(value: float, scale: float, width: int) -> str:
     eighths = max(0, round(8 * width * value / scale)) if scale > 0 else 0
     full, part = divmod(min(eighths, 8 * width), 8)
     return "█" * full + (_EIGHTHS[part] if part else "")
-
-
-def title(results: Mapping[str, Any]) -> str:
-    """One line naming the dataset, ladder and generation settings."""
-    s, lad, n = results["settings"], results["ladder"], len(results["prompts"])
-    mode = "greedy" if not s["temperature"] else f"temperature {s['temperature']}"
-    return (
-        f"csdraft bench · {s['dataset']} · {n} prompt{'' if n == 1 else 's'} · ladder "
-        f"{lad['name']} ({' > '.join(lad['rungs'])}, {lad['dtype']}) · {s['max_new_tokens']} "
-        f"new tokens · {mode}"
-    )
 
 
 def results_table(results: Mapping[str, Any]) -> Table:

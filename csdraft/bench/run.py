@@ -20,15 +20,15 @@ from csdraft import exactness
 from csdraft.bench import metrics
 from csdraft.bench.data import Dataset, load_dataset
 from csdraft.bench.methods import Settings, method, parse_methods
+from csdraft.bench.results import SCHEMA, as_json, first_difference, read_results, write_results
 from csdraft.console import report_console, task_progress
 from csdraft.errors import CsdraftError, UsageError
-from csdraft.outputs import check_writable, write_text
+from csdraft.ladder import LadderSpec, get_ladder, ladder_to_yaml
+from csdraft.outputs import check_writable
 from csdraft.runs import Outcome, interleaved, relative_spread
 
 WARMUP_TOKENS = 16
 """Warm-up generations are this short (or ``max_new_tokens`` if smaller)."""
-
-SCHEMA = "csdraft-bench/1"
 
 BUSY_SPREAD = 0.15
 """A run is flagged as measured on a busy machine when ar's own time per token varies by more
@@ -124,7 +124,6 @@ def run_bench(
     ladder and methods); keep its prompts and measure only the rest (each prompt's methods
     still run side by side, so every ratio stays paired)."""
     from csdraft.api import Ladder
-    from csdraft.ladder import get_ladder
 
     _check_args(max_new_tokens, warmup, sd_block, pld_block, temperature)
     if limit is not None and limit < 1:
@@ -158,14 +157,17 @@ def run_bench(
         "pld_block": pld_block, "until_answer": until_answer is not None,
         "field": field if ds.kind == "file" else None,
     }  # fmt: skip
-    prior = _resumable(out, run_key, spec.name, chosen) if resume else None
+    configs = {
+        n: {"description": table[n].description, **table[n].config(spec, settings)} for n in chosen
+    }
+    prior = _resumable(out, run_key, spec, configs) if resume else None
 
     err = Console(stderr=True, highlight=False)
     loaded = Ladder.load(spec, progress=not quiet)
     prompt_ids = [loaded.encode(e.prompt) for e in ds.examples]
     for ids in prompt_ids:
         loaded.check_length(ids, max_new_tokens)
-    results = _skeleton(ds, loaded, settings, {n: table[n] for n in chosen}, skipped)
+    results = _skeleton(ds, loaded, settings, configs, skipped)
     results["settings"].update(
         run_key,
         category_field=category_field,
@@ -297,10 +299,12 @@ def _now() -> str:
 
 
 def _resumable(
-    out: Path | None, key: dict[str, Any], ladder: str, methods: list[str]
+    out: Path | None, key: dict[str, Any], spec: LadderSpec, configs: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """``--resume``: the partial results in ``out`` if they come from the same run (a one-line
-    UsageError naming what differs otherwise); None when ``out`` does not exist yet."""
+    """``--resume``: the partial results in ``out`` if they come from the same run: the same
+    settings ``key``, the same ladder spec (every model, dtype and rung setting) and the same
+    methods with the same configurations; a one-line UsageError naming the first difference
+    otherwise. None when ``out`` does not exist yet."""
     if out is None:
         raise UsageError("--resume needs --out: the partial results file to continue")
     if not Path(out).exists():
@@ -310,12 +314,23 @@ def _resumable(
         raise UsageError(f"--resume: {out} is complete; see it with --report {out}")
     had = {k: prior["settings"].get(k) for k in key}
     changed = [f"{k} {had[k]!r} -> {key[k]!r}" for k in key if had[k] != key[k]]
-    if prior["ladder"]["name"] != ladder:
-        changed.append(f"ladder {prior['ladder']['name']!r} -> {ladder!r}")
-    if prior["methods"] != methods:
-        changed.append(f"methods {','.join(prior['methods'])} -> {','.join(methods)}")
+    if prior["ladder"]["name"] != spec.name:
+        changed.append(f"ladder {prior['ladder']['name']!r} -> {spec.name!r}")
+    if prior["methods"] != list(configs):
+        changed.append(f"methods {','.join(prior['methods'])} -> {','.join(configs)}")
     if changed:
         raise UsageError(f"--resume: {out} is another run ({'; '.join(changed)})")
+    if "spec" not in prior["ladder"] or "method_configs" not in prior:
+        raise UsageError(
+            f"--resume: {out} predates full-spec checks, so it cannot be told from another run; "
+            "start a new run (another --out)"
+        )
+    for name, had_now in (
+        ("ladder", (prior["ladder"]["spec"], ladder_to_yaml(spec))),
+        ("method_configs", (prior["method_configs"], configs)),
+    ):
+        if found := first_difference(had_now[0], as_json(had_now[1]), name):
+            raise UsageError(f"--resume: {out} is another run ({found})")
     return prior
 
 
@@ -325,9 +340,10 @@ def _save_partial(results: dict[str, Any], out: Path, where: str) -> None:
 
 
 def _skeleton(
-    ds: Dataset, loaded: Any, settings: Settings, chosen: dict[str, Any], skipped: dict[str, str]
+    ds: Dataset, loaded: Any, settings: Settings, configs: dict[str, Any], skipped: dict[str, str]
 ) -> dict[str, Any]:
-    """The results dict before any prompt ran: machine, settings, ladder, methods, costs."""
+    """The results dict before any prompt ran: machine, settings, ladder (its whole spec
+    too), methods (``configs``: each chosen method's configuration), costs."""
     spec = loaded.spec
     target = loaded.target
     return {
@@ -361,11 +377,10 @@ def _skeleton(
             ),
             "models": {m.name: m.ref for m in (spec.target, *spec.drafters)},
             "backends": {m.name: m.backend for m in (spec.target, *spec.drafters)},
+            "spec": ladder_to_yaml(spec),
         },
-        "methods": list(chosen),
-        "method_configs": {
-            n: {"description": m.description, **m.config(spec, settings)} for n, m in chosen.items()
-        },
+        "methods": list(configs),
+        "method_configs": configs,
         "skipped": skipped,
         "costs": {
             "params": {
@@ -482,26 +497,6 @@ def ar_spread(results: dict[str, Any]) -> dict[str, Any] | None:
         "busy": spread is not None and spread > BUSY_SPREAD,
         "threshold": BUSY_SPREAD,
     }
-
-
-def write_results(results: dict[str, Any], path: Path) -> None:
-    """The results JSON (indented), written atomically, parent folders created."""
-    write_text(Path(path), json.dumps(results, indent=1) + "\n")
-
-
-def read_results(path: Path, flag: str = "--compare") -> dict[str, Any]:
-    """A results file written by ``run_bench``; anything else is a one-line UsageError naming
-    ``flag``."""
-    path = Path(path)
-    try:
-        results = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{flag}: {path} not found") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"{flag}: cannot read {path}: {e}") from None
-    if not isinstance(results, dict) or results.get("schema") != SCHEMA:
-        raise UsageError(f"{flag}: {path} is not a csdraft bench results file")
-    return results
 
 
 def run_compare(a: Path, b: Path, as_json: bool = False) -> None:

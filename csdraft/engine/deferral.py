@@ -70,6 +70,10 @@ class Deferral:
     rule: str
     alpha: float = 0.0
 
+    def __repr__(self) -> str:
+        """'chow@0.1': the rule as the command line and bench's methods write it."""
+        return f"{self.rule}@{self.alpha:g}"
+
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ValueError(f"unknown deferral rule {self.rule!r}; rules: {', '.join(RULES)}")

@@ -109,6 +109,28 @@ def _quiet_gguf_bar(quiet: bool) -> Iterator[None]:
         module.tqdm = bar
 
 
+def _unreadable(
+    gguf: Path, source: str | None, pack_name: str | None, exc: Exception
+) -> CsdraftError:
+    """Why transformers could not read a GGUF file, in one line: a file whose own structure
+    does not parse (truncated or damaged: its tensors run past its end) is named, with what to
+    do; otherwise (say, an architecture transformers does not convert) its error."""
+    name = source or gguf.name
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(gguf)
+    except ImportError:
+        pass
+    except Exception:  # noqa: BLE001 - the file itself does not parse
+        again = f"reinstall the model pack '{pack_name}'" if pack_name else "download it again"
+        return CsdraftError(
+            f"GGUF file {name} is truncated or damaged ({gguf.stat().st_size} bytes that do not "
+            f"parse as GGUF): {again}"
+        )
+    return CsdraftError(f"could not read GGUF file {name}: {one_line(exc)}")
+
+
 def _convert(
     gguf: Path,
     digest: str,
@@ -137,7 +159,7 @@ def _convert(
                 str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16, **kwargs
             )
         except Exception as exc:  # noqa: BLE001 - one line for the user
-            raise CsdraftError(f"could not read GGUF file {gguf.name}: {one_line(exc)}") from exc
+            raise _unreadable(gguf, gguf_source, pack_name, exc) from exc
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config

@@ -13,7 +13,7 @@ def _texts(data: str) -> tuple[list[str], str]:
     """Every prompt text of one set and where it came from. Uses
     ``csdraft.bench.data.load_dataset``; a file that is not JSON lines is read as one prompt
     per line."""
-    from csdraft.bench.data import load_dataset
+    from csdraft.bench.data import load_dataset, read_lines
 
     path = Path(data).expanduser()
     try:
@@ -22,7 +22,7 @@ def _texts(data: str) -> tuple[list[str], str]:
     except UsageError:
         if not path.is_file():
             raise
-        texts = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        texts = [ln for ln in read_lines(path) if ln.strip()]
         source = str(path)
     if not texts:
         raise UsageError(f"--data {data}: holds no prompts")

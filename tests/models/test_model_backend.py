@@ -14,7 +14,6 @@ import torch
 from model_fixtures import own_home, tiny_dir_fixture  # noqa: F401 - fixtures
 
 from csdraft.errors import UsageError
-from csdraft.spec import RungSpec as ModelSpec
 from csdraft.models import (
     BACKENDS,
     LoadedModel,
@@ -25,6 +24,7 @@ from csdraft.models import (
 )
 from csdraft.models.llamacpp_backend import LlamaCppModel, LlamaCppScorer
 from csdraft.models.transformers_backend import DTYPES, load_transformers
+from csdraft.spec import RungSpec as ModelSpec
 
 CAPABILITIES = {  # scores_trees, supports_vocab, cpu_only, dtypes
     "transformers": (True, True, False, DTYPES),

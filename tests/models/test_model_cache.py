@@ -393,3 +393,17 @@ def test_read_only_prepared_cache_still_loads(tiny_gguf, tiny_dir, capfd):
         assert capfd.readouterr().err == ""
     finally:
         del PACKS[old.name]
+
+
+@pytest.mark.parametrize("keep", [2 / 3, 200 / 85568])
+def test_a_truncated_gguf_is_named_with_what_to_do(tiny_gguf, tmp_path, keep):
+    """Cut in its tensors or in its header: the file is named and called damaged, not a
+    numpy error about reshaping arrays."""
+    data = tiny_gguf.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CsdraftError) as err:
+        load_transformers(str(cut), progress=False)
+    msg = assert_one_line(err)
+    assert f"GGUF file {cut.resolve()} is truncated or damaged" in msg
+    assert msg.endswith("download it again") and "reshape" not in msg and "divisor" not in msg

@@ -117,3 +117,85 @@ def test_cli_tune_name_needs_write(tiny):
         app, ["tune", "k-matrix", "--config", str(cfg), "--data", str(prompts), "mine"]
     )
     assert isinstance(result.exception, UsageError)
+
+
+def test_cli_tune_write_checks_the_config_before_measuring(tiny, monkeypatch):
+    """An unwritable --write target fails in one line before any model loads, not at the end."""
+    from csdraft.api import Ladder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the --write target was checked")
+
+    monkeypatch.setattr(Ladder, "load", refuse)
+    monkeypatch.setenv("CSDRAFT_CONFIG", "/proc/nope/cascades.yaml")
+    _, prompts = tiny
+    result = CliRunner().invoke(app, ["tune", "k-matrix", "--data", str(prompts), "--write"])
+    assert isinstance(result.exception, UsageError), result.output
+    assert str(result.exception).startswith("--write: cannot write /proc/nope/cascades.yaml")
+
+
+def _interrupt_tune(tiny, tmp_path, monkeypatch):
+    """Run tune in ``tmp_path`` (interrupted by the caller's patch); return the result and the
+    partial report it names."""
+    cfg, prompts = tiny
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune", "k-matrix", "--config", str(cfg), "--data", str(prompts), "--limit", "2",
+            "--budget", "5", "--max-new-tokens", "8",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 130, result.output + repr(result.exception)
+    line = [ln for ln in result.output.splitlines() if "interrupted" in ln]
+    assert len(line) == 1 and line[0].startswith("csdraft: interrupted; kept the calibration")
+    files = list(tmp_path.glob("tune-tiny-interrupted-*.json"))
+    assert len(files) == 1 and line[0].endswith(f" in {files[0]}")
+    return line[0], json.loads(files[0].read_text())
+
+
+def test_ctrl_c_in_tunes_real_runs_keeps_what_was_measured(tiny, tmp_path, monkeypatch):
+    from csdraft.tune import verify
+
+    real = verify.interleaved
+
+    def first_prompt_then_ctrl_c(*args, **kwargs):
+        runs = real(*args, **kwargs)
+        yield next(runs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify, "interleaved", first_prompt_then_ctrl_c)
+    line, kept = _interrupt_tune(tiny, tmp_path, monkeypatch)
+    assert "predictions and 1 prompt of real runs" in line
+    assert kept["schema"] == "csdraft-tune-partial/1" and kept["complete"] is False
+    assert kept["ladder"] == "tiny" and len(kept["calibration"]["prompts"]) == 2
+    assert kept["calibration"]["prompts"][0]["reference_tokens"] > 0
+    assert kept["predictions"] and kept["predictions"][0]["predicted_speedup"] > 0
+    (done,) = kept["real_runs"]["rounds"]
+    assert done["prompts"] == [0] and done["settings"]["ar"]["speedup"] == 1.0
+    assert set(done["settings"]) == set(kept["real_runs"]["settings"]) and len(done["settings"]) > 1
+    assert all(s["same_as_ar"] == [True] for s in done["settings"].values())
+
+
+def test_ctrl_c_in_tunes_search_keeps_the_calibration(tiny, tmp_path, monkeypatch):
+    from csdraft.tune import run
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "search", ctrl_c)
+    line, kept = _interrupt_tune(tiny, tmp_path, monkeypatch)
+    assert line.startswith("csdraft: interrupted; kept the calibration in ")
+    assert kept["predictions"] is None and kept["real_runs"] is None
+    assert len(kept["calibration"]["prompts"]) == 2
+
+
+@pytest.mark.parametrize("name", ["prompts.jsonl", "prompts.txt"])
+def test_cli_tune_data_not_utf8_is_one_line(tmp_path, name):
+    """JSON lines or plain text (one prompt a line): either way, the line is named."""
+    from csdraft.tune.data import load_calibration_prompts
+
+    path = tmp_path / name
+    path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(UsageError, match=rf"{name}:2: not UTF-8 text \(byte 0xe9\)"):
+        load_calibration_prompts(str(path), 2)
