@@ -70,11 +70,12 @@ class Ladder:
         """Load every model rung (preparing offline packs once) and check tokenizers match."""
         from csdraft.models import load, tokenizer_fingerprint
 
-        target = load(spec.target, progress, batch_invariant=True)
+        invariant = spec.target.batch_invariant is not False  # a target's default
+        target = load(spec.target, progress, batch_invariant=invariant)
         models = {spec.target.name: target}
         target_print = None  # computed only if some drafter's tokenizer files differ
         for d in spec.drafters:
-            loaded = load(d, progress, share_tokenizer=target)
+            loaded = load(d, progress, target, batch_invariant=d.batch_invariant is True)
             if loaded.tokenizer is not target.tokenizer:
                 target_print = target_print or tokenizer_fingerprint(target.tokenizer)
                 if tokenizer_fingerprint(loaded.tokenizer) != target_print:

@@ -76,6 +76,12 @@ def _number(low: float, high: float, what: str, high_open: bool = False) -> Call
     return parse
 
 
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{where}: expected true or false, got {reprlib.repr(value)}")
+    return value
+
+
 def _tree(value: Any, where: str) -> TreeSettings | None:
     if value is None or isinstance(value, TreeSettings):
         return value
@@ -137,6 +143,10 @@ class RungSpec:
     backend: str = _setting("transformers", _text)
     dtype: str = _setting("bfloat16", _text)
     device: str = _setting("cpu", _text)
+    batch_invariant: bool | None = _setting(None, _flag)
+    """Load the model so that a block pass computes exactly what one-token passes do, where
+    the backend can (int8 on transformers). None: yes for the target, no for drafters (whose
+    rounding never reaches the output); ``false`` on an int8 target trades that for speed."""
     lenience: float = _setting(1.0, _number(1, math.inf, "a finite number >= 1", True))
     """Loosens this drafter's own reviews of the rungs below it (inner reviews only)."""
     min_confidence: float = _setting(0.0, _number(0, 1, "a number in [0, 1)", True))
