@@ -22,7 +22,7 @@ from csdraft.engine import Cascade, Sampling, learn_bigram
 from csdraft.errors import CsdraftError, UsageError
 from csdraft.ladder import get_ladder
 from csdraft.models.interface import LoadedModel
-from csdraft.spec import LadderSpec, build_cascade, check_sampling
+from csdraft.spec import LadderSpec, build_cascade
 from csdraft.text import StopStrings
 from csdraft.trace import Commit, Event, Stats
 
@@ -121,24 +121,11 @@ class Ladder:
         """A prompt that leaves no room for ``max_new_tokens`` is a usage error."""
         check_length(len(prompt_ids), max_new_tokens, self.context_length)
 
-    def sampling(
-        self,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        spec: LadderSpec | None = None,
-    ) -> Sampling:
-        """Sampling settings: these over the (or ``spec``'s) generation defaults, validated."""
-        g = (spec or self.spec).generation
-        t = g.temperature if temperature is None else temperature
-        k = g.top_k if top_k is None else top_k
-        p = g.top_p if top_p is None else top_p
-
-        def fail(message: str) -> None:
-            raise UsageError(f"sampling: {message}")
-
-        check_sampling(t, k, p, fail)
-        return Sampling(float(t), int(k), float(p))
+    @staticmethod
+    def sampling(spec: LadderSpec) -> Sampling:
+        """The sampling settings of a validated spec's generation defaults."""
+        g = spec.generation
+        return Sampling(float(g.temperature), int(g.top_k), float(g.top_p))
 
     def cascade(
         self,
@@ -220,19 +207,20 @@ class Ladder:
         raw: bool,
         spec: LadderSpec | None,
     ) -> tuple[list[int], int, Cascade, StopStrings | None]:
-        spec = self.runnable(spec)
+        spec = self.runnable(spec).with_generation(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop or None,
+        )
         gen = spec.generation
-        n_new = gen.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
-            raise UsageError(f"max_new_tokens must be a whole number >= 1, got {n_new!r}")
-        if isinstance(stop, str):
-            stop = [stop]
         ids = self.prompt_ids(prompt, raw)
-        self.check_length(ids, n_new)
-        sampling = self.sampling(temperature, top_k, top_p, spec)
-        cascade = self.cascade(spec, sampling, seed)
-        stops = [*gen.stop, *stop]
-        return ids, n_new, cascade, (StopStrings(self.tokenizer, stops) if stops else None)
+        self.check_length(ids, gen.max_new_tokens)
+        cascade = self.cascade(spec, self.sampling(spec))
+        stops = StopStrings(self.tokenizer, list(gen.stop)) if gen.stop else None
+        return ids, gen.max_new_tokens, cascade, stops
 
 
 def _warn_slow_blocks(spec: LadderSpec, models: dict[str, LoadedModel]) -> None:

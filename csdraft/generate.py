@@ -42,23 +42,26 @@ def run_generate(
     """Load the ladder, stream the cascade's output, return the exit code. Output already
     generated is printed before anything that can fail afterwards (saving the trace)."""
     check_writable(save_trace, "--save-trace")
-    spec = get_ladder(ladder, config).with_settings(
-        k_matrix=k_matrix, lenience=lenience, min_confidence=min_confidence, deferral=deferral
-    )
-    n_new = max_new_tokens or spec.generation.max_new_tokens
-    check_prompt_early(spec, prompt, n_new, raw, progress=not quiet)
+    spec = (
+        get_ladder(ladder, config)
+        .with_settings(
+            k_matrix=k_matrix, lenience=lenience, min_confidence=min_confidence, deferral=deferral
+        )
+        .with_generation(
+            "command line",
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=list(stop or []),
+        )
+    )  # every setting checked before any model loads
+    check_prompt_early(spec, prompt, spec.generation.max_new_tokens, raw, progress=not quiet)
     loaded = Ladder.load(spec, progress=not quiet)
     tokenizer = loaded.tokenizer
     prompt_ids = loaded.encode(prompt, raw=raw)
-    stream = loaded.stream(
-        prompt_ids,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        stop=list(stop or []),
-    )
+    stream = loaded.stream(prompt_ids, spec=spec)
     console = Console()
     live = console.is_terminal and not (quiet or as_json)
     view: Any = (

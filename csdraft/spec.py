@@ -298,6 +298,19 @@ class LadderSpec:
         k = self.k_matrix if k_matrix is None else k_matrix
         return self.replace(where, rungs=rungs, k_matrix=k)
 
+    def with_generation(self, where: str = "request", **overrides: Any) -> LadderSpec:
+        """A validated copy with generation settings overridden (None keeps the ladder's;
+        ``stop`` strings are added to the ladder's): a command line's or a request's."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - {f.name for f in dataclasses.fields(GenerationDefaults)}
+        if unknown:
+            raise UsageError(f"{where}: unknown generation settings {sorted(unknown)}")
+        if "stop" in given:
+            extra = (given["stop"],) if isinstance(given["stop"], str) else tuple(given["stop"])
+            given["stop"] = (*self.generation.stop, *extra)
+        generation = dataclasses.replace(self.generation, **given)
+        return self.replace(where, generation=generation)
+
     def keep(self, names: Sequence[str], k_matrix: Any, where: str = "") -> LadderSpec:
         """The sub-ladder of the target and the drafting rungs ``names`` (in ladder order), with
         ``k_matrix`` over them: bench's baselines and tune's candidates are built this way."""
