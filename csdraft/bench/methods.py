@@ -163,24 +163,30 @@ def _drafters_with(why: str, **settings: Any) -> Transform:
     return transform
 
 
-def _tree(tree: TreeSettings) -> Transform:
-    """The ladder with token trees ``tree`` at the target's review."""
+def _rung_with(rung: Callable[[LadderSpec], Any], missing: str, **settings: Any) -> Transform:
+    """The ladder with ``settings`` on the rung ``rung(spec)`` picks (``missing``: why the
+    method does not apply when the ladder lacks what it needs)."""
 
     def transform(spec: LadderSpec, s: Settings) -> LadderSpec:
-        if not spec.drafters:
-            raise Skip("needs a neural drafter: trees branch where its probabilities are unsure")
-        return spec.with_rung(spec.target.name, tree=tree)
+        picked = rung(spec)
+        if picked is None:
+            raise Skip(missing)
+        return spec.with_rung(picked.name, **settings)
 
     return transform
+
+
+def _tree(tree: TreeSettings) -> Transform:
+    """The ladder with token trees ``tree`` at the target's review (it needs a neural drafter,
+    whose probabilities say where to branch)."""
+    missing = "needs a neural drafter: trees branch where its probabilities are unsure"
+    return _rung_with(lambda spec: spec.target if spec.drafters else None, missing, tree=tree)
 
 
 def _branches(branches: int) -> Transform:
-    def transform(spec: LadderSpec, s: Settings) -> LadderSpec:
-        if not spec.maxgram:
-            raise Skip("needs Max-Gram; the ladder has none")
-        return spec.with_rung(spec.maxgram.name, branches=branches)
-
-    return transform
+    """The ladder with Max-Gram's drafts as token trees of ``branches`` branches."""
+    missing = "needs Max-Gram; the ladder has none"
+    return _rung_with(lambda spec: spec.maxgram, missing, branches=branches)
 
 
 def _other_ladder(other: LadderSpec) -> Transform:
