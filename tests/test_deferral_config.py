@@ -14,13 +14,18 @@ from csdraft.trace import Start, Stats
 from csdraft.viz import summary_table
 
 
+def deferrals(spec) -> tuple:
+    """Each reviewer's deferral rule: the target's, then each neural drafter's."""
+    return tuple(r.deferral for r in (spec.target, *spec.drafters))
+
+
 def test_yaml_target_rule_and_per_reviewer_list():
     spec = parse_config(config(deferral={"rule": "opt", "alpha": 0.1}), "cfg.yaml")["tiny"]
-    assert spec.deferral == (Deferral("opt", 0.1), None, None)
+    assert deferrals(spec) == (Deferral("opt", 0.1), None, None)
     assert not spec.lossless
     rules = [None, {"rule": "v2", "alpha": 0.2}, {"rule": "chow", "alpha": 0}]
     spec = parse_config(config(deferral=rules), "cfg.yaml")["tiny"]
-    assert spec.deferral == (None, Deferral("v2", 0.2), Deferral("chow", 0.0))
+    assert deferrals(spec) == (None, Deferral("v2", 0.2), Deferral("chow", 0.0))
     assert not spec.lossless
     assert parse_ladder("tiny", ladder_to_yaml(spec)) == spec  # written back as read
     assert parse_config(config(), "cfg.yaml")["tiny"].lossless
@@ -29,21 +34,23 @@ def test_yaml_target_rule_and_per_reviewer_list():
 @pytest.mark.parametrize(
     "value, words",
     [
-        ({"rule": "best", "alpha": 0.1}, "unknown deferral rule 'best'"),
-        ({"rule": "opt", "alpha": "x"}, "alpha must be a number"),
-        ({"rule": "opt", "beta": 1}, "expected {rule: R, alpha: A}"),
-        ([{"rule": "opt"}], "a list of 3"),
-        ("opt", "a list of 3"),
+        ({"rule": "best", "alpha": 0.1}, "(big): deferral: unknown deferral rule 'best'"),
+        ({"rule": "opt", "alpha": "x"}, "(big): deferral: alpha must be a number"),
+        ({"rule": "opt", "beta": 1}, "(big): deferral: expected {rule: R, alpha: A}"),
+        ({"rule": "opt"}, "(big): deferral: opt needs an alpha (opt@ALPHA)"),
+        ([{"rule": "opt", "alpha": 0.1}, None], "deferral (target, then each neural drafter)"),
+        ([None, None, None, None], "expected one value or a list of 3"),
+        ("opt", "(big): deferral: expected {rule: R, alpha: A} or null, got 'opt'"),
     ],
 )
 def test_yaml_mistakes_are_one_line(value, words):
     message = usage_error(config(deferral=value))
-    assert "ladder 'tiny': deferral:" in message and words in message
+    assert "ladder 'tiny': " in message and words in message, message
 
 
 def test_yaml_refuses_lenient_and_lossy_drafter():
     text = config(lenience=[2.0, 1.0], deferral=[None, {"rule": "opt", "alpha": 0.1}, None])
-    assert "mid has lenience 2 and deferral opt alpha=0.1; choose one" in usage_error(text)
+    assert "mid: lenience 2 and deferral opt alpha=0.1: choose one" in usage_error(text)
 
 
 def test_stats_say_lossy():
@@ -82,8 +89,10 @@ def test_generate_lossy_json_and_trace(capsys, monkeypatch, ladder_dir, tmp_path
     [
         (["--deferral", "best"], "--deferral: unknown deferral rule 'best'"),
         (["--alpha", "0.1"], "--alpha: needs --deferral RULE"),
-        (["--deferral", "opt,v1", "--alpha", "1,2,3"], "--alpha: expected one value or 2"),
-        (["--deferral", "opt,v1,v2"], "deferral: expected"),
+        (["--deferral", "opt,v1", "--alpha", "1,2,3"], "--alpha (one per --deferral rule)"),
+        (["--deferral", "opt,v1", "--alpha", "1,2,3"], "expected one value or a list of 2"),
+        (["--deferral", "opt"], "--deferral: opt needs an alpha (opt@ALPHA)"),
+        (["--deferral", "opt,v1,v2", "--alpha", "1"], "deferral: expected"),
     ],
 )
 def test_generate_flag_mistakes(capsys, monkeypatch, ladder_dir, flags, words):

@@ -217,15 +217,22 @@ def test_yaml_backend_llamacpp_validation():
     ]
     assert packed.target.backend == "llama.cpp"
     bad = {
-        "{target: {model: x.gguf, backend: llama.cpp, dtype: int8}}": "dtype does not apply",
+        "{target: {model: x.gguf, backend: llama.cpp, dtype: int8}}": (
+            "x.gguf: dtype: backend llama.cpp runs gguf, not 'int8'"
+        ),
         "{target: {model: x.gguf, backend: llama.cpp, device: cuda}}": "runs on the CPU",
         "{target: {model: some/hub-id, backend: llama.cpp}}": "runs GGUF files",
-        "{target: {model: x.gguf, backend: llama.cpp}, tree: {budget: 8}}": "token trees",
-        "{target: y, drafters: [{model: x.gguf, backend: llama.cpp, vocab: 64}]}": "vocab: a draft",
+        "{target: {model: x.gguf, backend: llama.cpp}, tree: {budget: 8}}": (
+            "x.gguf: tree: backend llama.cpp does not score token trees"
+        ),
+        "{target: y, drafters: [{model: x.gguf, backend: llama.cpp, vocab: 8}], k_matrix: [[1]]}": (
+            "x.gguf: vocab: backend llama.cpp has no draft vocabulary"
+        ),
     }
     for body, words in bad.items():
-        with pytest.raises(UsageError, match=words):
+        with pytest.raises(UsageError) as err:
             parse_config(f"a: {body}", "cfg")
+        assert str(err.value).startswith("cfg: ladder 'a': ") and words in str(err.value)
 
 
 def test_ladder_to_yaml_round_trip_drops_dtype():
@@ -233,26 +240,19 @@ def test_ladder_to_yaml_round_trip_drops_dtype():
 
     spec = parse_config("a: {target: {model: x.gguf, backend: llama.cpp}}", "cfg")["a"]
     raw = ladder_to_yaml(spec)
-    assert "dtype" not in raw["target"] and raw["target"]["backend"] == "llama.cpp"
+    target = raw["rungs"][0]
+    assert target["dtype"] == "gguf" and target["backend"] == "llama.cpp"
     assert parse_ladder("a", raw) == spec
 
 
 def test_a_rung_without_tree_scoring_refuses_a_tree():
-    from csdraft.engine import ModelRung
+    """validate refuses a tree on a llama.cpp rung, however the tree got there."""
     from csdraft.engine.tree import TreeSettings
 
-    class Linear:
-        name = "lin"
-
-        def score(self, seq, start):  # pragma: no cover - never called
-            raise AssertionError
-
-        def reset(self):
-            pass
-
-    with pytest.raises(ValueError, match="does not score token trees"):
-        ModelRung(Linear(), "lin", tree=TreeSettings())
-    ModelRung(Linear(), "lin")  # linear drafts are fine
+    spec = parse_config("a: {target: {model: x.gguf, backend: llama.cpp, name: t}}", "cfg")["a"]
+    with pytest.raises(UsageError, match="^ladder 'a': t: tree: .* does not score token trees"):
+        spec.with_rung("t", tree=TreeSettings())
+    assert spec.with_rung("t", tree=None) == spec  # linear drafts are fine
 
 
 def test_bench_method_skips_without_a_gguf_target():
