@@ -73,26 +73,33 @@ def _rung(raw: Any, where: str, defaults: dict[str, Any]) -> RungSpec:
     if kind not in RUNG_KINDS:
         raise UsageError(f"{where}: kind: expected one of {', '.join(RUNG_KINDS)}, got {kind!r}")
     settings = rung_settings(kind)
+    values: dict[str, Any] = {"kind": kind}
+    if kind == MODEL:
+        if not isinstance(raw.get("model"), str) or not raw["model"]:
+            raise UsageError(f"{where}: model: missing (a pack, a folder, a .gguf file, a hub id)")
+        values["name"] = str(raw.get("name") or Path(raw["model"]).name)
+    else:
+        values["name"] = str(raw.get("name") or kind)
+    where = f"{where} ({values['name']})"
     unknown = set(raw) - {"kind", "name", *settings}
     if unknown:
         raise UsageError(
             f"{where}: unknown keys {sorted(unknown)} for a {kind} rung "
             f"(allowed: kind, name, {', '.join(settings)})"
         )
-    values: dict[str, Any] = {"kind": kind}
     if kind == MODEL:
-        if not isinstance(raw.get("model"), str) or not raw["model"]:
-            raise UsageError(f"{where}: model: missing (a pack, a folder, a .gguf file, a hub id)")
-        backend = backend_class(str(raw.get("backend", defaults.get("backend", "transformers"))))
+        try:
+            name = raw.get("backend", defaults.get("backend", RungSpec.backend))
+            backend = backend_class(str(name))
+        except UsageError as e:
+            raise UsageError(f"{where}: backend: {e}") from None
         dtype = defaults.get("dtype", RungSpec.dtype)
-        own = {"dtype": dtype if dtype in backend.dtypes else backend.dtypes[0]}
-        raw = {**defaults, **own, **raw}  # a ladder's dtype applies where the backend runs it
-        values["name"] = str(raw.get("name") or Path(raw["model"]).name)
-    else:
-        values["name"] = str(raw.get("name") or kind)
+        if len(backend.dtypes) == 1:  # a backend with its own format (llama.cpp: the GGUF's)
+            dtype = backend.dtypes[0]
+        raw = {**defaults, "dtype": dtype, **raw}
     for key, f in settings.items():
         if key in raw:
-            values[f.name] = f.metadata["parse"](raw[key], f"{where} ({values['name']}): {key}")
+            values[f.name] = f.metadata["parse"](raw[key], f"{where}: {key}")
     return RungSpec(**values)
 
 
@@ -121,7 +128,12 @@ def _from_old_shape(raw: dict, where: str) -> dict:
     drafters = raw.get("drafters") or []
     if not isinstance(drafters, list):
         raise UsageError(f"{where}: drafters: expected a list, largest model first")
-    models = [_as_mapping(m, where) for m in (raw["target"], *drafters)]
+    places = ["target", *(f"drafters[{i}]" for i in range(len(drafters)))]
+    models = [
+        _as_mapping(m, f"{where}: {place}")
+        for m, place in zip((raw["target"], *drafters), places, strict=True)
+    ]
+    names = ", ".join(str(m.get("name") or Path(str(m.get("model"))).name) for m in models)
     for key in ("lenience", "min_confidence"):  # one number for all drafters, or one each
         if key in raw:
             _spread(raw[key], models[1:], key, where, "one per neural drafter")
@@ -130,7 +142,7 @@ def _from_old_shape(raw: dict, where: str) -> dict:
             value = raw[key] if isinstance(raw[key], list) else [raw[key]]
             if len(value) == 1:
                 value = value + [None] * (len(models) - 1)
-            _spread(value, models, key, where, "target, then each neural drafter")
+            _spread(value, models, key, where, f"one per reviewer: {names}")
     maxgram = raw.get("maxgram", False)
     if maxgram is True:
         models.append({"kind": MAX_GRAM})

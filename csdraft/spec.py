@@ -93,7 +93,8 @@ def _tree(value: Any, where: str) -> TreeSettings | None:
         if key in given:
             given[key] = _count(0, "nodes")(given[key], f"{where}.{key}")
     if "min_prob" in given:
-        given["min_prob"] = _number(0, 1, "a number in [0, 1]")(given["min_prob"], where)
+        in_range = _number(0, 1, "a number in [0, 1]")
+        given["min_prob"] = in_range(given["min_prob"], f"{where}.min_prob")
     try:
         return TreeSettings(**given)
     except ValueError as e:
@@ -250,7 +251,7 @@ class LadderSpec:
         """A validated copy with ``changes`` (``rungs``, ``k_matrix``, ``generation``, ``name``,
         ``description``)."""
         if "k_matrix" in changes:
-            changes["k_matrix"] = _k_matrix(changes["k_matrix"])
+            changes["k_matrix"] = _k_matrix(changes["k_matrix"], where or f"ladder '{self.name}'")
         return validate(dataclasses.replace(self, **changes), where)
 
     def with_rung(self, name: str, where: str = "", **settings: Any) -> LadderSpec:
@@ -336,14 +337,13 @@ def spread(value: Any, count: int, where: str) -> list[Any]:
     return values
 
 
-def _k_matrix(value: Any) -> Any:
-    """Text or nested lists as nested tuples where they are well formed (``validate`` says
-    what is wrong with anything else)."""
+def _k_matrix(value: Any, where: str) -> Any:
+    """k-matrix text as nested lists (``validate`` checks them, and any other value)."""
     if isinstance(value, str):
         try:
             return kmatrix.parse(value)
         except kmatrix.KMatrixError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(f"{where}: {e}") from None
     return value
 
 
@@ -359,6 +359,9 @@ def validate(spec: LadderSpec, where: str = "") -> LadderSpec:
     def fail(message: str) -> None:
         raise UsageError(f"{where}: {message}")
 
+    for rung in spec.rungs:
+        if rung.kind not in RUNG_KINDS:
+            fail(f"{rung.name}: kind: expected one of {', '.join(RUNG_KINDS)}, got {rung.kind!r}")
     if not spec.rungs or not spec.target.reviews:
         fail("the first rung must be the target model ({name: NAME, model: REF})")
     names = spec.rung_names
@@ -380,8 +383,10 @@ def validate(spec: LadderSpec, where: str = "") -> LadderSpec:
         if not spec.rungs[r].reviews and any(row):
             fail(f"k_matrix row {r + 1}: {names[r]} cannot review (it is not a model); zero it")
     _validate_trees(spec, k, fail)
-    if not spec.lossless and any(r.tree or r.branches > 1 for r in spec.rungs):
-        fail("token trees and a lossy deferral rule do not combine yet: use one")
+    trees = [r.name for r in spec.rungs if r.tree or r.branches > 1]
+    if trees and not spec.lossless:
+        lossy = ", ".join(f"{r.name}'s {r.deferral}" for r in spec.rungs if r.lossy)
+        fail(f"token trees ({', '.join(trees)}) and a lossy rule ({lossy}) do not combine yet")
     _validate_generation(spec.generation, lambda m: fail(f"generation: {m}"))
     return dataclasses.replace(spec, k_matrix=k)
 
@@ -389,8 +394,6 @@ def validate(spec: LadderSpec, where: str = "") -> LadderSpec:
 def _validate_rung(rung: RungSpec, i: int, fail: Callable[[str], None]) -> RungSpec:
     """One rung's own rules: its kind, its settings' kinds and ranges, its backend's abilities;
     the rung with its values in their plain types (lenience 2 -> 2.0)."""
-    if rung.kind not in RUNG_KINDS:
-        fail(f"kind: expected one of {', '.join(RUNG_KINDS)}, got {rung.kind!r}")
     defaults, plain = RungSpec(), {}
     for f in dataclasses.fields(RungSpec):
         value, key = getattr(rung, f.name), f.metadata.get("key") or f.name
@@ -412,7 +415,10 @@ def _validate_rung(rung: RungSpec, i: int, fail: Callable[[str], None]) -> RungS
         fail("model: missing (an offline pack, a folder, a .gguf file or a hub id)")
     from csdraft.models.load import backend_class
 
-    backend = backend_class(rung.backend)
+    try:
+        backend = backend_class(rung.backend)
+    except UsageError as e:
+        fail(f"backend: {e}")
     if rung.dtype not in backend.dtypes:
         fail(f"dtype: backend {rung.backend} runs {', '.join(backend.dtypes)}, not {rung.dtype!r}")
     if backend.cpu_only and rung.device != "cpu":

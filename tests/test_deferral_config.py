@@ -38,7 +38,7 @@ def test_yaml_target_rule_and_per_reviewer_list():
         ({"rule": "opt", "alpha": "x"}, "(big): deferral: alpha must be a number"),
         ({"rule": "opt", "beta": 1}, "(big): deferral: expected {rule: R, alpha: A}"),
         ({"rule": "opt"}, "(big): deferral: opt needs an alpha (opt@ALPHA)"),
-        ([{"rule": "opt", "alpha": 0.1}, None], "deferral (target, then each neural drafter)"),
+        ([{"rule": "opt", "alpha": 0.1}, None], "deferral (one per reviewer: big, mid, small)"),
         ([None, None, None, None], "expected one value or a list of 3"),
         ("opt", "(big): deferral: expected {rule: R, alpha: A} or null, got 'opt'"),
     ],

@@ -95,7 +95,7 @@ tiny-lossy:
     assert method("csd@tiny-slow", config).lossless
     assert method("csd@tiny-slow", config).plan(spec, Settings()).lossless
     reason = method("csd-tree+chow@1", config).skip_reason(spec, Settings())
-    assert "token trees and a lossy deferral rule do not combine" in reason
+    assert "token trees (tiny-t) and a lossy rule (tiny-t's chow alpha=1)" in reason
     assert method("csd+chow@0").lossless  # chow's lossless end is not labelled LOSSY
     with pytest.raises(UsageError, match="chow needs an alpha"):
         parse_methods("csd+chow@")

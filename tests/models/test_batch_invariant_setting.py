@@ -24,7 +24,10 @@ def ladder(tiny_dir, target: dict, drafter: dict) -> dict:
 
 @pytest.mark.parametrize(
     ("target", "drafter", "want"),
-    [({}, {}, (True, False)), ({"batch_invariant": False}, {"batch_invariant": True}, (False, True))],
+    [
+        ({}, {}, (True, False)),
+        ({"batch_invariant": False}, {"batch_invariant": True}, (False, True)),
+    ],
 )
 def test_batch_invariant_is_a_rung_setting(tiny_dir, target, drafter, want):
     spec = parse_ladder("tiny", ladder(tiny_dir, target, drafter))
