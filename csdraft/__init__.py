@@ -6,7 +6,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Ladder", "Result", "__version__", "load"]
+__all__ = ["Ladder", "LadderSpec", "Result", "RungSpec", "__version__", "build_cascade", "load"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,4 +15,8 @@ def __getattr__(name: str) -> Any:
         from csdraft import api
 
         return getattr(api, name)
+    if name in ("LadderSpec", "RungSpec", "build_cascade"):
+        from csdraft import spec
+
+        return getattr(spec, name)
     raise AttributeError(f"module 'csdraft' has no attribute {name!r}")

@@ -299,6 +299,4 @@ def load(
     return Ladder.load(get_ladder(ladder, Path(config) if config else None), progress)
 
 
-__all__ = [
-    "Ladder", "LadderSpec", "Result", "build_cascade", "check_length", "encode", "load", "trace"
-]
+__all__ = ["Ladder", "Result", "check_length", "encode", "load", "trace"]
