@@ -206,9 +206,11 @@ def _other_ladder(other: LadderSpec) -> Transform:
                     raise Skip(f"ladder '{other.name}' has Max-Gram settings '{spec.name}' lacks")
             else:
                 match = next((r for r in free if r.reviews and model(r) == model(rung)), None)
-                if match is None or (not rungs and match is not spec.target):
-                    what = "another target" if not rungs else f"{rung.ref}, which it lacks"
-                    raise Skip(f"ladder '{other.name}' drafts with {what} than '{spec.name}'")
+                if not rungs and match is not spec.target:
+                    raise Skip(f"ladder '{other.name}' has another target than '{spec.name}'")
+                if match is None:
+                    lacks = f"drafts with {rung.ref}, which '{spec.name}' lacks"
+                    raise Skip(f"ladder '{other.name}' {lacks}")
                 free.remove(match)
             rungs.append(dataclasses.replace(rung, name=match.name))
         return other.replace(name=other.name, rungs=tuple(rungs))
