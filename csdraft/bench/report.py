@@ -154,20 +154,36 @@ def tree_table(results: Mapping[str, Any]) -> Table | None:
         return None
     base = rows[0]
     table = simple_table("token trees against csd's linear drafts (decoding passes)")
-    for head in ("method", "nodes\n/pass", "tok/fwd\ngain", "target\nms/pass", "cost\nratio",
-                 "drafters\nms/pass", "trees pay\nbelow"):  # fmt: skip
+    for head in (
+        "method",
+        "nodes\n/pass",
+        "tok/fwd\ngain",
+        "target\nms/pass",
+        "cost\nratio",
+        "drafters\nms/pass",
+        "trees pay\nbelow",
+    ):
         table.add_column(head, justify="left" if head == "method" else "right", no_wrap=True)
     table.add_row(
-        "csd", "", "1.00x", f"{1000 * base['base_target_s']:.1f}", "1.00",
-        f"{1000 * base['base_drafters_s']:.1f}", "",
-    )  # fmt: skip
+        "csd",
+        "",
+        "1.00x",
+        f"{1000 * base['base_target_s']:.1f}",
+        "1.00",
+        f"{1000 * base['base_drafters_s']:.1f}",
+        "",
+    )
     for r in rows:
         pays = r["cost"] < r["break_even"]
         table.add_row(
-            r["method"], f"{r['nodes']:.1f}", fx(r["gain"]), f"{1000 * r['target_s']:.1f}",
+            r["method"],
+            f"{r['nodes']:.1f}",
+            fx(r["gain"]),
+            f"{1000 * r['target_s']:.1f}",
             Text(f"{r['cost']:.2f}", style="green" if pays else "red"),
-            f"{1000 * r['drafters_s']:.1f}", f"{r['break_even']:.2f}",
-        )  # fmt: skip
+            f"{1000 * r['drafters_s']:.1f}",
+            f"{r['break_even']:.2f}",
+        )
     table.caption = (
         "nodes: tree nodes the target scores per pass. cost ratio: the target's pass over the "
         "tree against csd's over its chain. trees pay below: the cost ratio under which they "
@@ -307,9 +323,11 @@ def notes(results: Mapping[str, Any]) -> list[Text]:
         out.append(Text("interrupted: only the prompts finished are reported", style="yellow"))
     elif results.get("stopped") and not results.get("complete", True):
         out.append(
-            Text(f"incomplete results file ({results['stopped']}): only those prompts are "
-                 "reported", style="yellow")
-        )  # fmt: skip
+            Text(
+                f"incomplete results file ({results['stopped']}): only those prompts are reported",
+                style="yellow",
+            )
+        )
     spread = results.get("ar_spread")
     if spread and spread.get("spread") is not None:
         a, b = spread["per_token_s"]
@@ -397,8 +415,15 @@ def write_png(results: Mapping[str, Any], path: Path) -> None:
         sp = summary[n]["speedup"]
         left.plot([x, x], [sp["min"], sp["max"]], color="black", linewidth=0.8)
         left.plot([x, x], [sp["q1"], sp["q3"]], color="black", linewidth=3)
-        left.annotate(f"{sp['median']:.2f}x", (x, sp["max"]), ha="center", va="bottom",
-                      xytext=(0, 3), textcoords="offset points", fontsize=8)  # fmt: skip
+        left.annotate(
+            f"{sp['median']:.2f}x",
+            (x, sp["max"]),
+            ha="center",
+            va="bottom",
+            xytext=(0, 3),
+            textcoords="offset points",
+            fontsize=8,
+        )
     left.axhline(1.0, color="#444", linestyle="--", linewidth=0.8)
     labels = [f"{n} (LOSSY)" if n in lossy else n for n in names]
     left.set_xticks(list(xs), labels, rotation=30, ha="right")

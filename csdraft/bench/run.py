@@ -139,9 +139,13 @@ def run_bench(
             raise UsageError(f"--until-answer must be >= 1, got {until_answer}")
         max_new_tokens = until_answer
     ds = load_dataset(
-        dataset, data=data, field=field, limit=limit, category_field=category_field,
+        dataset,
+        data=data,
+        field=field,
+        limit=limit,
+        category_field=category_field,
         seed=sample_seed,
-    )  # fmt: skip
+    )
     if until_answer is not None and ds.kind != "gsm8k":
         raise UsageError(f"--until-answer needs GSM8K (its '#### <number>' line); got {ds.name}")
     spec = get_ladder(ladder, config)
@@ -152,11 +156,17 @@ def run_bench(
     skipped = {n: r for n, m in table.items() if (r := m.skip_reason(spec, settings))}
     chosen = [n for n in names if n not in skipped]
     run_key = {  # what makes two runs the same run (``--resume``); also kept in settings
-        "dataset": ds.name, "source": ds.source, "limit": limit, "sample_seed": sample_seed,
-        "max_new_tokens": max_new_tokens, "temperature": temperature, "sd_block": sd_block,
-        "pld_block": pld_block, "until_answer": until_answer is not None,
+        "dataset": ds.name,
+        "source": ds.source,
+        "limit": limit,
+        "sample_seed": sample_seed,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "sd_block": sd_block,
+        "pld_block": pld_block,
+        "until_answer": until_answer is not None,
         "field": field if ds.kind == "file" else None,
-    }  # fmt: skip
+    }
     configs = {
         n: {"description": table[n].description, **table[n].config(spec, settings)} for n in chosen
     }

@@ -99,8 +99,15 @@ def run_tune(
     except KeyboardInterrupt:
         if cal is None:  # nothing measured yet to keep
             raise
-        asked = {"ladder": spec.name, "data": data, "source": source, "limit": limit,
-                 "seed": seed, "max_new_tokens": max_new_tokens, "budget_s": budget}  # fmt: skip
+        asked = {
+            "ladder": spec.name,
+            "data": data,
+            "source": source,
+            "limit": limit,
+            "seed": seed,
+            "max_new_tokens": max_new_tokens,
+            "budget_s": budget,
+        }
         kept = partial.report(asked, cal, ranked, chosen, runs)
         path = partial.save(kept, spec.name)
         parts = ["the calibration"]

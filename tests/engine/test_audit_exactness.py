@@ -40,7 +40,7 @@ from engine_helpers import (
 from csdraft.engine import Cascade, MaxGram, ModelRung, Sampling
 from csdraft.engine import cascade as cascade_module
 from csdraft.engine.deferral import Deferral
-from csdraft.engine.review import SamplingReview, Verdict, _residual
+from csdraft.engine.review import SamplingReview, Verdict, residual
 from csdraft.engine.tree import TreeSettings, children
 from csdraft.models import TransformersScorer
 from csdraft.models.draft_vocab import cut_head, kept_ids
@@ -206,7 +206,7 @@ def sample_tree_siblings_against_p(logits, draft, sampling, generator):
             if torch.rand((), generator=generator) * q[x] < p[node + 1, x]:
                 kept = c
                 break
-            row = _residual(row, q)
+            row = residual(row, q)
         if kept is None:
             break
         path.append(kept)
@@ -314,13 +314,14 @@ def hands_on_uncut(monkeypatch, rung_name: str, model: torch.nn.Module) -> None:
     real = Cascade.review
 
     def review(self, rung, context, draft):
-        out, confidence = real(self, rung, context, draft)
+        reviewed = real(self, rung, context, draft)
         if rung.name == rung_name:
+            out = reviewed.out
             seq = torch.tensor([[*context.tolist(), *out.tokens[:-1]]])
             with torch.inference_mode():
                 logits = model(seq).logits[0, len(context) - 1 :]
             out.q = list(self.sampling.probs(logits))
-        return out, confidence
+        return reviewed
 
     monkeypatch.setattr(Cascade, "review", review)
 
