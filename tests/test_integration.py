@@ -60,7 +60,7 @@ def bf16_ladder():
 
 
 def target_greedy(ladder, prompt_ids: list[int], n: int) -> list[int]:
-    model = ladder.models[0].model
+    model = ladder.target.model
     ids = torch.tensor([prompt_ids])
     with torch.inference_mode():
         out = model.generate(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from engine_helpers import reference_greedy
 
 from csdraft.engine.deferral import Deferral
 from csdraft.engine.tree import TreeSettings
@@ -414,21 +415,7 @@ def tiny(tmp_path_factory):
     target = AutoModelForCausalLM.from_pretrained(root / "target")
     prompts = [[5, 9, 12, 5, 9, 30], [40, 41, 42, 40, 41]]
 
-    def greedy(prompt: list[int], n: int) -> list[int]:
-        import torch
-
-        ids = torch.tensor([prompt])
-        out = target.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=n,
-            do_sample=False,
-            eos_token_id=1,
-            pad_token_id=2,
-        )
-        return out[0, len(prompt) :].tolist()
-
-    want = {tuple(p): greedy(p, 14) for p in prompts}
+    want = {tuple(p): reference_greedy(target, p, 14, eos_id=1) for p in prompts}
     assert all(len(ids) == 14 for ids in want.values())  # no early end: every token compared
     return ladder, want
 
