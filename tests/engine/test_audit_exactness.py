@@ -38,10 +38,10 @@ from engine_helpers import (
 )
 
 from csdraft.engine import Cascade, MaxGram, ModelRung, Sampling
-from csdraft.engine import cascade as cascade_module
+from csdraft.engine import tree as tree_module
 from csdraft.engine.deferral import Deferral
-from csdraft.engine.review import SamplingReview, Verdict, residual
-from csdraft.engine.tree import TreeSettings, children
+from csdraft.engine.review import SamplingReview, Verdict
+from csdraft.engine.tree import TreeSettings
 from csdraft.models import TransformersScorer
 from csdraft.models.draft_vocab import cut_head, kept_ids
 from csdraft.trace import Review
@@ -190,35 +190,12 @@ def test_extended_trees_with_a_binding_budget_sample_the_target_distribution(sam
     assert passes(results), f"{name}: chi-square p-values {results}"
 
 
-def sample_tree_siblings_against_p(logits, draft, sampling, generator):
-    """Wrong: ``tree.sample_tree`` with each child kept with probability min(1, p(x) / q(x))
-    for the ORIGINAL p after its parent, not the residual the refused siblings before it left
-    (the final draw, after every child is refused, still comes from the residual)."""
-    p = sampling.probs(logits)
-    kids = children(draft)
-    node, path = -1, []
-    while True:
-        row, kept = p[node + 1], None
-        for c in kids[node + 1]:
-            x, q = draft.tokens[c], draft.q[c]
-            if q is None:
-                q = torch.nn.functional.one_hot(torch.tensor(x), row.shape[-1]).to(row.dtype)
-            if torch.rand((), generator=generator) * q[x] < p[node + 1, x]:
-                kept = c
-                break
-            row = residual(row, q)
-        if kept is None:
-            break
-        path.append(kept)
-        node = kept
-    token = int(torch.multinomial(row, 1, generator=generator))
-    rows = [0] + [i + 1 for i in path]
-    return Verdict(len(path), token, [p[r] for r in rows], float(p[node + 1, token]), path)
-
-
 def test_check_rejects_siblings_checked_against_the_original_p(sampling_models, monkeypatch):
-    """The far drafter's chain token is often refused, so its siblings are tried in turn."""
-    monkeypatch.setattr(cascade_module, "sample_tree", sample_tree_siblings_against_p)
+    """Wrong: each sibling is kept with probability min(1, p(x) / q(x)) for the ORIGINAL p after
+    its parent, never the residual the refused siblings before it left (``tree.sample_tree``
+    with ``residual`` as the identity: the final draw, after every child is refused, then comes
+    from p too). The far drafter's chain token is often refused, so its siblings are tried."""
+    monkeypatch.setattr(tree_module, "residual", lambda row, q: row)
     cascade, law, prompt = extended_case(sampling_models, "far, budget 9, extend 3, 6 tokens")
     assert_caught(check(cascade, law, WRONG_RUNS, prompt))
 
