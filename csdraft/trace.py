@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from csdraft import jsonl
+
 
 def node_depths(parents: Sequence[int]) -> list[int]:
     """Each node's depth in a tree given by its parents (-1: a child of the root, depth 1);
@@ -143,23 +145,10 @@ def load(path: Path) -> tuple[dict, list[Event]]:
     """Read a trace written by ``save``: its header (or ``{}``) and its events. Anything else
     (not UTF-8, a line that is no event, no events at all, no Start first) is a ValueError
     naming the line."""
-    raw = Path(path).read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ValueError(f"line {line}: not UTF-8 text") from None
     header: dict = {}
     events: list[Event] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"line {n}: not JSON ({e.msg})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"line {n}: expected an event object, got {line.strip():.60}")
+    lines = jsonl.decode_lines(Path(path).read_bytes())
+    for n, data in jsonl.objects(lines, "an event object"):
         if data.get("event") == "Header":
             header = {k: v for k, v in data.items() if k != "event"}
             continue

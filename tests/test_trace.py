@@ -187,7 +187,7 @@ def test_tokens_per_second_is_one_rule_everywhere():
         ([], "it holds no events"),
         (["", "  "], "it holds no events"),
         (["[1,2,3]"], "line 1: expected an event object, got [1,2,3]"),
-        (["{oops"], "line 1: not JSON"),
+        (["{oops"], "line 1: not valid JSON"),
         (["START", '{"event": "Boom"}'], "line 2: unknown event 'Boom'"),
         (["START", '{"event": "Finish"}'], "line 2: a Finish event without 'reason'"),
         (["START", '{"event": "Finish", "reason": "eos", "x": 1}'], "unknown field 'x'"),

@@ -8,7 +8,6 @@ README can quote them. Every prompt then goes through the target's chat template
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import random
 import re
@@ -18,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from csdraft import jsonl
 from csdraft.errors import UsageError
 
 GSM8K_TEMPLATE = (
@@ -164,31 +164,19 @@ def read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file; unreadable or not UTF-8 is a one-line UsageError
     naming the line."""
     try:
-        raw = Path(path).read_bytes()
+        return jsonl.decode_lines(Path(path).read_bytes())
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        return raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UsageError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8"
-        ) from None
+    except jsonl.LineError as e:
+        raise UsageError(f"{path}:{e.line}: {e.problem}; save the file as UTF-8") from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The objects of a JSON-lines file; a malformed line is a one-line UsageError."""
-    rows = []
-    for n, line in enumerate(read_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise UsageError(f"{path}:{n}: expected a JSON object per line")
-        rows.append(row)
+    try:
+        rows = [row for _, row in jsonl.objects(read_lines(path))]
+    except jsonl.LineError as e:
+        raise UsageError(f"{path}:{e.line}: {e.problem}") from None
     if not rows:
         raise UsageError(f"{path}: holds no rows")
     return rows
