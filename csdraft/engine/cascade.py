@@ -159,8 +159,9 @@ class Cascade:
                 return
         yield Finish("length", t=self.elapsed())
 
-    def tree_rule(self, logits: torch.Tensor, draft: Draft, lenience: float) -> Verdict:
-        """The review of a tree draft, greedy or sampled as the cascade's rule is."""
+    def tree_rule(self, logits: torch.Tensor, draft: Draft) -> Verdict:
+        """The review of a tree draft, greedy or sampled as the cascade's rule is (never
+        lenient: ``spec.validate`` keeps trees from lenient reviewers)."""
         if self.sampling.greedy:
             return greedy_tree(logits, draft, self.rule.hand_on_probs)
         return sample_tree(logits, draft, self.sampling, self.generator)
@@ -271,7 +272,7 @@ class Cascade:
         chain = draft.is_chain
         logits, forward_s = self._score(rung, context, draft)
         if not chain:
-            verdict = self.tree_rule(logits, draft, rung.lenience)
+            verdict = self.tree_rule(logits, draft)
             rung.scorer.keep_path(verdict.path)
         elif rung.lossy or self.hand_on_raw[rung.index]:
             verdict = self.rule(

@@ -36,10 +36,6 @@ class MaxGram(Proposer):
         bigram: dict[int, int] | None = None,
         branches: int = 1,
     ) -> None:
-        if not 1 <= min_ngram <= max_ngram:
-            raise ValueError("Max-Gram needs 1 <= min_ngram <= max_ngram")
-        if branches < 1:
-            raise ValueError(f"Max-Gram needs branches >= 1, got {branches}")
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
         self.bigram = bigram or {}

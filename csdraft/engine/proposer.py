@@ -105,11 +105,11 @@ class ModelRung(Proposer):
     """A model in the ladder: it reviews drafts in one forward pass each, and, below the
     target, writes its own drafts by reviewing the rungs below it (vertical cascade), ending a
     draft after a token it gives less than ``min_confidence``. ``lenience`` >= 1 loosens its
-    reviews; the cascade never lets the target's review be lenient. ``tree``: the drafts it
-    reviews branch where the drafter is unsure (engine/tree.py). ``deferral`` makes its
-    reviews lossy on purpose (speculative cascades, engine/deferral.py), the target's too; a
-    rung is lenient or lossy, not both (lenience's output law against a deferral target is not
-    derived), and lossy reviews need linear drafts."""
+    reviews. ``tree``: the drafts it reviews branch where the drafter is unsure
+    (engine/tree.py). ``deferral`` makes its reviews lossy on purpose (speculative cascades,
+    engine/deferral.py), the target's too. Which combinations are allowed (never a lenient
+    target, lenient or lossy but not both, trees only with lenience 1 and lossless reviews) is
+    ``csdraft.spec.validate``'s to say; a rung trusts its validated settings."""
 
     kind = "model"
 

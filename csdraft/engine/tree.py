@@ -115,11 +115,6 @@ def cumulative(draft: Draft) -> list[float]:
     return out
 
 
-def no_lenience(lenience: float) -> None:
-    if lenience != 1:
-        raise ValueError("lenience needs linear drafts: a tree's review is never lenient")
-
-
 def greedy_tree(logits: torch.Tensor, draft: Draft, hand_on_probs: bool) -> Verdict:
     """The longest root-to-node path whose every token is the reviewer's argmax after its
     parent (the first such node in node order on ties), then the reviewer's argmax after it."""
