@@ -121,12 +121,6 @@ class Ladder:
         """A prompt that leaves no room for ``max_new_tokens`` is a usage error."""
         check_length(len(prompt_ids), max_new_tokens, self.context_length)
 
-    @staticmethod
-    def sampling(spec: LadderSpec) -> Sampling:
-        """The sampling settings of a validated spec's generation defaults."""
-        g = spec.generation
-        return Sampling(float(g.temperature), int(g.top_k), float(g.top_p))
-
     def cascade(
         self,
         spec: LadderSpec | None = None,
@@ -218,7 +212,7 @@ class Ladder:
         gen = spec.generation
         ids = self.prompt_ids(prompt, raw)
         self.check_length(ids, gen.max_new_tokens)
-        cascade = self.cascade(spec, self.sampling(spec))
+        cascade = self.cascade(spec, gen.sampling)
         stops = StopStrings(self.tokenizer, list(gen.stop)) if gen.stop else None
         return ids, gen.max_new_tokens, cascade, stops
 

@@ -68,8 +68,8 @@ def _count(least: int, what: str, optional: bool = False) -> Callable[[Any, str]
 def _number(low: float, high: float, what: str, high_open: bool = False) -> Callable:
     def parse(value: Any, where: str) -> float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value) and low <= value and (value < high or not high_open)
-        if not ok or value > high:
+        ok = ok and math.isfinite(value) and low <= value
+        if not ok or not (value < high if high_open else value <= high):
             raise UsageError(f"{where}: expected {what}, got {reprlib.repr(value)}")
         return float(value)
 
@@ -197,6 +197,11 @@ class GenerationDefaults:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int = 0
+
+    @property
+    def sampling(self) -> Sampling:
+        """The engine's sampling settings (temperature, top-k, top-p) of these defaults."""
+        return Sampling(float(self.temperature), int(self.top_k), float(self.top_p))
 
 
 @dataclass(frozen=True)

@@ -114,11 +114,12 @@ class EngineMethod:
 # ------------------------------------------------------------------------------ transforms
 
 
-def _drafting(spec: LadderSpec, least: int = 1, what: str = "drafting rungs") -> None:
-    have = len(spec.drafters) if what == "neural drafters" else spec.drafting_rungs
+def _drafting(spec: LadderSpec, least: int = 1) -> None:
+    """A Skip unless the ladder has at least ``least`` drafting rungs."""
+    have = spec.drafting_rungs
     if have < least:
-        more = ", so it would be csd itself" if have == 1 and what == "drafting rungs" else ""
-        raise Skip(f"needs {least} {what}; the ladder has {have}{more}")
+        more = ", so it would be csd itself" if have == 1 else ""
+        raise Skip(f"needs {least} drafting rungs; the ladder has {have}{more}")
 
 
 def _ar(spec: LadderSpec, s: Settings) -> LadderSpec:
