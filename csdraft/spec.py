@@ -418,7 +418,7 @@ def _validate_rung(rung: RungSpec, i: int, fail: Callable[[str], None]) -> RungS
         return dataclasses.replace(rung, **plain)
     if not rung.ref:
         fail("model: missing (an offline pack, a folder, a .gguf file or a hub id)")
-    from csdraft.models.load import backend_class
+    from csdraft.models.load import backend_class, device_problem
 
     try:
         backend = backend_class(rung.backend)
@@ -426,8 +426,8 @@ def _validate_rung(rung: RungSpec, i: int, fail: Callable[[str], None]) -> RungS
         fail(f"backend: {e}")
     if rung.dtype not in backend.dtypes:
         fail(f"dtype: backend {rung.backend} runs {', '.join(backend.dtypes)}, not {rung.dtype!r}")
-    if backend.cpu_only and rung.device != "cpu":
-        fail(f"backend {rung.backend} runs on the CPU; got device {rung.device!r}")
+    if problem := device_problem(backend, rung.backend, rung.device):
+        fail(problem)
     if problem := backend.reference_problem(rung.ref):
         fail(problem)
     if rung.vocab is not None and not backend.supports_vocab:

@@ -47,6 +47,14 @@ def backend_class(name: str) -> type[LoadedModel]:
     return BACKENDS[name]()
 
 
+def device_problem(backend: type[LoadedModel], name: str, device: str) -> str | None:
+    """Why backend ``name`` cannot run a model on ``device`` (a CPU-only backend elsewhere),
+    or None: the one statement of that rule, for ``spec.validate`` and ``load``."""
+    if backend.cpu_only and device != "cpu":
+        return f"backend {name} runs on the CPU here; got device {device!r}"
+    return None
+
+
 def load(
     spec: LoadSpec,
     progress: bool = True,
@@ -63,11 +71,8 @@ def load(
         cls = backend_class(spec.backend)
     except UsageError as exc:
         raise UsageError(f"model '{spec.name}': {exc}") from None
-    if cls.cpu_only and spec.device != "cpu":
-        raise UsageError(
-            f"model '{spec.name}': backend {spec.backend} runs on the CPU here; got device "
-            f"{spec.device!r}"
-        )
+    if problem := device_problem(cls, spec.backend, spec.device):
+        raise UsageError(f"model '{spec.name}': {problem}")
     return cls.from_spec(spec, progress, share_tokenizer, batch_invariant)
 
 
