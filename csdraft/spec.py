@@ -20,11 +20,13 @@ from typing import Any
 
 from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling, kmatrix
 from csdraft.engine.deferral import RULES, Deferral
+from csdraft.engine.recycling import Recycling, shared_table
 from csdraft.engine.tree import TreeSettings
 from csdraft.errors import UsageError
 
 MODEL = "model"
 MAX_GRAM = "max-gram"
+RECYCLE = "recycle"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class RungKind:
 RUNG_KINDS: dict[str, RungKind] = {
     MODEL: RungKind(True, "a neural model: reviews the rungs below it, drafts for those above"),
     MAX_GRAM: RungKind(False, "Max-Gram: copies what followed the longest earlier match"),
+    RECYCLE: RungKind(False, "token recycling: walks each token's top successors in past logits"),
 }
 """Every kind of rung a ladder may hold (``kind:`` in the YAML; a rung with ``model:`` is a
 model). A new kind is one entry here, its settings in ``RungSpec`` and its ``_PROPOSERS``."""
@@ -164,8 +167,14 @@ class RungSpec:
     min_ngram: int = _setting(1, _count(1, "tokens"), (MAX_GRAM,))
     bigram_text: str | None = _setting(None, _text, (MAX_GRAM,))
     """A text file Max-Gram learns its fallback bigram table from."""
-    branches: int = _setting(1, _count(1, "branches"), (MAX_GRAM,))
-    """Max-Gram's drafts as token trees of this many branches (1: linear)."""
+    branches: int = _setting(1, _count(1, "branches"), (MAX_GRAM, RECYCLE))
+    """Max-Gram's or recycle's drafts as token trees of this many branches (1: linear)."""
+    successors: int = _setting(8, _count(1, "tokens"), (RECYCLE,))
+    """Token recycling: successors kept per token (the top-k of the logits harvested)."""
+    persist: bool = _setting(True, _flag, (RECYCLE,))
+    """Token recycling: the table outlives a generation (per loaded target, per process)."""
+    harvest_drafters: bool = _setting(True, _flag, (RECYCLE,))
+    """Token recycling: learn from the drafters' reviews too (else from the target's only)."""
 
     @property
     def reviews(self) -> bool:
@@ -415,6 +424,7 @@ def _validate_rung(rung: RungSpec, i: int, fail: Callable[[str], None]) -> RungS
             fail(f"need min_ngram <= max_ngram, got {rung.min_ngram} > {rung.max_ngram}")
         if rung.bigram_text and not Path(rung.bigram_text).expanduser().is_file():
             fail(f"bigram_text: {rung.bigram_text} not found")
+    if not rung.reviews:
         return dataclasses.replace(rung, **plain)
     if not rung.ref:
         fail("model: missing (an offline pack, a folder, a .gguf file or a hub id)")
@@ -520,10 +530,18 @@ def _max_gram(rung: RungSpec, model: Any, bigram: Any, target: bool) -> Proposer
     return MaxGram(rung.max_ngram, rung.min_ngram, bigram, rung.branches)
 
 
+def _recycle(rung: RungSpec, model: Any, bigram: Any, target: bool) -> Proposer:
+    table = shared_table(model, rung.name, max(rung.successors, rung.branches), rung.persist)
+    return Recycling(rung.successors, rung.branches, rung.persist, rung.harvest_drafters, table)
+
+
 _PROPOSERS: dict[str, Callable[[RungSpec, Any, Any, bool], Proposer]] = {
     MODEL: _model_rung,
     MAX_GRAM: _max_gram,
+    RECYCLE: _recycle,
 }
+"""Each kind's builder: (rung, its loaded model, or the target's for a statistical rung,
+Max-Gram's bigram, whether it is the target)."""
 
 
 def build_cascade(
@@ -537,7 +555,8 @@ def build_cascade(
     cache), over the loaded models named by rung (``models[rung.name]``); ``bigram``: Max-Gram's
     fallback table. Sampling defaults to greedy, the seed to the spec's."""
     rungs = [
-        _PROPOSERS[r.kind](r, models.get(r.name), bigram, i == 0) for i, r in enumerate(spec.rungs)
+        _PROPOSERS[r.kind](r, models.get(r.name if r.reviews else spec.target.name), bigram, i == 0)
+        for i, r in enumerate(spec.rungs)
     ]
     seed = spec.generation.seed if seed is None else seed
     return Cascade(rungs, spec.k_matrix, sampling or Sampling(), seed)

@@ -75,6 +75,8 @@ class Cascade:
         else:
             self.rule = SamplingReview(self.sampling, self.generator)
         self.vocab_size = self.rungs[0].vocab_size
+        self.harvesters = [r for r in self.rungs if getattr(r, "wants_logits", False)]
+        """Rungs that learn from every review's logits (token recycling's ``harvest``)."""
         self._events: list[Event] = []
         self._t0 = 0.0
 
@@ -263,6 +265,10 @@ class Cascade:
             logits = rung.scorer.score_tree(seen, draft)
         if rung.index and self.vocab_size and logits.shape[-1] != self.vocab_size:
             logits = fit_vocab(logits, self.vocab_size)
+        if self.harvesters:  # row 0 follows the context's last token, row i + 1 node i
+            tokens = [int(context[-1]), *draft.tokens]
+            for rung_below in self.harvesters:
+                rung_below.harvest(rung.index, tokens, logits)
         return logits, time.perf_counter() - start
 
     def review(self, rung: ModelRung, context: np.ndarray, draft: Draft) -> Reviewed:

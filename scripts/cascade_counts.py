@@ -1,0 +1,152 @@
+"""Deterministic counts of sub-ladders of one loaded ladder, and their time estimated from
+per-pass costs (issue 34: what pays on a CPU when wall-clock time cannot be measured).
+
+    python scripts/cascade_counts.py --rows 0-19 --out counts.jsonl \\
+        --config 'default=qwen-0.5b,max-gram:[[6,0],[0,8]]' --config 'tr4=recycle:[[4]]'
+
+Each ``--config NAME=RUNGS:K_MATRIX`` keeps the target and ``RUNGS`` (comma-separated rung
+names of the loaded ladder, ``-`` for none) with that k-matrix; ``NAME@key=value,...`` after
+the name changes those rungs' settings (``recycle.successors=4``). Every config runs the same
+GSM8K prompts (as ``csdraft bench gsm8k`` builds them), greedy, recycling tables fresh per
+config. Per config it prints and appends (JSON) tokens per target forward, each rung's passes
+and tokens fed per generated token, each reviewer's kept/proposed per drafter and position,
+the estimated ms per token (``--target-ms`` cost curve by tokens fed, each drafter's passes
+``--drafter-ratio`` of that) and whether every output equals the first config's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from csdraft.api import Ladder
+from csdraft.bench.data import load_gsm8k
+from csdraft.engine import recycling
+from csdraft.ladder import parse_ladder
+from csdraft.trace import Commit, Review, Stats
+from csdraft.tune.costs import CostCurve
+
+LADDER = """
+counts:
+  rungs:
+    - {name: qwen-1.5b, model: qwen2.5-coder-1.5b-instruct, dtype: int8}
+    - {name: qwen-0.5b, model: qwen2.5-coder-0.5b-instruct, dtype: int8, vocab: 65536,
+       min_confidence: 0.7}
+    - {kind: max-gram, max_ngram: 8, min_ngram: 1}
+    - {kind: recycle}
+  k_matrix: [[6, 0, 0], [0, 8, 0], [0, 0, 0]]
+"""
+TARGET_MS = "1:76.5,4:77,8:116,12:154,16:201"
+
+
+def curve(text: str) -> CostCurve:
+    pairs = [p.split(":") for p in text.split(",")]
+    return CostCurve([int(n) for n, _ in pairs], [float(s) for _, s in pairs])
+
+
+def config(text: str, base):
+    name, _, rest = text.partition("=")
+    name, _, settings = name.partition("@")
+    rungs, _, k = rest.partition(":")
+    names = [] if rungs == "-" else rungs.split(",")
+    spec = base
+    for item in filter(None, settings.split(",")):
+        key, _, value = item.partition("=")
+        rung, _, field = key.partition(".")
+        spec = spec.with_rung(rung, **{field: yaml.safe_load(value)})
+    return name, spec.keep(names, k)
+
+
+def run(ladder: Ladder, name: str, spec, prompts, target_ms: CostCurve, ratio: float) -> dict:
+    recycling._TABLES.clear()
+    per_rung = defaultdict(lambda: [0, 0])  # rung -> [passes, tokens fed]
+    kept = defaultdict(lambda: defaultdict(lambda: [0, 0]))  # (reviewer, origin) -> pos -> n, k
+    new_tokens = target_forwards = 0
+    est_ms = 0.0
+    outputs = []
+    for ids in prompts:
+        events = list(ladder.stream(ids, 128, spec=spec))
+        stats = Stats.of(events)
+        new_tokens += stats.new_tokens
+        target_forwards += stats.target_forwards
+        outputs.append([t for e in events if isinstance(e, Commit) for t in e.tokens])
+        for e in events:
+            if not isinstance(e, Review):
+                continue
+            fed = len(e.proposed) + 1
+            per_rung[e.reviewer][0] += 1
+            per_rung[e.reviewer][1] += fed
+            est_ms += target_ms(fed) * (1.0 if e.reviewer == 0 else ratio)
+            good = set(e.kept())
+            seen: dict[int, int] = defaultdict(int)
+            for i, origin in enumerate(e.origins):
+                if e.parents is not None and e.parents[i] != i - 1 and i:
+                    continue  # tree siblings: count each path's first branch only
+                pos = seen[origin]
+                seen[origin] += 1
+                cell = kept[f"{e.reviewer}<{origin}"][pos]
+                cell[0] += 1
+                cell[1] += i in good
+    names = spec.rung_names
+    return {
+        "name": name,
+        "rungs": names,
+        "k_matrix": [list(r) for r in spec.k_matrix],
+        "new_tokens": new_tokens,
+        "tokens_per_target_forward": round(new_tokens / target_forwards, 3),
+        "passes_per_token": {names[r]: round(p / new_tokens, 3) for r, (p, _) in per_rung.items()},
+        "fed_per_pass": {names[r]: round(f / p, 2) for r, (p, f) in per_rung.items()},
+        "est_ms_per_token": round(est_ms / new_tokens, 2),
+        "kept": {
+            pair: {
+                "proposed": sum(n for n, _ in by.values()),
+                "kept": sum(k for _, k in by.values()),
+                "by_position": [round(by[p][1] / by[p][0], 3) for p in sorted(by)][:16],
+            }
+            for pair, by in sorted(kept.items())
+        },
+        "outputs": outputs,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default="0-19")
+    ap.add_argument("--config", action="append", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/datasets/gsm8k/test.jsonl"))
+    ap.add_argument("--target-ms", default=TARGET_MS)
+    ap.add_argument("--drafter-ratio", type=float, default=0.42)
+    args = ap.parse_args()
+    first, last = (int(x) for x in args.rows.split("-"))
+    examples = load_gsm8k(args.data, last + 1).examples[first : last + 1]
+    base = parse_ladder("counts", yaml.safe_load(LADDER)["counts"])
+    ladder = Ladder.load(base, progress=False)
+    prompts = [ladder.encode(e.prompt) for e in examples]
+    target_ms = curve(args.target_ms)
+    reference = None
+    for text in args.config:
+        name, spec = config(text, base)
+        result = run(ladder, name, spec, prompts, target_ms, args.drafter_ratio)
+        outputs = result.pop("outputs")
+        reference = reference or outputs
+        result["same_as_first"] = outputs == reference
+        result["rows"] = args.rows
+        result["ar_ms_per_token"] = target_ms(1)
+        result["speedup_vs_ar_est"] = round(target_ms(1) / result["est_ms_per_token"], 3)
+        with args.out.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k != "kept"}), flush=True)
+        print("  kept:", json.dumps(result["kept"]), flush=True)
+    np.seterr()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
