@@ -163,3 +163,13 @@ def test_the_table_persists_across_generations_unless_told_not_to(tiny):
             assert drafted[1] > drafted[0], drafted  # the second run drafts from the first's
         else:
             assert drafted[1] == drafted[0], drafted  # a fresh table: the same run again
+
+
+def test_tune_refuses_a_ladder_it_cannot_replay(tmp_path):
+    from csdraft.ladder import add_ladder
+    from csdraft.tune.run import run_tune
+
+    config = tmp_path / "ladders.yaml"
+    add_ladder(config, read({}))
+    with pytest.raises(UsageError, match="tune replays models and Max-Gram only, not recycle"):
+        run_tune("rec", "gsm8k", 2, 1.0, False, None, 0, 16, config)

@@ -51,6 +51,11 @@ def run_tune(
     spec = get_ladder(ladder, config)
     if spec.drafting_rungs == 0:
         raise UsageError(f"ladder '{spec.name}' has no drafters: there is no k-matrix to tune")
+    if others := [r.name for r in spec.rungs if not r.reviews and r.kind != "max-gram"]:
+        raise UsageError(
+            f"ladder '{spec.name}': tune replays models and Max-Gram only, not {', '.join(others)}"
+            " (token recycling learns from the run itself): set its k-matrix by hand"
+        )
     if write:
         check_writable(Path(config) if config is not None else user_config_path(), "--write")
     texts, source = load_calibration_prompts(data, limit, seed)
