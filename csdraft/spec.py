@@ -175,6 +175,9 @@ class RungSpec:
     """Token recycling: the table outlives a generation (per loaded target, per process)."""
     harvest_drafters: bool = _setting(True, _flag, (RECYCLE,))
     """Token recycling: learn from the drafters' reviews too (else from the target's only)."""
+    copy_ngram: int = _setting(0, _count(0, "tokens"), (RECYCLE,))
+    """Token recycling: first copy what followed an earlier match of the context's last
+    ``copy_ngram``+ tokens (Max-Gram's rule), then walk the table (0: never copy)."""
 
     @property
     def reviews(self) -> bool:
@@ -532,7 +535,8 @@ def _max_gram(rung: RungSpec, model: Any, bigram: Any, target: bool) -> Proposer
 
 def _recycle(rung: RungSpec, model: Any, bigram: Any, target: bool) -> Proposer:
     table = shared_table(model, rung.name, max(rung.successors, rung.branches), rung.persist)
-    return Recycling(rung.successors, rung.branches, rung.persist, rung.harvest_drafters, table)
+    settings = (rung.successors, rung.branches, rung.persist, rung.harvest_drafters)
+    return Recycling(*settings, table, rung.copy_ngram)
 
 
 _PROPOSERS: dict[str, Callable[[RungSpec, Any, Any, bool], Proposer]] = {

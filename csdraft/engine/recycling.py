@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from csdraft.engine.draft import Draft
+from csdraft.engine.maxgram import MaxGram
 from csdraft.engine.proposer import Engine, Proposer
 
 
@@ -92,7 +93,9 @@ class Recycling(Proposer):
     ``successors``: the table's k (top-k kept per token); ``branches``: siblings of the first
     drafted token (a token tree: its reviewer must score trees); ``persist``: keep the table
     across generations (else it starts empty with every prompt); ``harvest_drafters``: also
-    learn from the drafters' reviews (else from the target's only)."""
+    learn from the drafters' reviews (else from the target's only); ``copy_ngram`` > 0: where
+    the context ends with an earlier n-gram of at least that many tokens, copy what followed
+    it first (Max-Gram's rule), then walk the table on from the copy's end."""
 
     name = "recycle"
     wants_logits = True
@@ -105,7 +108,9 @@ class Recycling(Proposer):
         persist: bool = True,
         harvest_drafters: bool = True,
         table: SuccessorTable | None = None,
+        copy_ngram: int = 0,
     ) -> None:
+        self.copier = MaxGram(max(8, copy_ngram), copy_ngram) if copy_ngram else None
         self.branches = branches
         self.persist = persist
         self.harvest_drafters = harvest_drafters
@@ -119,6 +124,12 @@ class Recycling(Proposer):
     def reset(self, prompt: Sequence[int]) -> None:
         if not self.persist:
             self.table.rows = None
+        if self.copier is not None:
+            self.copier.reset(prompt)
+
+    def commit(self, tokens: Sequence[int]) -> None:
+        if self.copier is not None:
+            self.copier.commit(tokens)
 
     def harvest(self, reviewer: int, tokens: Sequence[int], logits: torch.Tensor) -> None:
         """Learn from one review by rung ``reviewer``: row i of ``logits`` follows
@@ -128,11 +139,13 @@ class Recycling(Proposer):
 
     def propose(self, context: np.ndarray, n: int, engine: Engine | None = None) -> Draft:
         last = int(context[-1])
-        main = self.table.walk(last, n)
+        main = self.copier.continuation(context, n) if self.copier is not None else []
+        main += self.table.walk(main[-1] if main else last, n - len(main))
         draft = self.draft(main)
         if self.branches == 1 or not main:
             return draft
-        others = [int(t) for t in self.table.successors(last)[1 : self.branches]]
+        firsts = [int(t) for t in self.table.successors(last)[: self.branches]]
+        others = [t for t in firsts if t != main[0]][: self.branches - 1]
         draft.parents = list(range(-1, len(main) - 1))
         for first in others:
             run = [first, *self.table.walk(first, n - 1)]

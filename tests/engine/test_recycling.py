@@ -115,6 +115,21 @@ def test_branches_are_the_first_tokens_runners_up_each_walked_on():
     assert rec.propose(np.array([4]), 3).tokens == []  # nothing known: no tree either
 
 
+def test_copy_first_then_walk_on():
+    rec = Recycling(successors=3, copy_ngram=2)
+    rec.index = 2
+    rec.harvest(0, [1, 2, 3, 5], logits_with([[2], [3], [4], [9]]))
+    rec.reset([7, 5, 6, 1])
+    # [7, 5] followed earlier by 6, 1 (copied); then the table: 1 -> 2 -> 3
+    assert rec.propose(np.array([7, 5, 6, 1, 7, 5]), 4).tokens == [6, 1, 2, 3]
+    assert rec.propose(np.array([7, 5, 6, 1, 9, 5]), 2).tokens == [9]  # no match: walk only
+    rec.commit([9, 5, 6])
+    assert rec.propose(np.array([7, 5, 6, 1, 9, 5, 6, 9, 5]), 1).tokens == [6]  # the longest match
+    plain = Recycling(successors=3)
+    plain.harvest(0, [5], logits_with([[9]]))
+    assert plain.propose(np.array([7, 5]), 4).tokens == [9]
+
+
 def test_reset_forgets_only_without_persist():
     kept, fresh = primed(persist=True), primed(persist=False)
     for rec in (kept, fresh):
@@ -180,7 +195,7 @@ def test_a_wrong_harvest_is_caught(zoo):
 
 
 def toy_recycling(case) -> Recycling:
-    return Recycling(successors=4, persist=False)
+    return Recycling(successors=4, persist=False, copy_ngram=case.min_ngram * case.bigram)
 
 
 @settings(
