@@ -63,16 +63,20 @@ def config(text: str, base):
     return name, spec.keep(names, k)
 
 
-def run(ladder: Ladder, name: str, spec, prompts, target_ms: CostCurve, ratio: float) -> dict:
+def run(
+    ladder: Ladder, name: str, spec, prompts, target_ms: CostCurve, ratio: float, harvest_ms: float
+) -> dict:
     recycling._TABLES.clear()
+    harvests = any(r.kind == "recycle" for r in spec.rungs)
     per_rung = defaultdict(lambda: [0, 0])  # rung -> [passes, tokens fed]
     kept = defaultdict(lambda: defaultdict(lambda: [0, 0]))  # (reviewer, origin) -> pos -> n, k
     new_tokens = target_forwards = 0
     est_ms = 0.0
-    outputs = []
-    for ids in prompts:
+    outputs, per_prompt = [], []
+    for i, ids in enumerate(prompts):
         events = list(ladder.stream(ids, 128, spec=spec))
         stats = Stats.of(events)
+        before = est_ms
         new_tokens += stats.new_tokens
         target_forwards += stats.target_forwards
         outputs.append([t for e in events if isinstance(e, Commit) for t in e.tokens])
@@ -83,16 +87,19 @@ def run(ladder: Ladder, name: str, spec, prompts, target_ms: CostCurve, ratio: f
             per_rung[e.reviewer][0] += 1
             per_rung[e.reviewer][1] += fed
             est_ms += target_ms(fed) * (1.0 if e.reviewer == 0 else ratio)
+            est_ms += harvest_ms * fed if harvests else 0.0
             good = set(e.kept())
             seen: dict[int, int] = defaultdict(int)
-            for i, origin in enumerate(e.origins):
-                if e.parents is not None and e.parents[i] != i - 1 and i:
+            for j, origin in enumerate(e.origins):
+                if e.parents is not None and e.parents[j] != j - 1 and j:
                     continue  # tree siblings: count each path's first branch only
                 pos = seen[origin]
                 seen[origin] += 1
                 cell = kept[f"{e.reviewer}<{origin}"][pos]
                 cell[0] += 1
-                cell[1] += i in good
+                cell[1] += j in good
+        per_prompt.append([stats.new_tokens, stats.target_forwards, round(est_ms - before, 1)])
+        print(f"{name} prompt {i}: {per_prompt[-1]}", file=sys.stderr, flush=True)
     names = spec.rung_names
     return {
         "name": name,
@@ -111,6 +118,7 @@ def run(ladder: Ladder, name: str, spec, prompts, target_ms: CostCurve, ratio: f
             }
             for pair, by in sorted(kept.items())
         },
+        "per_prompt": per_prompt,
         "outputs": outputs,
     }
 
@@ -123,6 +131,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/datasets/gsm8k/test.jsonl"))
     ap.add_argument("--target-ms", default=TARGET_MS)
     ap.add_argument("--drafter-ratio", type=float, default=0.42)
+    ap.add_argument("--harvest-ms", type=float, default=0.3, help="topk per row harvested")
     args = ap.parse_args()
     first, last = (int(x) for x in args.rows.split("-"))
     examples = load_gsm8k(args.data, last + 1).examples[first : last + 1]
@@ -133,7 +142,7 @@ def main() -> None:
     reference = None
     for text in args.config:
         name, spec = config(text, base)
-        result = run(ladder, name, spec, prompts, target_ms, args.drafter_ratio)
+        result = run(ladder, name, spec, prompts, target_ms, args.drafter_ratio, args.harvest_ms)
         outputs = result.pop("outputs")
         reference = reference or outputs
         result["same_as_first"] = outputs == reference
