@@ -4,14 +4,15 @@ per-pass costs (issue 34: what pays on a CPU when wall-clock time cannot be meas
     python scripts/cascade_counts.py --rows 0-19 --out counts.jsonl \\
         --config 'default=qwen-0.5b,max-gram:[[6,0],[0,8]]' --config 'tr4=recycle:[[4]]'
 
-Each ``--config NAME=RUNGS:K_MATRIX`` keeps the target and ``RUNGS`` (comma-separated rung
-names of the loaded ladder, ``-`` for none) with that k-matrix; ``NAME@key=value,...`` after
-the name changes those rungs' settings (``recycle.successors=4``). Every config runs the same
+Each ``--config NAME=RUNGS:K_MATRIX[@RUNG.KEY=VALUE,...]`` keeps the target and ``RUNGS``
+(comma-separated rung names of the loaded ladder, ``-`` for none) with that k-matrix and those
+settings changed (``@recycle.successors=4,recycle.copy_ngram=2``). Every config runs the same
 GSM8K prompts (as ``csdraft bench gsm8k`` builds them), greedy, recycling tables fresh per
 config. Per config it prints and appends (JSON) tokens per target forward, each rung's passes
 and tokens fed per generated token, each reviewer's kept/proposed per drafter and position,
 the estimated ms per token (``--target-ms`` cost curve by tokens fed, each drafter's passes
-``--drafter-ratio`` of that) and whether every output equals the first config's.
+``--drafter-ratio`` of that, plus ``--harvest-ms`` per row a recycling ladder harvests) and
+whether every output equals the first config's. Prompt passes are not counted.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def curve(text: str) -> CostCurve:
 
 
 def config(text: str, base):
+    text, _, settings = text.partition("@")
     name, _, rest = text.partition("=")
-    name, _, settings = name.partition("@")
     rungs, _, k = rest.partition(":")
     names = [] if rungs == "-" else rungs.split(",")
     spec = base
