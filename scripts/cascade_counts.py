@@ -64,6 +64,30 @@ def config(text: str, base):
     return name, spec.keep(names, k)
 
 
+RECORD: Path | None = None
+
+
+def record_target_rows(path: Path):
+    """Append, per target review, the context length, the draft and the top-8 ids of every row
+    (the target is batch-invariant: rows on the output's path are its one-token rows)."""
+    from csdraft.engine.cascade import Cascade
+
+    score = Cascade._score
+
+    def recording(self, rung, context, draft):
+        logits, seconds = score(self, rung, context, draft)
+        if rung.index == 0 and draft.is_chain:
+            top = logits.topk(8, dim=-1).indices.tolist()
+            row = {"at": len(context), "draft": draft.tokens, "top": top}
+            with path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        return logits, seconds
+
+    Cascade._score = recording
+    global RECORD
+    RECORD = path
+
+
 def run(
     ladder: Ladder, name: str, spec, prompts, target_ms: CostCurve, ratio: float, harvest_ms: float
 ) -> dict:
@@ -81,6 +105,9 @@ def run(
         new_tokens += stats.new_tokens
         target_forwards += stats.target_forwards
         outputs.append([t for e in events if isinstance(e, Commit) for t in e.tokens])
+        if RECORD:
+            with RECORD.open("a") as f:
+                f.write(json.dumps({"config": name, "prompt": ids, "output": outputs[-1]}) + "\n")
         for e in events:
             if not isinstance(e, Review):
                 continue
@@ -131,6 +158,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=Path("../shared/datasets/gsm8k/test.jsonl"))
     ap.add_argument("--target-ms", default=TARGET_MS)
+    ap.add_argument("--record", type=Path, help="the target's rows, for scripts/recycle_sim.py")
     ap.add_argument("--drafter-ratio", type=float, default=0.42)
     ap.add_argument("--harvest-ms", type=float, default=0.3, help="topk per row harvested")
     args = ap.parse_args()
@@ -140,6 +168,8 @@ def main() -> None:
     ladder = Ladder.load(base, progress=False)
     prompts = [ladder.encode(e.prompt) for e in examples]
     target_ms = curve(args.target_ms)
+    if args.record:
+        record_target_rows(args.record)
     reference = None
     for text in args.config:
         name, spec = config(text, base)
