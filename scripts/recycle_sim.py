@@ -59,7 +59,9 @@ def simulate(prompts, make: Callable[[], tuple], block: int, tree: int = 1) -> d
     table, copier = make()
     tokens = passes = 0
     ms = 0.0
+    each = []
     for prompt, output, at in prompts:
+        before = passes
         full = prompt + output
         if copier is not None:
             copier.reset(prompt)
@@ -91,10 +93,12 @@ def simulate(prompts, make: Callable[[], tuple], block: int, tree: int = 1) -> d
             passes += 1
             tokens += accepted + 1
             pos += accepted + 1
+        each.append(round(len(output) / (passes - before), 2))
     return {
         "tokens_per_target_forward": round(tokens / passes, 3),
         "est_ms_per_token": round(ms / tokens, 2),
         "speedup_vs_ar_est": round(TARGET_MS(1) * tokens / ms, 3),
+        "tokens_per_target_forward_by_prompt": each,
     }
 
 
