@@ -245,13 +245,17 @@ def encode(tokenizer: Any, text: str, raw: bool = False) -> list[int]:
     if not text.strip():
         raise UsageError("the prompt is empty; pass --prompt TEXT or pipe text on stdin")
     if not raw and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
+        return chat_ids(tokenizer, [{"role": "user", "content": text}])
     return tokenizer(text)["input_ids"]
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """Prompt ids of chat ``messages`` through the tokenizer's chat template, the assistant's
+    turn opened (``encode`` of one user message; the server's chat requests)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
 
 
 def check_length(prompt_tokens: int, max_new_tokens: int, limit: int | None) -> None:
@@ -293,4 +297,4 @@ def load(
     return Ladder.load(get_ladder(ladder, Path(config) if config else None), progress)
 
 
-__all__ = ["Ladder", "Result", "check_length", "encode", "load", "trace"]
+__all__ = ["Ladder", "Result", "chat_ids", "check_length", "encode", "load", "trace"]

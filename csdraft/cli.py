@@ -340,6 +340,28 @@ def bench(
 
 
 
+@app.command()
+def serve(
+    ladder: LadderOpt = None,
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Require 'Authorization: Bearer KEY' on /v1 (401 otherwise)."),
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests that may wait for the ladder (429 beyond).", min=0)
+    ] = 16,
+) -> None:
+    """Serve the ladder over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
+    /v1/models, /health, /metrics); the models load once, in the background. Needs the serve
+    extra: pip install 'csdraft[serve]'. See docs/serve.md."""
+    from csdraft.serve import run_serve
+
+    run_serve(ladder, config, host, port, api_key, max_queue)
+
+
 app.add_typer(tune_app, name="tune")
 app.command("inspect")(inspect_ladder)
 

@@ -1,0 +1,59 @@
+"""``csdraft serve``: the cascade behind an OpenAI-compatible HTTP API (the ``serve`` extra:
+FastAPI, uvicorn, prometheus-client). ``app.create_app`` builds the app over any ladder loader;
+``run_serve`` is the command. Nothing here imports the extra until it is used."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from csdraft.errors import CsdraftError, UsageError
+
+EXTRA = ("fastapi", "uvicorn", "prometheus_client")
+
+
+def check_extra() -> None:
+    """A one-line UsageError when the serve extra is not installed."""
+    missing = [m for m in EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"csdraft serve needs {', '.join(missing)}: pip install 'csdraft[serve]'")
+
+
+def run_serve(
+    ladder: str | None = None,
+    config: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    max_queue: int = 16,
+) -> None:
+    """Check the ladder, start the server at once (/health says 'loading'), load the models in
+    the background, serve until SIGINT or SIGTERM (in-flight generations cancelled)."""
+    check_extra()
+    import uvicorn
+
+    from csdraft.api import Ladder
+    from csdraft.ladder import get_ladder
+    from csdraft.serve.app import create_app
+
+    spec = get_ladder(ladder, config)  # a bad ladder fails here, before anything listens
+    failure: list[str] = []
+
+    def failed(message: str) -> None:
+        failure.append(message)
+        server.should_exit = True
+
+    app = create_app(lambda: Ladder.load(spec, progress=True), api_key, max_queue, failed)
+    config_ = uvicorn.Config(
+        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config_)
+    print(
+        f"csdraft serve: ladder '{spec.name}' on http://{host}:{port}/v1 "
+        "(loading; GET /health says when ready)",
+        file=sys.stderr,
+    )
+    server.run()
+    if failure:
+        raise CsdraftError(f"loading ladder '{spec.name}' failed: {failure[0]}")
