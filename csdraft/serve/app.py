@@ -49,6 +49,7 @@ class Server:
             self.ladder = self.loader()
         except Exception as e:  # reported on /health and by on_error, never as a traceback
             self.error = str(e) if isinstance(e, CsdraftError) else f"{type(e).__name__}: {e}"
+            log.error("csdraft serve: loading the ladder failed: %s", self.error)
             if on_error is not None:
                 on_error(self.error)
 
@@ -56,7 +57,9 @@ class Server:
         if self.ladder is None:
             raise ApiError(
                 503,
-                "the model failed to load" if self.error else "the model is loading; retry soon",
+                "the model failed to load (see the server's log)"
+                if self.error
+                else "the model is loading; retry soon",
                 None,
                 "model_failed" if self.error else "model_loading",
                 "service_unavailable",
@@ -112,7 +115,8 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
         return JSONResponse(
-            ApiError(e.status_code, str(e.detail), code="not_found").body(), e.status_code
+            ApiError(e.status_code, str(e.detail), code=f"http_{e.status_code}").body(),
+            e.status_code,
         )
 
     @app.exception_handler(Exception)
@@ -125,8 +129,8 @@ def create_app(
     async def health() -> JSONResponse:
         if server.ladder is not None:
             return JSONResponse({"status": "ok", "model": server.ladder.spec.name})
-        if server.error:
-            return JSONResponse({"status": "failed", "message": server.error}, 500)
+        if server.error:  # its message (paths...) goes to the server's log only
+            return JSONResponse({"status": "failed"}, 500)
         return JSONResponse({"status": "loading"}, 503)
 
     @app.get("/metrics")
