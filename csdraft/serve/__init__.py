@@ -5,7 +5,10 @@ FastAPI, uvicorn, prometheus-client). ``app.create_app`` builds the app over any
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from csdraft.errors import CsdraftError, UsageError
@@ -54,6 +57,21 @@ def run_serve(
         "(loading; GET /health says when ready)",
         file=sys.stderr,
     )
-    server.run()
+    with _stopped_by_signals():
+        server.run()
     if failure:
         raise CsdraftError(f"loading ladder '{spec.name}' failed: {failure[0]}")
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the server (uvicorn's own handlers), then nothing more: uvicorn
+    raises the signal again once it has shut down, which would kill the process; a shutdown
+    the user asked for exits 0."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.signal(s, lambda *_: None) for s in stops}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
