@@ -48,10 +48,16 @@ def run_serve(
         server.should_exit = True
 
     app = create_app(lambda: Ladder.load(spec, progress=True), api_key, max_queue, failed)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app.state.server.stop()  # generations in flight end now, not after a timeout
+            super().handle_exit(sig, frame)
+
     config_ = uvicorn.Config(
-        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10
     )
-    server = uvicorn.Server(config_)
+    server = Server(config_)
     print(
         f"csdraft serve: ladder '{spec.name}' on http://{host}:{port}/v1 "
         "(loading; GET /health says when ready)",
@@ -59,6 +65,7 @@ def run_serve(
     )
     with _stopped_by_signals():
         server.run()
+    _drain()
     if failure:
         raise CsdraftError(f"loading ladder '{spec.name}' failed: {failure[0]}")
 
@@ -75,3 +82,17 @@ def _stopped_by_signals() -> Iterator[None]:
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def _drain(seconds: float = 30.0) -> None:
+    """Wait for the worker threads (cancelled generations stop at their next pass; a load
+    stops when it is done): the interpreter must not exit under a running forward pass."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + seconds
+    for thread in threading.enumerate():
+        if thread.name.startswith("csdraft-"):
+            if thread.name == "csdraft-load" and thread.is_alive():
+                print("csdraft serve: waiting for the models to finish loading", file=sys.stderr)
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -24,7 +24,7 @@ from csdraft.serve.protocol import ApiError, parse_request
 from csdraft.serve.protocol import Request as Parsed
 from csdraft.serve.worker import Gate, Job, StopText
 from csdraft.text import Detokenizer
-from csdraft.trace import Commit, Event, Stats
+from csdraft.trace import Commit, Event, Finish, Stats
 
 log = logging.getLogger("csdraft.serve")
 MAX_BODY = 4 * 1024 * 1024
@@ -52,6 +52,11 @@ class Server:
             log.error("csdraft serve: loading the ladder failed: %s", self.error)
             if on_error is not None:
                 on_error(self.error)
+
+    def stop(self) -> None:
+        """Shutting down: cancel every generation in flight (each ends with a 503 error)."""
+        for job in list(self.jobs):
+            job.cancel()
 
     def ready(self) -> Ladder:
         if self.ladder is None:
@@ -99,8 +104,7 @@ def create_app(
             target=server.load, args=(on_load_error,), name="csdraft-load", daemon=True
         ).start()
         yield
-        for job in list(server.jobs):  # shutting down: nothing keeps generating
-            job.cancel()
+        server.stop()
 
     app = FastAPI(
         title="csdraft", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
@@ -237,6 +241,14 @@ class Answer:
                     yield text
         if tail := self.cut.add("", final=True):
             yield tail
+        if self.job.cancelled.is_set() and not any(isinstance(e, Finish) for e in self.events):
+            raise ApiError(
+                503,
+                "the generation was cancelled: the server is shutting down",
+                None,
+                "shutting_down",
+                "service_unavailable",
+            )
 
     @property
     def token_ids(self) -> list[int]:
@@ -277,7 +289,9 @@ class Answer:
             yield chunk(finish=self.finish(), record=self.record())
             if self.parsed.include_usage:
                 yield chunk(counts=self.usage())
-        except CsdraftError as e:  # the stream has begun: the error goes in it, then it ends
+        except ApiError as e:  # the stream has begun: the error goes in it, then it ends
+            yield event(e.body())
+        except CsdraftError as e:
             yield event(ApiError(400, str(e)).body())
         except Exception as e:
             log.exception("csdraft serve: a streamed request failed")

@@ -4,6 +4,7 @@ ladder, and a real process that loads in the background, answers, and exits 0 on
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -78,7 +79,15 @@ def test_the_command_serves_and_exits_0_on_sigterm(tmp_path):
             time.sleep(0.1)
         r = httpx.post(url + "/v1/completions", json=completion(), timeout=60)
         assert r.status_code == 200 and r.json()["csdraft"]["token_ids"]
-        proc.send_signal(signal.SIGTERM)
+        body = completion(max_tokens=200, stream=True)
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+            lines = (line for line in r.iter_lines() if line.startswith("data: "))
+            next(lines)
+            proc.send_signal(signal.SIGTERM)  # a generation in flight: cancelled, or done
+            rest = [line.removeprefix("data: ") for line in lines]
+        assert rest[-1] == "[DONE]"
+        if "error" in rest[-2]:
+            assert json.loads(rest[-2])["error"]["code"] == "shutting_down"
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
