@@ -93,6 +93,9 @@ COMMON = {"model", "stream", *GENERATION, *SETTINGS, *UNSUPPORTED, *IGNORED}
 FIELDS = {"chat": COMMON | {"messages"}, "completion": COMMON | {"prompt"}}
 
 
+SEED_LIMIT = 2**64
+
+
 @dataclass
 class Request:
     """A checked request: the prompt's ids, the spec it runs with, and how to answer."""
@@ -153,6 +156,9 @@ def request_spec(body: dict[str, Any], spec: LadderSpec) -> LadderSpec:
     by the spec's own rules; errors name the field."""
     if "max_tokens" in body and "max_completion_tokens" in body:
         raise bad("max_completion_tokens", "give max_tokens or max_completion_tokens, not both")
+    seed = body.get("seed")
+    if isinstance(seed, int) and seed >= SEED_LIMIT:  # torch's generators take 64 bits
+        raise bad("seed", f"must be below 2**64, got {seed}")
     limit = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     generation = {
         limit: "max_new_tokens",

@@ -8,8 +8,7 @@ import threading
 import time
 
 import pytest
-from fastapi.testclient import TestClient
-from serve_helpers import app_client, chat, completion, wait_ready
+from serve_helpers import TestClient, app_client, chat, completion, wait_ready
 
 from csdraft.errors import CsdraftError
 from csdraft.serve import app as app_module
@@ -58,6 +57,7 @@ BAD_FIELDS = [
     (completion(top_k=-1), "top_k"),
     (completion(seed=-3), "seed"),
     (completion(seed="x"), "seed"),
+    (completion(seed=2**64), "seed"),
     (completion(stop=""), "stop"),
     (completion(stop=["a", 3]), "stop"),
     (completion(stream="yes"), "stream"),

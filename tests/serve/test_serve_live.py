@@ -9,7 +9,6 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import PROMPT, app_client, chat, completion, live_server, sse_events
 
 from csdraft.trace import Finish
@@ -48,6 +47,8 @@ def until(check, seconds: float = 10.0) -> None:
 
 def metric(client, name: str, **labels) -> float:
     """A sample's value from /metrics (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
