@@ -6,7 +6,7 @@
 #   scripts/lmeval_gsm8k.sh DATA.jsonl [URL] [LIMIT] [MODEL]
 #   e.g. scripts/lmeval_gsm8k.sh ../shared/datasets/gsm8k/test.jsonl http://127.0.0.1:8000 20
 #
-# LM_EVAL: the lm_eval command (default: lm_eval on PATH). The task's YAML and lm-eval's
+# LM_EVAL: the lm_eval command (default: lm_eval on PATH); MAX_TOKENS: the budget (512). The task's YAML and lm-eval's
 # samples and results go to OUT (default: ./lmeval-gsm8k).
 set -euo pipefail
 DATA=$(realpath "${1:?usage: lmeval_gsm8k.sh DATA.jsonl [URL] [LIMIT] [MODEL]}")
@@ -14,6 +14,7 @@ URL=${2:-http://127.0.0.1:8000}
 LIMIT=${3:-20}
 MODEL=${4:-$(curl -s "$URL/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')}
 OUT=${OUT:-lmeval-gsm8k}
+MAX_TOKENS=${MAX_TOKENS:-512}
 mkdir -p "$OUT/task"
 cat > "$OUT/task/gsm8k_csdraft.yaml" <<YAML
 task: gsm8k_csdraft
@@ -30,7 +31,7 @@ generation_kwargs:
   until: ["<|im_end|>"]
   do_sample: false
   temperature: 0.0
-  max_gen_toks: 512
+  max_gen_toks: $MAX_TOKENS
 metric_list:
   - metric: exact_match
     aggregation: mean
