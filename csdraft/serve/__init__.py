@@ -41,6 +41,7 @@ def run_serve(
     from csdraft.serve.app import create_app
 
     spec = get_ladder(ladder, config)  # a bad ladder fails here, before anything listens
+    _check_address(host, port)
     failure: list[str] = []
 
     def failed(message: str) -> None:
@@ -96,3 +97,18 @@ def _drain(seconds: float = 30.0) -> None:
             if thread.name == "csdraft-load" and thread.is_alive():
                 print("csdraft serve: waiting for the models to finish loading", file=sys.stderr)
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _check_address(host: str, port: int) -> None:
+    """A one-line error now, not uvicorn's after start-up, when ``host:port`` cannot be bound."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise CsdraftError(
+                f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host"
+            ) from None

@@ -24,6 +24,7 @@ from csdraft import cli
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["csdraft", *args])
     cli._state["debug"] = False
+    capsys.readouterr()  # drop what the test's setup printed
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     return exit_info.value.code or 0, capsys.readouterr().err
@@ -45,6 +46,17 @@ def test_a_bad_ladder_fails_before_listening(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("CSDRAFT_CONFIG", str(tmp_path / "none.yaml"))
     code, err = run_cli(monkeypatch, capsys, "serve", "-l", "no-such-ladder")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no-such-ladder" in err
+
+
+def test_a_port_in_use_is_one_line(monkeypatch, capsys, tmp_path):
+    config = make_tiny_ladder(tmp_path / "ladder")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        code, err = run_cli(monkeypatch, capsys, "serve", "-c", str(config), "--port", port)
+    assert code == 1 and err.startswith(f"csdraft: error: cannot listen on 127.0.0.1:{port}: ")
+    assert len(err.strip().splitlines()) == 1
 
 
 def free_port() -> int:
