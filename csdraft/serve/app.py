@@ -170,7 +170,9 @@ async def complete(server: Server, request: Request, kind: str) -> Response:
         ladder = server.ready()
         parsed = parse_request(await read_json(request), kind, ladder)
         if not server.gate.admit():
-            raise ApiError(429, "the queue is full; retry later", None, "queue_full", "rate_limit")
+            raise ApiError(
+                429, "the queue is full; retry later", None, "queue_full", "rate_limit_error"
+            )
     except ApiError as e:
         server.metrics.requests.labels(endpoint, str(e.status)).inc()
         raise
