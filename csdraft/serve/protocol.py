@@ -190,7 +190,10 @@ def about(param: str) -> Iterator[None]:
     try:
         yield
     except UsageError as e:
-        raise bad(param, str(e).removeprefix(f"{param}: ")) from None
+        message = str(e)
+        while (head := message.partition(": ")[0]) in (param, "generation", "max_new_tokens"):
+            message = message.removeprefix(f"{head}: ")  # the spec's own names for where
+        raise bad(param, message) from None
 
 
 def _deferral(rules: Any, alphas: Any) -> Any:
