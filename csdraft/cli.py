@@ -46,6 +46,7 @@ app = typer.Typer(
 )
 _state = {"debug": False}
 
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
@@ -119,6 +120,16 @@ def generate(
         str | None,
         typer.Option(help="The deferral rules' dial: one value, or one per --deferral rule."),
     ] = None,
+    batch: Annotated[
+        Path | None,
+        typer.Option(
+            help="A JSON-lines file of prompts ('-': stdin), one {\"prompt\": ...} a line with "
+            "optional settings of its own; one JSON result a line, in input order."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(help="With --batch: requests run at once, passes batched.", min=1)
+    ] = 4,
 ) -> None:
     """Generate with a cascade ladder: exactly the target's output, faster (unless
     --deferral makes it lossy on purpose, which the output then says).
@@ -126,7 +137,28 @@ def generate(
     On a terminal the text streams with each token coloured by the rung that drafted it and the
     drafts the target rejected struck through; piped, only the text is written.
     """
-    from csdraft.generate import run_generate
+    from csdraft.generate import command_spec, run_generate
+
+    if batch is not None:
+        from csdraft.generate_batch import run_batch
+
+        if prompt is not None or save_trace is not None:
+            raise UsageError("--batch reads its prompts from FILE: drop --prompt and --save-trace")
+        spec = command_spec(
+            ladder,
+            config,
+            max_new_tokens,
+            k_matrix,
+            parse_numbers(lenience, "--lenience"),
+            parse_numbers(min_confidence, "--min-confidence"),
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop,
+            parse_deferral(deferral, alpha),
+        )
+        raise typer.Exit(run_batch(batch, spec, concurrency, raw, quiet))
 
     code = run_generate(
         prompt=read_prompt(prompt),
@@ -336,8 +368,6 @@ def bench(
 
 
 # --- end bench ---
-
-
 
 
 app.add_typer(tune_app, name="tune")
