@@ -282,6 +282,14 @@ def bench(
             min=1,
         ),
     ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Instead of the methods: the ladder's csd on the same requests one at a time "
+            "and N at once (passes batched): throughput, p50/p95 latency, outputs checked.",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Measure speed honestly: every method on the same prompts, models, machine.
 
@@ -341,6 +349,29 @@ def bench(
             "which dataset? pass gsm8k, mmlu, spec-bench or a JSON-lines file (see csdraft "
             "bench --help)"
         )
+    if concurrency is not None:
+        from csdraft.bench.concurrency import run_concurrency
+
+        if methods is not None or resume or until_answer is not None:
+            raise UsageError(
+                "--concurrency runs csd alone: drop --methods, --resume, --until-answer"
+            )
+        run_concurrency(
+            dataset,
+            concurrency,
+            data=data,
+            field=field,
+            limit=limit,
+            ladder=ladder,
+            config=config,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            warmup=warmup,
+            out=out,
+            as_json=as_json,
+            quiet=quiet,
+        )
+        return
     results = run_bench(
         dataset,
         data=data,
