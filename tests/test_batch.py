@@ -22,6 +22,7 @@ from tiny_ladder import make_tiny_ladder
 
 import csdraft.api
 from csdraft.api import Ladder
+from csdraft.engine.batch import BatchCounts
 from csdraft.errors import UsageError
 from csdraft.ladder import get_ladder
 from csdraft.models import TransformersScorer
@@ -88,10 +89,12 @@ def own_greedy(ladder: Ladder, prompt: tuple[int, ...], n: int) -> list[int]:
     return out
 
 
-def together(ladder: Ladder, requests: list[Request]) -> list[list[int]]:
+def together(ladder: Ladder, requests: list[Request], in_step: bool = False) -> list[list[int]]:
     """Run every request in its own thread through ``ladder.stream``: the committed tokens of
-    each (up to where it was closed, for a cancelled one)."""
+    each (up to where it was closed, for a cancelled one). ``in_step``: all join before any
+    pass runs (each waits after its first event, which comes before any pass)."""
     results: list[list[int] | None] = [None] * len(requests)
+    barrier = threading.Barrier(len(requests)) if in_step else None
     running = [False] * len(requests)
     errors: list[BaseException] = []
 
@@ -105,6 +108,8 @@ def together(ladder: Ladder, requests: list[Request]) -> list[list[int]]:
             stream = ladder.stream(list(r.prompt), r.n, temperature=r.temperature, seed=r.seed)
             tokens: list[int] = []
             for k, event in enumerate(stream):
+                if k == 0 and barrier is not None:
+                    barrier.wait(timeout=60)
                 if isinstance(event, Commit):
                     tokens += event.tokens
                 if r.cancel is not None and k >= r.cancel:
@@ -155,23 +160,22 @@ def test_every_request_outputs_exactly_what_it_outputs_alone(ladder, batch):
 
 
 def test_passes_are_shared_across_requests(ladder):
-    before = ladder.batcher.counts.passes, ladder.batcher.counts.jobs
+    ladder.batcher.counts = BatchCounts()
     batch = [Request(tuple(range(3 + i, 20 + 3 * i)), 12) for i in range(4)]
-    got = together(ladder, batch)
+    got = together(ladder, batch, in_step=True)
     assert got == [alone(ladder, r) for r in batch]
-    passes = ladder.batcher.counts.passes - before[0]
-    jobs = ladder.batcher.counts.jobs - before[1]
-    assert ladder.batcher.counts.widest >= 2 and passes < jobs
+    counts = ladder.batcher.counts
+    assert counts.widest >= 2 and counts.passes < counts.jobs
 
 
 def test_sharing_one_random_stream_across_requests_fails(ladder, monkeypatch):
     """The wrong variant: every cascade draws from one generator. Outputs then depend on what
     ran beside them, and this harness sees it."""
-    batch = [Request(tuple(range(5, 9 + i)), 14, temperature=1.3, seed=i) for i in range(4)]
+    batch = [Request(tuple(range(5, 9 + i)), 20, temperature=1.3, seed=i) for i in range(4)]
     want = [alone(ladder, r) for r in batch]
     shared = torch.Generator()
     monkeypatch.setattr(csdraft.engine.cascade.torch, "Generator", lambda: shared)
-    assert together(ladder, batch) != want
+    assert together(ladder, batch, in_step=True) != want
 
 
 def test_a_request_closed_early_frees_its_caches_and_the_others_go_on(ladder, monkeypatch):

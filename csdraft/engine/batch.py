@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -53,16 +53,16 @@ class BatchCounts:
     """The most jobs that shared one pass."""
 
 
-@dataclass(eq=False)
 class Batcher:
     """The scheduler of one loaded ladder (see the module). Thread-safe."""
 
-    counts: BatchCounts = field(default_factory=BatchCounts)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-    _jobs: list[Job] = field(default_factory=list)
-    _members: int = 0
-    _active: int = 0
-    _thread: threading.Thread | None = None
+    def __init__(self) -> None:
+        self.counts = BatchCounts()
+        self._cond = threading.Condition()
+        self._jobs: list[Job] = []
+        self._members = 0  # generations running through ``run``
+        self._active = 0  # members running engine code (neither blocked nor idle)
+        self._thread: threading.Thread | None = None
 
     def run(self, events: Iterator[T]) -> Iterator[T]:
         """``events`` (one generation's iterator) produced as a member: its passes are batched

@@ -85,6 +85,7 @@ class TransformersScorer:
         self.tokens = seq
         return logits
 
+    @torch.inference_mode()
     def feed(self, seq: np.ndarray, start: int) -> tuple[torch.Tensor, int]:
         """``score``'s first half: crop the cache for ``seq``; the ids [1, n] a pass must feed
         and how many last rows' logits it returns (a ragged pass's share, ``pooled``)."""
