@@ -6,7 +6,9 @@ N is its output alone."""
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ from rich.table import Table
 
 from csdraft.bench.data import load_dataset
 from csdraft.bench.results import write_results
-from csdraft.console import report_console
+from csdraft.bench.run import machine_info
+from csdraft.console import progress_console, report_console
 from csdraft.errors import UsageError
 from csdraft.ladder import get_ladder
 from csdraft.outputs import check_writable
@@ -77,11 +80,14 @@ def run_concurrency(
     for ids in prompts:
         loaded.check_length(ids, max_new_tokens)
     options = {"temperature": temperature}
+    say = progress_console(not quiet).print
+    say(f"warm-up ({warmup}); {len(prompts)} requests one at a time, then {concurrency} at once")
     for ids in prompts[:warmup]:
         loaded.generate(ids, min(16, max_new_tokens), **options)
     start = time.perf_counter()
     alone = [loaded.generate(ids, max_new_tokens, **options) for ids in prompts]
     alone_s = time.perf_counter() - start
+    say(f"one at a time: {alone_s:.1f} s")
     loaded.batcher.counts = BatchCounts()
     start = time.perf_counter()
     together = loaded.generate_many(prompts, max_new_tokens, concurrency=concurrency, **options)
@@ -95,6 +101,7 @@ def run_concurrency(
     results = {
         "dataset": ds.name,
         "ladder": spec.name,
+        "machine": machine_info(),
         "requests": len(prompts),
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
@@ -127,8 +134,5 @@ def run_concurrency(
         + (f"DIFFERING at {differ}" if differ else "all identical to their outputs alone")
     )
     if as_json:
-        import json
-        import sys
-
         sys.stdout.write(json.dumps(results) + "\n")
     return results
