@@ -4,9 +4,9 @@ generation's code), and their model passes are batched by one scheduler.
 A generation is a *member* of a ``Batcher`` while its events are being produced
 (``Batcher.run``). A member is *active* while its engine code runs, *blocked* once it hands a
 pass to the batcher (``submit``) and *idle* while its consumer holds an event. When no member is
-active and some passes wait, the scheduler thread runs one step: the waiting jobs with the same
-``group`` (one model's sessions, where sharing a pass is exact) go through one forward pass
-together, every other job alone, and the blocked members are woken. Members join and leave
+active and some passes wait, the scheduler thread runs one step: the largest waiting ``group``
+of jobs (one model's sessions, where sharing a pass is exact) goes through one forward pass, every
+job that must run alone runs alone, and their members are woken (``_pick``). Members join and leave
 between steps; one that ends or is closed early frees its caches at once (its cascade's own
 ``release``).
 
@@ -141,7 +141,7 @@ class Batcher:
                         self._thread = None
                         return
                     self._cond.wait()
-                jobs, self._jobs = self._jobs, []
+                jobs = self._pick()
             self._step(jobs)
             with self._cond:
                 for job in jobs:
@@ -149,6 +149,20 @@ class Batcher:
                     if not job.abandoned:
                         self._active += 1
                 self._cond.notify_all()
+
+    def _pick(self) -> list[Job]:
+        """This step's jobs (taken from the waiting ones): every job that runs alone, and the
+        shared group with the most jobs. Members waiting on another model's pass wait one step
+        more, while those released go on to need that model too: the generations fall into
+        step, and each pass takes more rows for the one fixed cost of a pass."""
+        groups: dict[Hashable, list[Job]] = {}
+        for job in self._jobs:
+            if job.group is not None:
+                groups.setdefault(job.group, []).append(job)
+        widest = max(groups.values(), key=len, default=[])
+        take = [job for job in self._jobs if job.group is None or job in widest]
+        self._jobs = [job for job in self._jobs if job not in take]
+        return take
 
     def _step(self, jobs: list[Job]) -> None:
         """Run every job: those of one group in one pass, the rest one by one."""
