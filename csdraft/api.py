@@ -174,7 +174,9 @@ class Ladder:
     ) -> Iterator[Event]:
         """The events of one generation (text is encoded with the chat template unless
         ``raw``; token ids are used as they are). Settings default to the ladder's, or to
-        ``spec``'s: any validated spec over the loaded models (``spec.keep``, ``with_rung``...)."""
+        ``spec``'s: any validated spec over the loaded models (``spec.keep``, ``with_rung``...).
+        Generations streamed at once from several threads have their model passes batched
+        (``csdraft.engine.batch``), each output exactly what it is alone."""
         prompt_ids, n_new, cascade, stops = self._prepare(
             prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, raw, spec
         )
