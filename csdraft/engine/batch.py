@@ -4,11 +4,11 @@ generation's code), and their model passes are batched by one scheduler.
 A generation is a *member* of a ``Batcher`` while its events are being produced
 (``Batcher.run``). A member is *active* while its engine code runs, *blocked* once it hands a
 pass to the batcher (``submit``) and *idle* while its consumer holds an event. When no member is
-active and some passes wait, the scheduler thread runs one step: the largest waiting ``group``
-of jobs (one model's sessions, where sharing a pass is exact) goes through one forward pass, every
-job that must run alone runs alone, and their members are woken (``_pick``). Members join and leave
-between steps; one that ends or is closed early frees its caches at once (its cascade's own
-``release``).
+active and some passes wait, the scheduler thread runs one step: one waiting ``group`` of jobs
+(one model's sessions, where sharing a pass is exact) goes through one forward pass, every job
+that must run alone runs alone, and their members are woken (``_pick`` says which group).
+Members join and leave between steps; one that ends or is closed early frees its caches at once
+(its cascade's own ``release``).
 
 The scheduler knows nothing of models: a job is a payload and a function that runs a list of
 payloads in one pass (``csdraft.models.pooled`` makes the jobs and says which may share a pass).
@@ -35,6 +35,8 @@ class Job:
     run: Run
     payload: Any
     group: Hashable | None = None
+    order: int = 0
+    """Among waiting groups, those of the highest order run first (see ``Batcher._pick``)."""
     result: Any = None
     error: BaseException | None = None
     done: bool = False
@@ -88,10 +90,10 @@ class Batcher:
             finally:
                 self._leave()
 
-    def submit(self, run: Run, payload: Any, group: Hashable | None = None) -> Any:
+    def submit(self, run: Run, payload: Any, group: Hashable | None = None, order: int = 0) -> Any:
         """Wait for ``payload``'s pass (batched with other members' jobs of ``group``) and
         return its result; an error in the pass is raised here."""
-        job = Job(run, payload, group)
+        job = Job(run, payload, group, order)
         with self._cond:
             self._jobs.append(job)
             self._active -= 1
@@ -151,16 +153,18 @@ class Batcher:
                 self._cond.notify_all()
 
     def _pick(self) -> list[Job]:
-        """This step's jobs (taken from the waiting ones): every job that runs alone, and the
-        shared group with the most jobs. Members waiting on another model's pass wait one step
-        more, while those released go on to need that model too: the generations fall into
-        step, and each pass takes more rows for the one fixed cost of a pass."""
+        """This step's jobs (taken from the waiting ones): every job that runs alone, and one
+        shared group: the highest ``order`` waiting, the largest among equals. Members waiting
+        on other groups wait a step more while those released go on to need those groups too,
+        so the generations fall into step and later passes take more rows for the one fixed
+        cost of a pass (``pooled`` orders a ladder's cheapest models first, the target last:
+        its passes, the costliest, gather every generation that reaches them)."""
         groups: dict[Hashable, list[Job]] = {}
         for job in self._jobs:
             if job.group is not None:
                 groups.setdefault(job.group, []).append(job)
-        widest = max(groups.values(), key=len, default=[])
-        take = [job for job in self._jobs if job.group is None or job in widest]
+        chosen = max(groups.values(), key=lambda g: (g[0].order, len(g)), default=[])
+        take = [job for job in self._jobs if job.group is None or job in chosen]
         self._jobs = [job for job in self._jobs if job not in take]
         return take
 

@@ -39,14 +39,18 @@ class PooledModel:
     """A loaded model seen through a batcher: ``session`` gives a ``PooledScorer``; every
     other attribute is the model's."""
 
-    def __init__(self, model: Any, batcher: Batcher, shared: bool) -> None:
+    def __init__(self, model: Any, batcher: Batcher, shared: bool, order: int = 0) -> None:
         self.model = model
         self.batcher = batcher
         self.shared = shared
+        self.order = order
+        """Its rung's place in the ladder: the batcher runs deeper (cheaper) rungs' shared
+        passes first, so the target's gather every generation that reaches them."""
 
     def session(self, name: str, vocab: int | None = None) -> PooledScorer:
         """A fresh session of the model (its own cache) whose passes the batcher runs."""
-        return PooledScorer(self.model.session(name, vocab), self.batcher, self.shared)
+        scorer = self.model.session(name, vocab)
+        return PooledScorer(scorer, self.batcher, self.shared, self.order)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
@@ -56,9 +60,11 @@ def pooled_models(models: Mapping[str, Any], spec: Any, batcher: Batcher) -> dic
     """The loaded ``models`` (by rung name, target first) as one request of ``spec`` (its
     generation settings) sees them through ``batcher``."""
     greedy_lossless = spec.generation.sampling.greedy and spec.lossless
-    target = spec.target.name
+    place = {rung.name: i for i, rung in enumerate(spec.rungs)}
     return {
-        name: PooledModel(m, batcher, shares_passes(m, name == target, greedy_lossless))
+        name: PooledModel(
+            m, batcher, shares_passes(m, place.get(name) == 0, greedy_lossless), place.get(name, 0)
+        )
         for name, m in models.items()
     }
 
@@ -69,10 +75,11 @@ class PooledScorer:
     through one ragged pass (``LeanDecoder.many``); every other pass (token trees, other
     backends, sessions that must run alone) runs alone, in the same step."""
 
-    def __init__(self, scorer: Any, batcher: Batcher, shared: bool) -> None:
+    def __init__(self, scorer: Any, batcher: Batcher, shared: bool, order: int = 0) -> None:
         self.scorer = scorer
         self.name = scorer.name
         self.batcher = batcher
+        self.order = order
         lean = getattr(scorer, "lean", None)
         self.group: Hashable | None = None
         if shared and lean is not None and hasattr(scorer, "feed"):
@@ -87,7 +94,7 @@ class PooledScorer:
         if self.group is None:
             return self.batcher.submit(_alone, (self.scorer.score, (seq, start)))
         ids, keep = self.scorer.feed(seq, start)
-        logits = self.batcher.submit(_ragged, (self.scorer, ids, keep), self.group)
+        logits = self.batcher.submit(_ragged, (self.scorer, ids, keep), self.group, self.order)
         self.scorer.tokens = seq
         return logits
 
