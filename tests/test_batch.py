@@ -166,6 +166,8 @@ def test_passes_are_shared_across_requests(ladder):
     assert got == [alone(ladder, r) for r in batch]
     counts = ladder.batcher.counts
     assert counts.widest >= 2 and counts.passes < counts.jobs
+    target_passes, target_jobs = counts.shared[0]  # the batch-invariant int8 target's
+    assert target_passes < target_jobs
 
 
 def test_sharing_one_random_stream_across_requests_fails(ladder, monkeypatch):

@@ -47,6 +47,9 @@ def _side(results: list[Any], wall_s: float, batcher: Any = None) -> dict[str, A
     if batcher is not None:
         c = batcher.counts
         side |= {"steps": c.steps, "passes": c.passes, "jobs": c.jobs, "widest": c.widest}
+        side["shared_by_rung"] = {
+            str(k): {"passes": p, "jobs": j} for k, (p, j) in c.shared.items()
+        }
     return side
 
 
@@ -102,6 +105,7 @@ def run_concurrency(
         "dataset": ds.name,
         "ladder": spec.name,
         "machine": machine_info(),
+        "rungs": list(spec.rung_names),
         "requests": len(prompts),
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
@@ -128,6 +132,11 @@ def run_concurrency(
             f"{side['latency_p95_s']:.2f}",
         )
     console.print(table)
+    for rung, tally in sorted(many["shared_by_rung"].items()):
+        console.print(
+            f"rung {rung} ({results['rungs'][int(rung)]}): {tally['jobs']} passes of requests "
+            f"in {tally['passes']} shared passes"
+        )
     console.print(
         f"throughput {results['throughput_ratio']:.2f}x; passes {many['passes']} for "
         f"{many['jobs']} jobs in {many['steps']} steps (widest {many['widest']}); outputs "

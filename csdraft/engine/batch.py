@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -53,6 +53,8 @@ class BatchCounts:
     jobs: int = 0
     widest: int = 0
     """The most jobs that shared one pass."""
+    shared: dict[int, list[int]] = field(default_factory=dict)
+    """By order (``pooled``: the rung), the shared passes run and the jobs they took."""
 
 
 class Batcher:
@@ -191,3 +193,7 @@ class Batcher:
         c = self.counts
         c.steps, c.passes, c.jobs = c.steps + 1, c.passes + len(passes), c.jobs + len(jobs)
         c.widest = max(c.widest, *(len(p) for p in passes))
+        for together in passes:
+            if together[0].group is not None:
+                tally = c.shared.setdefault(together[0].order, [0, 0])
+                tally[0], tally[1] = tally[0] + 1, tally[1] + len(together)

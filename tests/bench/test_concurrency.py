@@ -20,6 +20,9 @@ def test_concurrency_run_reports_throughput_latency_and_identical_outputs(tiny_c
     many = results["together"]
     assert many["new_tokens"] == results["one_at_a_time"]["new_tokens"] > 0
     assert many["widest"] >= 2 and many["passes"] < many["jobs"]
+    shared = many["shared_by_rung"]  # float32 target: alone; its drafter (greedy): shared
+    assert "0" not in shared and shared["1"]["passes"] < shared["1"]["jobs"]
+    assert results["rungs"][1] == "tiny-d"
     assert many["latency_p50_s"] <= many["latency_p95_s"]
     assert json.loads(out.read_text())["concurrency"] == 3
 

@@ -62,6 +62,7 @@ def test_drafters_first_then_one_target_pass_for_all():
     assert passes == [("d", 2), ("d", 1), ("t", 3)]
     assert out[0] == ["d:(0, 0)", "t:(0, 1)"] and out[1] == ["t:(1, 0)"]
     assert batcher.counts.steps == 3 and batcher.counts.jobs == 6 and batcher.counts.widest == 3
+    assert batcher.counts.shared == {1: [2, 3], 0: [1, 3]}
 
 
 def test_jobs_that_run_alone_run_in_every_step_one_by_one():
