@@ -9,13 +9,16 @@ Which sessions share passes across sequences is decided here, once (``shares_pas
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from csdraft.engine.batch import Batcher
 from csdraft.engine.draft import Draft
+
+if TYPE_CHECKING:
+    from csdraft.spec import LadderSpec
 
 
 def shares_passes(model: Any, target: bool, greedy_lossless: bool) -> bool:
@@ -56,7 +59,7 @@ class PooledModel:
         return getattr(self.model, name)
 
 
-def pooled_models(models: Mapping[str, Any], spec: Any, batcher: Batcher) -> dict[str, Any]:
+def pooled_models(models: Mapping[str, Any], spec: LadderSpec, batcher: Batcher) -> dict[str, Any]:
     """The loaded ``models`` (by rung name, target first) as one request of ``spec`` (its
     generation settings) sees them through ``batcher``."""
     greedy_lossless = spec.generation.sampling.greedy and spec.lossless
@@ -83,7 +86,7 @@ class PooledScorer:
         lean = getattr(scorer, "lean", None)
         self.group: Hashable | None = None
         if shared and lean is not None and hasattr(scorer, "feed"):
-            self.group = (id(scorer.model), id(scorer.head))
+            self.group = (order, id(scorer.model), id(scorer.head))
 
     @property
     def scores_trees(self) -> bool:
