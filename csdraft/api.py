@@ -12,16 +12,18 @@ iterate over the events. The command line is a thin layer over this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from csdraft import trace
 from csdraft.engine import Cascade, Sampling, learn_bigram
+from csdraft.engine.batch import Batcher
 from csdraft.errors import CsdraftError, UsageError
 from csdraft.ladder import get_ladder
 from csdraft.models.interface import LoadedModel
+from csdraft.models.pooled import pooled_models
 from csdraft.spec import LadderSpec, build_cascade
 from csdraft.text import StopStrings
 from csdraft.trace import Commit, Event, Stats
@@ -64,6 +66,9 @@ class Ladder:
         self.spec = spec
         self.models = models
         self.bigram = bigram
+        self.batcher = Batcher()
+        """Batches the passes of generations running at once (``stream`` in several threads,
+        ``generate_many``): ``csdraft.engine.batch``."""
 
     @classmethod
     def load(cls, spec: LadderSpec, progress: bool = True) -> Ladder:
@@ -169,11 +174,50 @@ class Ladder:
     ) -> Iterator[Event]:
         """The events of one generation (text is encoded with the chat template unless
         ``raw``; token ids are used as they are). Settings default to the ladder's, or to
-        ``spec``'s: any validated spec over the loaded models (``spec.keep``, ``with_rung``...)."""
+        ``spec``'s: any validated spec over the loaded models (``spec.keep``, ``with_rung``...).
+        Generations streamed at once from several threads have their model passes batched
+        (``csdraft.engine.batch``), each output exactly what it is alone."""
         prompt_ids, n_new, cascade, stops = self._prepare(
             prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, raw, spec
         )
-        yield from cascade.generate(prompt_ids, n_new, self.eos_ids, stops)
+        yield from self.batcher.run(cascade.generate(prompt_ids, n_new, self.eos_ids, stops))
+
+    def generate_many(
+        self,
+        prompts: Sequence[str | Sequence[int] | Mapping[str, Any]],
+        max_new_tokens: int | None = None,
+        *,
+        concurrency: int = 4,
+        **options: Any,
+    ) -> list[Result]:
+        """``generate`` for every prompt, ``concurrency`` at a time, their passes batched
+        (``csdraft.engine.batch``): results in input order, each exactly what ``generate``
+        gives for its prompt alone. A prompt may be a mapping: ``{"prompt": ..., "seed": 3}``,
+        its own settings over ``options``. Every request is checked before any runs."""
+        import inspect
+        from concurrent.futures import ThreadPoolExecutor
+
+        keys = set(inspect.signature(self.stream).parameters)  # what one request may set
+        jobs = []
+        for item in prompts:
+            settings = {"max_new_tokens": max_new_tokens, **options}
+            settings |= dict(item) if isinstance(item, Mapping) else {"prompt": item}
+            if unknown := sorted(set(settings) - keys):
+                raise UsageError(f"unknown request setting(s) {', '.join(unknown)}")
+            if "prompt" not in settings:
+                raise UsageError("a request without a 'prompt'")
+            raw = settings.pop("raw", False)
+            ids = self.prompt_ids(settings.pop("prompt"), raw)
+            jobs.append((ids, settings))
+        for ids, settings in jobs:  # bad settings fail here, before anything runs
+            self._prepare(ids, **settings)
+
+        def run(job: tuple[list[int], dict[str, Any]]) -> Result:
+            ids, settings = job
+            return Result.of(list(self.stream(ids, **settings)), ids, self.tokenizer)
+
+        with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="csdraft") as pool:
+            return list(pool.map(run, jobs))
 
     def generate(
         self, prompt: str | Sequence[int], max_new_tokens: int | None = None, **options: Any
@@ -192,14 +236,14 @@ class Ladder:
     def _prepare(
         self,
         prompt: str | Sequence[int],
-        max_new_tokens: int | None,
-        temperature: float | None,
-        top_k: int | None,
-        top_p: float | None,
-        seed: int | None,
-        stop: Sequence[str],
-        raw: bool,
-        spec: LadderSpec | None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        raw: bool = False,
+        spec: LadderSpec | None = None,
     ) -> tuple[list[int], int, Cascade, StopStrings | None]:
         spec = self.runnable(spec).with_generation(
             max_new_tokens=max_new_tokens,
@@ -212,7 +256,9 @@ class Ladder:
         gen = spec.generation
         ids = self.prompt_ids(prompt, raw)
         self.check_length(ids, gen.max_new_tokens)
-        cascade = self.cascade(spec, gen.sampling)
+        cascade = build_cascade(
+            spec, pooled_models(self.models, spec, self.batcher), gen.sampling, None, self.bigram
+        )
         stops = StopStrings(self.tokenizer, list(gen.stop)) if gen.stop else None
         return ids, gen.max_new_tokens, cascade, stops
 

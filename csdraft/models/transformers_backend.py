@@ -81,11 +81,17 @@ class TransformersScorer:
 
     @torch.inference_mode()
     def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
-        keep = self._sync(seq, start - 1)
-        new = torch.from_numpy(np.ascontiguousarray(seq[keep:])).to(self.device)[None]
-        logits = self._forward(new, len(seq) - start + 1)
+        logits = self._forward(*self.feed(seq, start))
         self.tokens = seq
         return logits
+
+    @torch.inference_mode()
+    def feed(self, seq: np.ndarray, start: int) -> tuple[torch.Tensor, int]:
+        """``score``'s first half: crop the cache for ``seq``; the ids [1, n] a pass must feed
+        and how many last rows' logits it returns (a ragged pass's share, ``pooled``)."""
+        keep = self._sync(seq, start - 1)
+        new = torch.from_numpy(np.ascontiguousarray(seq[keep:])).to(self.device)[None]
+        return new, len(seq) - start + 1
 
     def _forward(
         self,
