@@ -416,13 +416,17 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(help="Requests that may wait for the ladder (429 beyond).", min=0)
     ] = 16,
+    concurrency: Annotated[
+        int,
+        typer.Option(help="Requests generating at once, passes batched (exact for each).", min=1),
+    ] = 4,
 ) -> None:
     """Serve the ladder over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
     /v1/models, /health, /metrics); the models load once, in the background. Needs the serve
     extra: pip install 'csdraft[serve]'. See docs/serve.md."""
     from csdraft.serve import run_serve
 
-    run_serve(ladder, config, host, port, api_key, max_queue)
+    run_serve(ladder, config, host, port, api_key, max_queue, concurrency)
 
 
 app.add_typer(tune_app, name="tune")

@@ -482,6 +482,8 @@ def _validate_generation(g: GenerationDefaults, fail: Callable[[str], None]) -> 
         value = getattr(g, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             fail(f"{key}: expected a whole number >= {least}, got {reprlib.repr(value)}")
+    if g.seed >= 2**64:  # torch's generators take 64-bit seeds
+        fail(f"seed: expected a whole number below 2**64, got {reprlib.repr(g.seed)}")
     check_sampling(g.temperature, g.top_k, g.top_p, fail)
     if not isinstance(g.stop, tuple) or not all(isinstance(s, str) and s for s in g.stop):
         fail(f"stop: expected a list of non-empty strings, got {reprlib.repr(g.stop)}")

@@ -30,6 +30,7 @@ def run_serve(
     port: int = 8000,
     api_key: str | None = None,
     max_queue: int = 16,
+    concurrency: int = 4,
 ) -> None:
     """Check the ladder, start the server at once (/health says 'loading'), load the models in
     the background, serve until SIGINT or SIGTERM (in-flight generations cancelled)."""
@@ -48,7 +49,9 @@ def run_serve(
         failure.append(message)
         server.should_exit = True
 
-    app = create_app(lambda: Ladder.load(spec, progress=True), api_key, max_queue, failed)
+    app = create_app(
+        lambda: Ladder.load(spec, progress=True), api_key, max_queue, failed, concurrency
+    )
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: object) -> None:

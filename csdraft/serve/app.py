@@ -34,10 +34,12 @@ MAX_BODY = 4 * 1024 * 1024
 class Server:
     """What the routes share: the ladder once loaded, the gate, the metrics, live jobs."""
 
-    def __init__(self, loader: Callable[[], Ladder], api_key: str | None, max_queue: int) -> None:
+    def __init__(
+        self, loader: Callable[[], Ladder], api_key: str | None, max_queue: int, concurrency: int
+    ) -> None:
         self.loader = loader
         self.api_key = api_key
-        self.gate = Gate(max_queue)
+        self.gate = Gate(max_queue, concurrency)
         self.metrics = Metrics()
         self.ladder: Ladder | None = None
         self.error: str | None = None
@@ -92,11 +94,12 @@ def create_app(
     api_key: str | None = None,
     max_queue: int = 16,
     on_load_error: Callable[[str], None] | None = None,
+    concurrency: int = 1,
 ) -> FastAPI:
     """The app serving the ladder ``ladder_loader`` returns (called once, in a thread started
     with the server). ``api_key``: required as a bearer token on /v1; ``max_queue``: requests
-    that may wait for the ladder beyond the one generating (429 beyond)."""
-    server = Server(ladder_loader, api_key, max_queue)
+    that may wait beyond the ``concurrency`` generating together (429 beyond)."""
+    server = Server(ladder_loader, api_key, max_queue, concurrency)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

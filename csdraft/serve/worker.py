@@ -19,14 +19,14 @@ _END = object()
 class Gate:
     """Where every generation takes its turn on the ladder, and the queue in front of it.
 
-    Today a Ladder runs one generation at a time, so ``turn`` is one lock: this is the single
-    place to swap for a batcher that lets concurrent ``Ladder.stream`` calls share passes.
-    ``max_queue`` requests may wait beyond the ones running; ``admit`` refuses the next."""
+    ``slots`` generations run at once: concurrent ``Ladder.stream`` calls share their model
+    passes (``csdraft.engine.batch``), each output exactly what it is alone. ``max_queue``
+    requests may wait beyond the ones running; ``admit`` refuses the next."""
 
     def __init__(self, max_queue: int, slots: int = 1) -> None:
         self.max_queue = max_queue
         self.slots = slots
-        self._ladder = threading.Lock()
+        self._ladder = threading.BoundedSemaphore(slots)
         self._count = threading.Lock()
         self.admitted = 0  # waiting or running
         self.running = 0

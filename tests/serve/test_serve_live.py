@@ -56,7 +56,9 @@ def metric(client, name: str, **labels) -> float:
     return 0.0
 
 
-def test_concurrent_requests_each_get_their_solo_output(ladder):
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_concurrent_requests_each_get_their_solo_output(ladder, concurrency):
+    """Queued (one slot) or generating together (their passes batched), each is exact."""
     requests = [
         ("/v1/completions", completion(max_tokens=16)),
         ("/v1/completions", completion(max_tokens=16, temperature=0.9, seed=7, stream=True)),
@@ -70,7 +72,7 @@ def test_concurrent_requests_each_get_their_solo_output(ladder):
         raw = "prompt" in body
         solo.append(ladder.generate(prompt, 16, raw=raw, **settings).token_ids)
     results: list = [None] * len(requests)
-    with live_server(ladder) as (url, _):
+    with live_server(ladder, concurrency=concurrency) as (url, _):
 
         def call(i: int) -> None:
             path, body = requests[i]
