@@ -162,7 +162,9 @@ class Space:
         """The text ``context`` (tokens of this space: committed text, then a draft) holds
         after the committed text, and the clean boundary it was read from; None when the
         context does not begin with the committed text."""
-        k = self.clean_before(min(common_prefix(context, np.asarray(self.tokens)), len(self.tokens)))
+        k = self.clean_before(
+            min(common_prefix(context, np.asarray(self.tokens)), len(self.tokens))
+        )
         head = self.text[self.mark(k) :]
         text = self.codec.decode(context[k:])
         if not text.startswith(head):
@@ -256,7 +258,10 @@ class Crossing:
     ) -> Draft:
         """Up to ``n`` tokens of ``reviewer``'s space continuing ``context``, drafted by
         ``drafter`` in its own space and crossed as text (a deterministic chain)."""
-        ours, theirs = self.spaces[self.space_of[reviewer]], self.spaces[self.space_of[drafter.index]]
+        ours, theirs = (
+            self.spaces[self.space_of[reviewer]],
+            self.spaces[self.space_of[drafter.index]],
+        )
         read = ours.read(context)
         if read is None:
             return Draft()

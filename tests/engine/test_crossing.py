@@ -158,7 +158,13 @@ class ScriptScorer:
     scores_trees = False
 
     def __init__(self, prompt: list[int], script: list[int], vocab: int, eos: int) -> None:
-        self.name, self.prompt, self.script, self.vocab, self.eos = "target", prompt, script, vocab, eos
+        self.name, self.prompt, self.script, self.vocab, self.eos = (
+            "target",
+            prompt,
+            script,
+            vocab,
+            eos,
+        )
 
     def next_of(self, ctx: np.ndarray) -> int:
         gen = [int(t) for t in ctx[len(self.prompt) :]]
