@@ -29,6 +29,7 @@ from engine_helpers import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_ladder import FOREIGN_EXTRA, bpe_tokenizer
 
 from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling
 from csdraft.engine.crossing import Codec, Crossing, Space
@@ -37,46 +38,22 @@ from csdraft.trace import Stats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CORPUS = (
-    "The quick brown fox jumps over the lazy dog. Naïve café owners serve crème brûlée; "
-    "数学很有趣 and 你好世界! def f(x):\n    return x * 2\n\n"
-) * 20
 DOC = (
     " Naïve café owners serve crème brûlée to the quick brown fox; 你好世界, 数学很有趣!\n"
     "def f(x):\n    return x * 2\n\nThe lazy dog jumps over the café."
 )
 
 
-def _bpe(size: int, extra: str):
-    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=size,
-        special_tokens=["<eos>", "<sep>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([CORPUS + extra], trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<eos>", additional_special_tokens=["<sep>"]
-    )
-
-
 @cache
 def tok_a():
     """The target's tokenizer: 300 tokens."""
-    return _bpe(300, "")
+    return bpe_tokenizer(300)
 
 
 @cache
 def tok_b():
     """The foreign drafter's: 330 tokens, other merges (extra words shift the statistics)."""
-    return _bpe(330, "zebra quokka fjord " * 40 + "brûlée 世界 " * 30)
+    return bpe_tokenizer(330, FOREIGN_EXTRA)
 
 
 def _chars(letters: str, merges: list[tuple[str, str]]):
