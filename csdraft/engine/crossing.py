@@ -59,6 +59,8 @@ class Codec:
         parts = codec.decode(codec.encode(PROBE[:cut])[0] + codec.encode(PROBE[cut:])[0])
         if whole != PROBE or parts != PROBE:
             return f"it does not decode its own encoding back to the same text ({whole[:24]!r})"
+        if codec.encode(PROBE)[1][-1] != len(PROBE):
+            return "its encodings' character offsets do not cover the text (trimmed offsets?)"
         return None
 
     def encode(self, text: str) -> tuple[list[int], list[int]]:
