@@ -126,8 +126,8 @@ class Space:
         """Any other space: append committed text, re-encoding from ``start()``."""
         self.text += piece
         k = self.start()
-        ids, ends = self.codec.encode(self.text[self.mark(k) :])
         c = self.mark(k)
+        ids, ends = self.codec.encode(self.text[c:])
         self.tokens = self.tokens[:k] + ids
         self.ends = self.ends[:k] + [e + c if e >= 0 else -1 for e in ends]
         self.stable = k
