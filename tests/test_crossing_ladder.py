@@ -33,3 +33,16 @@ def test_a_tokenizer_that_cannot_cross_is_refused(tmp_path):
     with pytest.raises(CsdraftError, match="tiny-f.*own tokenizer.*does not decode") as err:
         csdraft.load("mixed", config=config)
     assert "\n" not in str(err.value)
+
+
+def test_tree_extend_by_a_foreign_drafter_is_refused(tmp_path):
+    import yaml
+
+    from csdraft.errors import UsageError
+
+    config = make_mixed_ladder(tmp_path)
+    ladders = yaml.safe_load(config.read_text())
+    ladders["mixed"]["rungs"][0]["tree"] = {"budget": 8, "top_k": 1, "min_prob": 0.8, "extend": 2}
+    config.write_text(yaml.safe_dump(ladders))
+    with pytest.raises(UsageError, match="tree extend runs tiny-f, whose tokenizer differs"):
+        csdraft.load("mixed", config=config)
