@@ -60,7 +60,8 @@ class FirstTokenClock:
 
 class HFMethod:
     """transformers' own ``generate`` on the ladder's loaded target: plain greedy, assisted by
-    the largest drafter (transformers' default schedule), or prompt lookup."""
+    the largest drafter (transformers' default schedule; universal assisted generation, with
+    both tokenizers, where the drafter's tokenizer is not the target's), or prompt lookup."""
 
     lossless = True
 
@@ -107,7 +108,8 @@ class HFMethod:
             assistant = helper.model
             names.append(ladder.spec.drafters[0].name)
             kwargs["assistant_model"] = assistant
-        if self.mode == "universal":
+        foreign = self.assisted and helper.tokenizer is not ladder.tokenizer  # needs both
+        if self.mode == "universal" or foreign:
             kwargs.update(assistant_tokenizer=helper.tokenizer, tokenizer=ladder.tokenizer)
         elif self.mode == "lookup":
             kwargs["prompt_lookup_num_tokens"] = settings.pld_block
