@@ -46,3 +46,12 @@ def test_tree_extend_by_a_foreign_drafter_is_refused(tmp_path):
     config.write_text(yaml.safe_dump(ladders))
     with pytest.raises(UsageError, match="tree extend runs tiny-f, whose tokenizer differs"):
         csdraft.load("mixed", config=config)
+
+
+def test_tune_refuses_a_foreign_rung_in_one_line(tmp_path):
+    from csdraft.errors import UsageError
+    from csdraft.tune.calibration import calibrate
+
+    ladder = csdraft.load("mixed", config=make_mixed_ladder(tmp_path))
+    with pytest.raises(UsageError, match="tiny-f has its own tokenizer; tune and inspect"):
+        calibrate(ladder, [[5, 6, 7]], 4)
