@@ -78,19 +78,21 @@ class Ladder:
         invariant = spec.target.batch_invariant is not False  # a target's default
         target = load(spec.target, progress, batch_invariant=invariant)
         models = {spec.target.name: target}
-        target_print = None  # computed only if some drafter's tokenizer files differ
+        known: dict[str, Any] = {}  # fingerprint -> tokenizer, computed only where files differ
         for d in spec.drafters:
             loaded = load(d, progress, target, batch_invariant=d.batch_invariant is True)
             if loaded.tokenizer is not target.tokenizer:
-                target_print = target_print or tokenizer_fingerprint(target.tokenizer)
-                if tokenizer_fingerprint(loaded.tokenizer) != target_print:
-                    raise CsdraftError(
-                        f"ladder '{spec.name}': drafter '{d.name}' ({d.ref}) uses a different "
-                        f"tokenizer from the target '{spec.target.name}' ({spec.target.ref}); "
-                        "every rung must share the target's tokenizer"
-                    )
-            check_vocab(spec.name, d.name, loaded.vocab_size, len(target.tokenizer))
+                known = known or {tokenizer_fingerprint(target.tokenizer): target.tokenizer}
+                mark = tokenizer_fingerprint(loaded.tokenizer)
+                if mark not in known:  # another family: its drafts cross as text
+                    check_crossing(spec, d.name, d.ref, loaded.tokenizer)
+                known.setdefault(mark, loaded.tokenizer)
+                loaded.tokenizer = known[mark]  # one object per tokenizer: one token space
+            check_vocab(spec.name, d.name, loaded.vocab_size, len(loaded.tokenizer))
             models[d.name] = loaded
+        if len(known) > 1:
+            check_crossing(spec, spec.target.name, spec.target.ref, target.tokenizer)
+            _check_extenders(spec, models)
         bigram = None
         if spec.maxgram and spec.maxgram.bigram_text:
             lines = Path(spec.maxgram.bigram_text).expanduser().read_text().splitlines()
@@ -272,6 +274,35 @@ def _warn_slow_blocks(spec: LadderSpec, models: dict[str, LoadedModel]) -> None:
     message = slow_blocks_warning(models)
     if message:
         warn(message)
+
+
+def check_crossing(spec: LadderSpec, name: str, ref: str, tokenizer: Any) -> None:
+    """A one-line error unless rung ``name``'s tokenizer can take part in a crossing (a ladder
+    mixing tokenizers hands drafts over as text)."""
+    from csdraft.engine.crossing import Codec
+
+    if problem := Codec.problem(tokenizer):
+        raise CsdraftError(
+            f"ladder '{spec.name}': rung '{name}' ({ref}) has its own tokenizer, so drafts cross "
+            f"to or from it as text, but {problem}"
+        )
+
+
+def _check_extenders(spec: LadderSpec, models: dict[str, LoadedModel]) -> None:
+    """A tree's leaves are extended in its reviewer's tokens: never by a rung of another
+    tokenizer (a one-line error)."""
+    from csdraft.engine import kmatrix
+
+    for r, rung in enumerate(spec.rungs):
+        first = kmatrix.first_drafter(spec.k_matrix, r) if rung.tree and rung.tree.extend else None
+        if first is None:
+            continue
+        drafter = spec.rungs[first]
+        if models[drafter.name].tokenizer is not models[rung.name].tokenizer:
+            raise UsageError(
+                f"ladder '{spec.name}': {rung.name}'s tree extend runs {drafter.name}, whose "
+                "tokenizer differs from its own; drop extend or put a same-tokenizer drafter first"
+            )
 
 
 def check_vocab(ladder: str, drafter: str, rows: int, tokens: int) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling, kmatrix
+from csdraft.engine.crossing import Crossing
 from csdraft.engine.deferral import RULES, Deferral
 from csdraft.engine.tree import TreeSettings
 from csdraft.errors import UsageError
@@ -538,8 +539,24 @@ def build_cascade(
     """The engine's cascade for a validated ``spec``: every rung's proposer, fresh (its own
     cache), over the loaded models named by rung (``models[rung.name]``); ``bigram``: Max-Gram's
     fallback table. Sampling defaults to greedy, the seed to the spec's."""
+    crossing = _crossing(spec, models)
+    if crossing is not None and crossing.space_of[-1]:
+        bigram = None  # learned in the target's tokens; this Max-Gram works in another's
     rungs = [
         _PROPOSERS[r.kind](r, models.get(r.name), bigram, i == 0) for i, r in enumerate(spec.rungs)
     ]
     seed = spec.generation.seed if seed is None else seed
-    return Cascade(rungs, spec.k_matrix, sampling or Sampling(), seed)
+    return Cascade(rungs, spec.k_matrix, sampling or Sampling(), seed, crossing)
+
+
+def _crossing(spec: LadderSpec, models: Mapping[str, Any]) -> Crossing | None:
+    """The token spaces of a ladder whose model rungs do not all share the target's tokenizer
+    object (``Ladder.load`` gives rungs with equal tokenizers the same one), else None.
+    Max-Gram works in the tokens of the model rung above it."""
+    tokenizers = [
+        getattr(models.get(r.name), "tokenizer", None) if r.reviews else None for r in spec.rungs
+    ]
+    if tokenizers[0] is None or all(t is None or t is tokenizers[0] for t in tokenizers):
+        return None
+    widths = [models[r.name].vocab_size if r.reviews else None for r in spec.rungs]
+    return Crossing(tokenizers, widths)

@@ -60,29 +60,40 @@ class FirstTokenClock:
 
 class HFMethod:
     """transformers' own ``generate`` on the ladder's loaded target: plain greedy, assisted by
-    the largest drafter (transformers' default schedule), or prompt lookup."""
+    the largest drafter (transformers' default schedule; universal assisted generation, with
+    both tokenizers, where the drafter's tokenizer is not the target's), or prompt lookup."""
 
     lossless = True
 
     def __init__(self, name: str, description: str, mode: str) -> None:
         self.name = name
         self.description = description
-        self.mode = mode  # "generate" | "assisted" | "lookup"
+        self.mode = mode  # "generate" | "assisted" | "universal" | "lookup"
+
+    @property
+    def assisted(self) -> bool:
+        """Whether the ladder's largest drafter assists (``universal``: with its own tokenizer,
+        transformers' universal assisted generation)."""
+        return self.mode in ("assisted", "universal")
 
     def skip_reason(self, spec: LadderSpec, settings: Settings) -> str | None:
-        models = [spec.target, *spec.drafters[: 1 if self.mode == "assisted" else 0]]
+        models = [spec.target, *spec.drafters[: 1 if self.assisted else 0]]
         if any(m.backend != "transformers" for m in models):
             return "runs transformers' generate, so needs models on the transformers backend"
-        if self.mode == "assisted" and not spec.drafters:
+        if self.mode == "universal" and not settings.greedy:
+            return "transformers' universal assisted generation is greedy here"
+        if self.assisted and not spec.drafters:
             return "needs a neural drafter as assistant; the ladder has none"
         return None
 
     def config(self, spec: LadderSpec, settings: Settings) -> dict[str, Any]:
         out: dict[str, Any] = {"rungs": [spec.target.name], "transformers": "generate"}
         out["lossless"] = True
-        if self.mode == "assisted":
+        if self.assisted:
             out["rungs"].append(spec.drafters[0].name)
             out["assistant_model"] = spec.drafters[0].name
+        if self.mode == "universal":
+            out["assistant_tokenizer"] = spec.drafters[0].name
         if self.mode == "lookup":
             out["prompt_lookup_num_tokens"] = settings.pld_block
         return out
@@ -92,10 +103,14 @@ class HFMethod:
         names = [ladder.spec.target.name]
         kwargs: dict[str, Any] = {}
         assistant = None
-        if self.mode == "assisted":
-            assistant = ladder.models[ladder.spec.drafters[0].name].model
+        if self.assisted:
+            helper = ladder.models[ladder.spec.drafters[0].name]
+            assistant = helper.model
             names.append(ladder.spec.drafters[0].name)
             kwargs["assistant_model"] = assistant
+        foreign = self.assisted and helper.tokenizer is not ladder.tokenizer  # needs both
+        if self.mode == "universal" or foreign:
+            kwargs.update(assistant_tokenizer=helper.tokenizer, tokenizer=ladder.tokenizer)
         elif self.mode == "lookup":
             kwargs["prompt_lookup_num_tokens"] = settings.pld_block
         eos = ladder.eos_ids
