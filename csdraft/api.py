@@ -69,6 +69,7 @@ class Ladder:
     def load(cls, spec: LadderSpec, progress: bool = True) -> Ladder:
         """Load every model rung (preparing offline packs once) and check tokenizers match."""
         from csdraft.models import load, tokenizer_fingerprint
+        from csdraft.models.seq2seq import check_ladder as check_encoder_decoder
 
         invariant = spec.target.batch_invariant is not False  # a target's default
         target = load(spec.target, progress, batch_invariant=invariant)
@@ -86,6 +87,7 @@ class Ladder:
                     )
             check_vocab(spec.name, d.name, loaded.vocab_size, len(target.tokenizer))
             models[d.name] = loaded
+        check_encoder_decoder(spec, models)
         bigram = None
         if spec.maxgram and spec.maxgram.bigram_text:
             lines = Path(spec.maxgram.bigram_text).expanduser().read_text().splitlines()
@@ -118,8 +120,15 @@ class Ladder:
         return encode(self.tokenizer, text, raw)
 
     def check_length(self, prompt_ids: Sequence[int], max_new_tokens: int) -> None:
-        """A prompt that leaves no room for ``max_new_tokens`` is a usage error."""
+        """A prompt that leaves no room for ``max_new_tokens`` is a usage error (for an
+        encoder-decoder rung: an input or output past its own limits)."""
+        from csdraft.models.seq2seq import is_encoder_decoder, length_problem
+
         check_length(len(prompt_ids), max_new_tokens, self.context_length)
+        for name, model in self.models.items():
+            if is_encoder_decoder(model):
+                if problem := length_problem(name, model, len(prompt_ids), max_new_tokens):
+                    raise UsageError(problem)
 
     def cascade(
         self,
