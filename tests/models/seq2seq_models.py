@@ -12,12 +12,12 @@ TOKENIZER = tiny_tokenizer()
 EOS, PAD = TOKENIZER.eos_token_id, TOKENIZER.pad_token_id
 
 
-def t5_config(width: int = 32, layers: int = 2):
+def t5_config(width: int = 32, layers: int = 2, vocab: int = len(TOKENIZER)):
     """A tiny T5 config sized to ``TOKENIZER`` (relative positions: no length limit)."""
     from transformers import T5Config
 
     return T5Config(
-        vocab_size=len(TOKENIZER),
+        vocab_size=vocab,
         d_model=width,
         d_kv=8,
         d_ff=2 * width,
@@ -33,13 +33,13 @@ def t5_config(width: int = 32, layers: int = 2):
     )
 
 
-def bart_config(width: int = 32, layers: int = 2, positions: int = 64):
+def bart_config(width: int = 32, layers: int = 2, positions: int = 64, vocab: int = len(TOKENIZER)):
     """A tiny BART config sized to ``TOKENIZER`` (learned positions: ``positions`` at most);
     no forced tokens, so transformers' greedy ``generate`` is the plain argmax."""
     from transformers import BartConfig
 
     return BartConfig(
-        vocab_size=len(TOKENIZER),
+        vocab_size=vocab,
         d_model=width,
         encoder_layers=layers,
         decoder_layers=layers,
@@ -59,19 +59,29 @@ def bart_config(width: int = 32, layers: int = 2, positions: int = 64):
     )
 
 
+def random_model(config, seed: int) -> torch.nn.Module:
+    """A random model of ``config``, its matrices drawn wider than the default init so that
+    its greedy outputs vary (tied-looking tiny models repeat their input token)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+    return model.eval()
+
+
 def model_dir(path: Path, config, seed: int, base: Path | None = None, noise: float = 0.0):
     """Save a random model of ``config`` (or a copy of ``base`` with ``noise`` added to every
     weight, so its drafts often agree) with the tokenizer; returns ``path``."""
     from transformers import AutoModelForSeq2SeqLM
 
-    torch.manual_seed(seed)
     if base is None:
-        model = AutoModelForSeq2SeqLM.from_config(config)
-        with torch.no_grad():  # wider weights than the default init: varied greedy outputs
-            for p in model.parameters():
-                if p.dim() > 1:
-                    p.normal_(0.0, 0.3)
+        model = random_model(config, seed)
     else:
+        torch.manual_seed(seed)
         model = AutoModelForSeq2SeqLM.from_pretrained(base)
     if noise:
         with torch.no_grad():
