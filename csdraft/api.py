@@ -126,9 +126,11 @@ class Ladder:
 
         check_length(len(prompt_ids), max_new_tokens, self.context_length)
         for name, model in self.models.items():
-            if is_encoder_decoder(model):
-                if problem := length_problem(name, model, len(prompt_ids), max_new_tokens):
-                    raise UsageError(problem)
+            problem = is_encoder_decoder(model) and length_problem(
+                name, model, len(prompt_ids), max_new_tokens
+            )
+            if problem:
+                raise UsageError(problem)
 
     def cascade(
         self,

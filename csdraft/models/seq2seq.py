@@ -23,6 +23,13 @@ import torch
 from csdraft.engine.proposer import common_prefix
 from csdraft.errors import UsageError
 
+EXPLAIN = (
+    "encoder-decoder ladder: each model rung passes the prompt through its encoder once per "
+    "generation; drafts, reviews and caches are over decoder tokens (the output so far after "
+    "the decoder start token); Max-Gram matches over the prompt and the output"
+)
+"""What ``inspect`` says of an encoder-decoder ladder."""
+
 
 def is_encoder_decoder(model: Any) -> bool:
     """Whether a loaded model (any backend) is an encoder-decoder."""
@@ -109,9 +116,7 @@ def limits(config: Any) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def length_problem(
-    name: str, model: Any, prompt_tokens: int, max_new_tokens: int
-) -> str | None:
+def length_problem(name: str, model: Any, prompt_tokens: int, max_new_tokens: int) -> str | None:
     """Why an encoder-decoder rung cannot take a ``prompt_tokens`` input and decode
     ``max_new_tokens`` tokens (its encoder and decoder limits), or None."""
     limit = limits(model.model.config)

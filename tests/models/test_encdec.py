@@ -53,7 +53,11 @@ def ladders(dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("yaml")
     out = {}
     for arch, d in dirs.items():
-        path = ladder_yaml(root / f"{arch}.yaml", [d["target"], d["near"], d["far"]], [[1, 1, 1], [0, 1, 1], [0, 0, 1]])
+        path = ladder_yaml(
+            root / f"{arch}.yaml",
+            [d["target"], d["near"], d["far"]],
+            [[1, 1, 1], [0, 1, 1], [0, 0, 1]],
+        )
         out[arch] = api.load(config=path)
     return out
 
@@ -87,7 +91,9 @@ prompts = st.one_of(
 )  # fmt: skip
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(arch=st.sampled_from(["t5", "bart"]), ladder=sub_ladders(), prompt=prompts,
        n=st.integers(1, 16))  # fmt: skip
 def test_greedy_equals_the_targets_generate(dirs, ladders, arch, ladder, prompt, n):
@@ -158,7 +164,9 @@ def test_cropped_cache_scores_as_a_fresh_one(ladders, arch):
 def test_a_prompt_longer_than_a_drafters_limit_is_one_line(dirs, tmp_path):
     """A T5 target (no length limit) over a BART drafter of 16 positions."""
     short = model_dir(tmp_path / "bart16", bart_config(positions=16), 4)
-    lad = api.load(config=ladder_yaml(tmp_path / "l.yaml", [dirs["t5"]["target"], short], [[2, 1], [0, 2]]))
+    lad = api.load(
+        config=ladder_yaml(tmp_path / "l.yaml", [dirs["t5"]["target"], short], [[2, 1], [0, 2]])
+    )
     with pytest.raises(UsageError, match=r"prompt is 20 tokens; model 'd1' .* at most 16"):
         lad.generate(list(range(3, 23)), 4)
     with pytest.raises(UsageError, match=r"--max-new-tokens 30 exceeds model 'd1'"):
