@@ -163,3 +163,21 @@ def test_inspect_explains_an_encoder_decoder_ladder(t5, monkeypatch):
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "encoder-decoder ladder" in result.output
     assert "predicted speedup" in result.output
+
+
+def test_the_documented_flan_t5_ladder_is_valid(tmp_path):
+    """docs/encoder-decoder.md's ladder for hub users parses and validates (nothing loads)."""
+    from pathlib import Path
+
+    from csdraft.ladder import get_ladder
+
+    doc = (Path(__file__).parents[2] / "docs" / "encoder-decoder.md").read_text()
+    block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "flan.yaml").write_text(block)
+    spec = get_ladder("flan-t5", tmp_path / "flan.yaml")
+    assert [r.ref for r in spec.rungs[:3]] == [
+        "google/flan-t5-xl",
+        "google/flan-t5-base",
+        "google/flan-t5-small",
+    ]
+    assert spec.maxgram is not None
