@@ -434,7 +434,7 @@ def _prompt_entry(
 
     def margin_at(pos: int) -> float:
         if pos not in margins:
-            margins[pos] = exactness.top2_margin(target, ids + ar_ids[:pos])
+            margins[pos] = exactness.top2_margin(target, ids + ar_ids[:pos], len(ids))
         return margins[pos]
 
     records = {}

@@ -103,10 +103,15 @@ class Seq2SeqScorer:
         return out.logits[0, -(len(seq) - start + 1) :].float().cpu()
 
 
-def next_logits(model: torch.nn.Module, context: Sequence[int]) -> torch.Tensor:
-    """float32 logits of the first output token for the input ``context`` (no cache)."""
+def next_logits(
+    model: torch.nn.Module, context: Sequence[int], prompt_tokens: int | None = None
+) -> torch.Tensor:
+    """float32 logits of the token after ``context``, whose first ``prompt_tokens`` (None: all)
+    are the input and the rest the output so far (a fresh scorer: no cache kept)."""
+    seq = np.asarray(context, dtype=np.int64)
     scorer = Seq2SeqScorer(model, "next")
-    return scorer.score(np.asarray(context, dtype=np.int64), len(context))[-1]
+    scorer.begin(seq[: len(seq) if prompt_tokens is None else prompt_tokens])
+    return scorer.score(seq, len(seq))[-1]
 
 
 def limits(config: Any) -> int | None:

@@ -260,7 +260,7 @@ class TransformersModel:
             for m in self.model.modules()
         )
 
-    def next_logits(self, context: Sequence[int]) -> torch.Tensor:
+    def next_logits(self, context: Sequence[int], prompt_tokens: int | None = None) -> torch.Tensor:
         """float32 logits of the token after ``context`` (one forward pass, no cache)."""
         device = next(self.model.parameters()).device
         with torch.inference_mode():
@@ -457,11 +457,12 @@ class Seq2SeqModel(TransformersModel):
             raise UsageError(f"{self.ref}: an encoder-decoder has no draft vocabulary; drop vocab")
         return Seq2SeqScorer(self.model, name)
 
-    def next_logits(self, context: Sequence[int]) -> torch.Tensor:
-        """float32 logits of the first output token for the input ``context``."""
+    def next_logits(self, context: Sequence[int], prompt_tokens: int | None = None) -> torch.Tensor:
+        """float32 logits of the token after ``context``, its first ``prompt_tokens`` the input
+        (None: all of it, so the logits of the first output token)."""
         from csdraft.models.seq2seq import next_logits
 
-        return next_logits(self.model, context)
+        return next_logits(self.model, context, prompt_tokens)
 
     @property
     def context_length(self) -> None:

@@ -121,7 +121,7 @@ def test_a_wrong_decoder_start_is_caught(dirs, ladders, monkeypatch):
 
 
 def test_the_encoder_runs_once_per_rung_and_rejected_drafts_are_cropped(dirs, ladders):
-    lad = ladders["bart"]
+    lad = ladders["t5"]
     encoders = {name: m.model.get_encoder() for name, m in lad.models.items()}
     calls = dict.fromkeys(encoders, 0)
     hooks = [
@@ -129,7 +129,7 @@ def test_the_encoder_runs_once_per_rung_and_rejected_drafts_are_cropped(dirs, la
         for name, enc in encoders.items()
     ]
     try:
-        prompt = [7, 8, 9, 7, 8, 9, 7, 8]
+        prompt = [10, 20, 30, 10, 20, 30]
         events = list(lad.stream(prompt, 24))
     finally:
         for h in hooks:
@@ -138,7 +138,7 @@ def test_the_encoder_runs_once_per_rung_and_rejected_drafts_are_cropped(dirs, la
     rejected = sum(len(e.rejected) for e in events if isinstance(e, Commit))
     assert rejected > 0  # the far drafter's drafts were refused, so caches were cropped
     got = [t for e in events if isinstance(e, Commit) for t in e.tokens]
-    assert got == want(dirs, "bart", prompt, 24)
+    assert got == want(dirs, "t5", prompt, 24)
 
 
 @pytest.mark.parametrize("arch", ["t5", "bart"])
@@ -172,3 +172,51 @@ def test_a_prompt_longer_than_a_drafters_limit_is_one_line(dirs, tmp_path):
     with pytest.raises(UsageError, match=r"--max-new-tokens 30 exceeds model 'd1'"):
         lad.generate([5, 6], 30)
     assert lad.generate([5, 6, 7], 8).token_ids == want(dirs, "t5", [5, 6, 7], 8)
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_next_logits_reads_the_prompt_apart(ladders, arch):
+    """``next_logits(prompt + output, len(prompt))`` (the margins bench and tune report at a
+    divergence) are the logits after the output; reading the whole context as the prompt
+    gives other ones."""
+    from csdraft import exactness
+
+    model, prompt, out = ladders[arch].target, [7, 8, 9, 7, 8], [20, 21, 22]
+    dec = torch.tensor([[model.model.config.decoder_start_token_id, *out]])
+    with torch.inference_mode():
+        ref = model.model(input_ids=torch.tensor([prompt]), decoder_input_ids=dec).logits[0, -1]
+    got = model.next_logits(prompt + out, len(prompt))
+    torch.testing.assert_close(got, ref.float(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(model.next_logits(prompt + out), got, atol=1e-3)
+    top = got.topk(2).values
+    assert exactness.top2_margin(model, prompt + out, len(prompt)) == pytest.approx(
+        float(top[0] - top[1])
+    )
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_scores_equal_one_full_forward_pass(ladders, arch):
+    """Scored as the engine scores (blocks, a rejection, the cache cropped and refilled), every
+    row of logits equals the model's own uncached forward pass over the prompt and
+    [decoder start] + the output: positions and caches right whatever the greedy outputs
+    (the tiny random BART repeats itself, so equal outputs alone would prove less)."""
+    model = ladders[arch].target
+    prompt = [4, 5, 6, 7, 8]
+    p = len(prompt)
+    session = model.session("s")
+    session.begin(prompt)
+    calls = [  # (output so far + draft, tokens of it already final)
+        ([10, 11, 12], 0),
+        ([10, 11, 12, 13, 14, 15], 3),
+        ([10, 11, 30, 31], 2),  # 12.. rejected
+        ([10, 11, 30, 31, 32, 33, 34], 4),
+        ([10, 11, 30, 40], 3),
+    ]
+    full = model.model.eval()
+    for out, final in calls:
+        got = session.score(np.array(prompt + out, dtype=np.int64), p + final)
+        dec = torch.tensor([[full.config.decoder_start_token_id, *out]])
+        with torch.inference_mode():
+            ref = full(input_ids=torch.tensor([prompt]), decoder_input_ids=dec).logits[0].float()
+        torch.testing.assert_close(got, ref[final:], atol=1e-5, rtol=1e-5)
+    assert session.encoder_passes == 1
