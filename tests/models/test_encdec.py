@@ -76,12 +76,20 @@ def want(dirs, arch: str, prompt: list[int], n: int) -> list[int]:
 def sub_ladders(draw):
     """A sub-ladder (the target, 0-2 of near/far, Max-Gram or not) and a k-matrix over it:
     row r (the target, then each neural drafter above another drafting rung) may take from the
-    drafting rungs below it."""
+    drafting rungs below it; and per neural drafter its lenience, min_confidence and window."""
     neural = draw(st.sampled_from([[], ["d1"], ["d2"], ["d1", "d2"]]))
     names = neural + (["max-gram"] if draw(st.booleans()) else [])
     rows = min(1 + len(neural), len(names))  # the rungs with drafting rungs below them
     k = [[draw(st.integers(0, 5)) if c >= r else 0 for c in range(len(names))] for r in range(rows)]
-    return names, (k if names else [])
+    rungs = {
+        name: dict(
+            lenience=draw(st.sampled_from([1.0, 2.0])),
+            min_confidence=draw(st.sampled_from([0.0, 0.5])),
+            window=draw(st.sampled_from([None, 3])),
+        )
+        for name in neural
+    }
+    return names, (k if names else []), rungs
 
 
 prompts = st.one_of(
@@ -92,15 +100,18 @@ prompts = st.one_of(
 
 
 @settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(arch=st.sampled_from(["t5", "bart"]), ladder=sub_ladders(), prompt=prompts,
        n=st.integers(1, 16))  # fmt: skip
 def test_greedy_equals_the_targets_generate(dirs, ladders, arch, ladder, prompt, n):
-    names, k = ladder
+    names, k, rungs = ladder
     lad = ladders[arch]
-    result = lad.generate(prompt, n, spec=lad.spec.keep(names, k))
-    assert result.token_ids == want(dirs, arch, prompt, n), (names, k)
+    spec = lad.spec.keep(names, k)
+    for name, settings_ in rungs.items():
+        spec = spec.with_rung(name, **settings_)
+    result = lad.generate(prompt, n, spec=spec)
+    assert result.token_ids == want(dirs, arch, prompt, n), (names, k, rungs)
 
 
 def test_a_wrong_decoder_start_is_caught(dirs, ladders, monkeypatch):
@@ -220,3 +231,16 @@ def test_scores_equal_one_full_forward_pass(ladders, arch):
             ref = full(input_ids=torch.tensor([prompt]), decoder_input_ids=dec).logits[0].float()
         torch.testing.assert_close(got, ref[final:], atol=1e-5, rtol=1e-5)
     assert session.encoder_passes == 1
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_a_drafter_equal_to_the_target_has_every_draft_kept(dirs, tmp_path, arch):
+    """The drafter side of the mapping: a drafter that is the target drafts exactly the
+    target's tokens (blocks of 4: a quarter of the target passes, every proposal kept)."""
+    path = ladder_yaml(tmp_path / "same.yaml", [dirs[arch]["target"]] * 2, [[4]], maxgram=False)
+    prompt = [10, 20, 30, 10, 20, 30]
+    result = api.load(config=path).generate(prompt, 16)
+    assert result.token_ids == want(dirs, arch, prompt, 16)
+    stats = result.stats
+    assert stats.proposed[0] > 0 and stats.accepted[0] == stats.proposed[0]
+    assert stats.target_forwards == -(-len(result.token_ids) // 5)
