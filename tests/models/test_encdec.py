@@ -244,3 +244,14 @@ def test_a_drafter_equal_to_the_target_has_every_draft_kept(dirs, tmp_path, arch
     stats = result.stats
     assert stats.proposed[0] > 0 and stats.accepted[0] == stats.proposed[0]
     assert stats.target_forwards == -(-len(result.token_ids) // 5)
+
+
+@pytest.mark.parametrize("name", ["hf-generate", "hf-assisted"])
+def test_benchs_transformers_baselines_read_the_output_after_the_start_token(dirs, ladders, name):
+    """bench's ``hf-generate`` and ``hf-assisted`` (the largest drafter assisting) on a T5
+    ladder give the target's greedy output (not its decoder start token, not the prompt)."""
+    from csdraft.bench.methods import METHODS, Settings
+
+    lad, prompt = ladders["t5"], [10, 20, 30, 10, 20, 30]
+    outcome = METHODS[name].runner(lad, Settings())(prompt, 12)
+    assert outcome.ids == want(dirs, "t5", prompt, 12)
