@@ -92,6 +92,24 @@ def model_dir(path: Path, config, seed: int, base: Path | None = None, noise: fl
     return path
 
 
+def truncated_dir(path: Path, base: Path, layers: int = 1) -> Path:
+    """Save a smaller model made of ``base``'s first ``layers`` encoder and decoder layers (its
+    embeddings, norms and head too): a smaller drafter that still agrees with ``base`` at
+    times."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    full = AutoModelForSeq2SeqLM.from_pretrained(base)
+    config = full.config.to_dict()
+    for key in ("num_layers", "num_decoder_layers", "encoder_layers", "decoder_layers"):
+        if key in config:
+            config[key] = layers
+    small = AutoModelForSeq2SeqLM.from_config(type(full.config).from_dict(config))
+    small.load_state_dict(full.state_dict(), strict=False)  # the layers past ``layers`` go
+    small.save_pretrained(path)
+    TOKENIZER.save_pretrained(path)
+    return path
+
+
 def reference(path: Path, prompt: list[int], max_new_tokens: int) -> list[int]:
     """transformers' own greedy ``generate`` of the model at ``path`` (float32), without the
     decoder start token, cut after the first eos (as the engine stops there)."""

@@ -16,6 +16,7 @@ from seq2seq_models import (
     model_dir,
     reference,
     t5_config,
+    truncated_dir,
 )
 from test_cli import one_line_error, run
 from tiny_ladder import tiny_model_dir
@@ -35,15 +36,16 @@ def _env(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def t5(tmp_path_factory):
-    """A T5 target, two smaller-or-noisier T5 drafters, Max-Gram: the ladder file and dirs."""
+    """A T5 target (2 layers, 32 wide), two smaller T5 drafters (its first layer alone; a
+    random 1-layer 16-wide model) and Max-Gram: the ladder file and the target's folder."""
     root = tmp_path_factory.mktemp("t5-cli")
     target = model_dir(root / "target", t5_config(), 0)
-    near = model_dir(root / "near", t5_config(), 1, base=target, noise=0.05)
+    near = truncated_dir(root / "near", target, 1)
     small = model_dir(root / "small", t5_config(16, 1), 2)
     path = ladder_yaml(
         root / "ladder.yaml", [target, near, small], [[3, 1, 2], [0, 2, 2], [0, 0, 3]]
     )
-    return {"yaml": path, "target": target, "near": near, "root": root}
+    return {"yaml": path, "target": target}
 
 
 def edited(t5, tmp_path, change) -> str:
