@@ -145,9 +145,13 @@ class Ladder:
 
     def runnable(self, spec: LadderSpec | None) -> LadderSpec:
         """``spec`` (default: the ladder's), checked to run on the models loaded here: every
-        model rung's model, dtype, device and backend as loaded (a one-line UsageError)."""
+        model rung's model, dtype, device and backend as loaded, and what encoder-decoder
+        models allow (``seq2seq.check_ladder``) (a one-line UsageError)."""
+        from csdraft.models.seq2seq import check_ladder as check_encoder_decoder
+
         if spec is None:
             return self.spec
+        check_encoder_decoder(spec, self.models)
         loaded = {r.name: r for r in self.spec.rungs}
         for rung in spec.rungs:
             have = loaded.get(rung.name)

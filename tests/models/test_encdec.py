@@ -255,3 +255,17 @@ def test_benchs_transformers_baselines_read_the_output_after_the_start_token(dir
     lad, prompt = ladders["t5"], [10, 20, 30, 10, 20, 30]
     outcome = METHODS[name].runner(lad, Settings())(prompt, 12)
     assert outcome.ids == want(dirs, "t5", prompt, 12)
+
+
+def test_a_spec_with_trees_or_a_draft_vocabulary_is_refused_on_the_loaded_ladder(ladders):
+    """Specs made after loading (bench's methods, a request's) meet the same rule, in one
+    line: ``Ladder.runnable`` (bench then skips such a method with this reason)."""
+    from csdraft.engine.tree import TreeSettings
+
+    lad = ladders["t5"]
+    for spec, needle in (
+        (lad.spec.with_rung("target", tree=TreeSettings()), "has a tree"),
+        (lad.spec.with_rung("d1", vocab=40), "has a draft vocabulary"),
+    ):
+        with pytest.raises(UsageError, match=needle):
+            lad.generate([5, 6, 7], 4, spec=spec)
