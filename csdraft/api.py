@@ -74,6 +74,7 @@ class Ladder:
     def load(cls, spec: LadderSpec, progress: bool = True) -> Ladder:
         """Load every model rung (preparing offline packs once) and check tokenizers match."""
         from csdraft.models import load, tokenizer_fingerprint
+        from csdraft.models.seq2seq import check_ladder as check_encoder_decoder
 
         invariant = spec.target.batch_invariant is not False  # a target's default
         target = load(spec.target, progress, batch_invariant=invariant)
@@ -93,6 +94,7 @@ class Ladder:
         if len(known) > 1:
             check_crossing(spec, spec.target.name, spec.target.ref, target.tokenizer)
             _check_extenders(spec, models)
+        check_encoder_decoder(spec, models)
         bigram = None
         if spec.maxgram and spec.maxgram.bigram_text:
             lines = Path(spec.maxgram.bigram_text).expanduser().read_text().splitlines()
@@ -125,8 +127,17 @@ class Ladder:
         return encode(self.tokenizer, text, raw)
 
     def check_length(self, prompt_ids: Sequence[int], max_new_tokens: int) -> None:
-        """A prompt that leaves no room for ``max_new_tokens`` is a usage error."""
+        """A prompt that leaves no room for ``max_new_tokens`` is a usage error (for an
+        encoder-decoder rung: an input or output past its own limits)."""
+        from csdraft.models.seq2seq import is_encoder_decoder, length_problem
+
         check_length(len(prompt_ids), max_new_tokens, self.context_length)
+        for name, model in self.models.items():
+            problem = is_encoder_decoder(model) and length_problem(
+                name, model, len(prompt_ids), max_new_tokens
+            )
+            if problem:
+                raise UsageError(problem)
 
     def cascade(
         self,
@@ -141,9 +152,13 @@ class Ladder:
 
     def runnable(self, spec: LadderSpec | None) -> LadderSpec:
         """``spec`` (default: the ladder's), checked to run on the models loaded here: every
-        model rung's model, dtype, device and backend as loaded (a one-line UsageError)."""
+        model rung's model, dtype, device and backend as loaded, and what encoder-decoder
+        models allow (``seq2seq.check_ladder``) (a one-line UsageError)."""
+        from csdraft.models.seq2seq import check_ladder as check_encoder_decoder
+
         if spec is None:
             return self.spec
+        check_encoder_decoder(spec, self.models)
         loaded = {r.name: r for r in self.spec.rungs}
         for rung in spec.rungs:
             have = loaded.get(rung.name)

@@ -180,6 +180,8 @@ def run_inspect(
     from csdraft.api import Ladder
     from csdraft.console import report_console, task_progress
     from csdraft.ladder import get_ladder
+    from csdraft.models.seq2seq import EXPLAIN as ENCODER_DECODER
+    from csdraft.models.seq2seq import is_encoder_decoder
     from csdraft.tune import (
         AnalyticModel,
         Replay,
@@ -198,6 +200,8 @@ def run_inspect(
         out.print(Text(spec.description, style="dim"))
     out.print(models_table(loaded))
     out.print("tokenizers: all rungs share the target's (fingerprints equal)")
+    if is_encoder_decoder(loaded.target):
+        out.print(ENCODER_DECODER, highlight=False)
     for line in k_matrix_lines(spec):
         out.print(line, highlight=False)
     if sample <= 0:

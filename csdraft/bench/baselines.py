@@ -127,13 +127,15 @@ class HFMethod:
             kwargs.update(do_sample=True, temperature=settings.temperature, top_k=0, top_p=1.0)
         device = next(target.parameters()).device
         tok = ladder.tokenizer
+        seq2seq = bool(target.config.is_encoder_decoder)  # its output: start token, new tokens
 
         def run(prompt_ids: list[int], max_new_tokens: int) -> Outcome:
             ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
             if not settings.greedy:
                 torch.manual_seed(settings.seed)
             if settings.until_answer:
-                kwargs["stopping_criteria"] = [_answer_criterion(tok, len(prompt_ids))]
+                skip = 1 if seq2seq else len(prompt_ids)
+                kwargs["stopping_criteria"] = [_answer_criterion(tok, skip)]
             with (
                 quiet_transformers(),
                 count_forwards(target) as n_target,
@@ -149,7 +151,7 @@ class HFMethod:
                     **kwargs,
                 )
                 wall = time.perf_counter() - start
-            new = out[0, len(prompt_ids) :].tolist()
+            new = out[0, 1 if seq2seq else len(prompt_ids) :].tolist()
             cut = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
             if settings.until_answer:
                 cut = min(cut, answer_cut(tok, new) or cut)
@@ -283,7 +285,8 @@ class LlamaCppMethod:
 
 def _answer_criterion(tokenizer: Any, prompt_tokens: int) -> Any:
     """transformers' StoppingCriteria ending generate at a finished answer (``FINISHED_ANSWER``)
-    in the generated text (the runner then cuts at the same token ``answer_cut`` finds)."""
+    in the generated text (the runner then cuts at the same token ``answer_cut`` finds);
+    ``prompt_tokens``: the ids before the generated ones (an encoder-decoder's: its start token)."""
     from transformers import StoppingCriteria
 
     from csdraft.bench.data import FINISHED_ANSWER
