@@ -12,16 +12,18 @@ iterate over the events. The command line is a thin layer over this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from csdraft import trace
 from csdraft.engine import Cascade, Sampling, learn_bigram
+from csdraft.engine.batch import Batcher
 from csdraft.errors import CsdraftError, UsageError
 from csdraft.ladder import get_ladder
 from csdraft.models.interface import LoadedModel
+from csdraft.models.pooled import pooled_models
 from csdraft.spec import LadderSpec, build_cascade
 from csdraft.text import StopStrings
 from csdraft.trace import Commit, Event, Stats
@@ -64,28 +66,35 @@ class Ladder:
         self.spec = spec
         self.models = models
         self.bigram = bigram
+        self.batcher = Batcher()
+        """Batches the passes of generations running at once (``stream`` in several threads,
+        ``generate_many``): ``csdraft.engine.batch``."""
 
     @classmethod
     def load(cls, spec: LadderSpec, progress: bool = True) -> Ladder:
         """Load every model rung (preparing offline packs once) and check tokenizers match."""
         from csdraft.models import load, tokenizer_fingerprint
+        from csdraft.models.seq2seq import check_ladder as check_encoder_decoder
 
         invariant = spec.target.batch_invariant is not False  # a target's default
         target = load(spec.target, progress, batch_invariant=invariant)
         models = {spec.target.name: target}
-        target_print = None  # computed only if some drafter's tokenizer files differ
+        known: dict[str, Any] = {}  # fingerprint -> tokenizer, computed only where files differ
         for d in spec.drafters:
             loaded = load(d, progress, target, batch_invariant=d.batch_invariant is True)
             if loaded.tokenizer is not target.tokenizer:
-                target_print = target_print or tokenizer_fingerprint(target.tokenizer)
-                if tokenizer_fingerprint(loaded.tokenizer) != target_print:
-                    raise CsdraftError(
-                        f"ladder '{spec.name}': drafter '{d.name}' ({d.ref}) uses a different "
-                        f"tokenizer from the target '{spec.target.name}' ({spec.target.ref}); "
-                        "every rung must share the target's tokenizer"
-                    )
-            check_vocab(spec.name, d.name, loaded.vocab_size, len(target.tokenizer))
+                known = known or {tokenizer_fingerprint(target.tokenizer): target.tokenizer}
+                mark = tokenizer_fingerprint(loaded.tokenizer)
+                if mark not in known:  # another family: its drafts cross as text
+                    check_crossing(spec, d.name, d.ref, loaded.tokenizer)
+                known.setdefault(mark, loaded.tokenizer)
+                loaded.tokenizer = known[mark]  # one object per tokenizer: one token space
+            check_vocab(spec.name, d.name, loaded.vocab_size, len(loaded.tokenizer))
             models[d.name] = loaded
+        if len(known) > 1:
+            check_crossing(spec, spec.target.name, spec.target.ref, target.tokenizer)
+            _check_extenders(spec, models)
+        check_encoder_decoder(spec, models)
         bigram = None
         if spec.maxgram and spec.maxgram.bigram_text:
             lines = Path(spec.maxgram.bigram_text).expanduser().read_text().splitlines()
@@ -118,8 +127,17 @@ class Ladder:
         return encode(self.tokenizer, text, raw)
 
     def check_length(self, prompt_ids: Sequence[int], max_new_tokens: int) -> None:
-        """A prompt that leaves no room for ``max_new_tokens`` is a usage error."""
+        """A prompt that leaves no room for ``max_new_tokens`` is a usage error (for an
+        encoder-decoder rung: an input or output past its own limits)."""
+        from csdraft.models.seq2seq import is_encoder_decoder, length_problem
+
         check_length(len(prompt_ids), max_new_tokens, self.context_length)
+        for name, model in self.models.items():
+            problem = is_encoder_decoder(model) and length_problem(
+                name, model, len(prompt_ids), max_new_tokens
+            )
+            if problem:
+                raise UsageError(problem)
 
     def cascade(
         self,
@@ -134,9 +152,13 @@ class Ladder:
 
     def runnable(self, spec: LadderSpec | None) -> LadderSpec:
         """``spec`` (default: the ladder's), checked to run on the models loaded here: every
-        model rung's model, dtype, device and backend as loaded (a one-line UsageError)."""
+        model rung's model, dtype, device and backend as loaded, and what encoder-decoder
+        models allow (``seq2seq.check_ladder``) (a one-line UsageError)."""
+        from csdraft.models.seq2seq import check_ladder as check_encoder_decoder
+
         if spec is None:
             return self.spec
+        check_encoder_decoder(spec, self.models)
         loaded = {r.name: r for r in self.spec.rungs}
         for rung in spec.rungs:
             have = loaded.get(rung.name)
@@ -169,11 +191,50 @@ class Ladder:
     ) -> Iterator[Event]:
         """The events of one generation (text is encoded with the chat template unless
         ``raw``; token ids are used as they are). Settings default to the ladder's, or to
-        ``spec``'s: any validated spec over the loaded models (``spec.keep``, ``with_rung``...)."""
+        ``spec``'s: any validated spec over the loaded models (``spec.keep``, ``with_rung``...).
+        Generations streamed at once from several threads have their model passes batched
+        (``csdraft.engine.batch``), each output exactly what it is alone."""
         prompt_ids, n_new, cascade, stops = self._prepare(
             prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, raw, spec
         )
-        yield from cascade.generate(prompt_ids, n_new, self.eos_ids, stops)
+        yield from self.batcher.run(cascade.generate(prompt_ids, n_new, self.eos_ids, stops))
+
+    def generate_many(
+        self,
+        prompts: Sequence[str | Sequence[int] | Mapping[str, Any]],
+        max_new_tokens: int | None = None,
+        *,
+        concurrency: int = 4,
+        **options: Any,
+    ) -> list[Result]:
+        """``generate`` for every prompt, ``concurrency`` at a time, their passes batched
+        (``csdraft.engine.batch``): results in input order, each exactly what ``generate``
+        gives for its prompt alone. A prompt may be a mapping: ``{"prompt": ..., "seed": 3}``,
+        its own settings over ``options``. Every request is checked before any runs."""
+        import inspect
+        from concurrent.futures import ThreadPoolExecutor
+
+        keys = set(inspect.signature(self.stream).parameters)  # what one request may set
+        jobs = []
+        for item in prompts:
+            settings = {"max_new_tokens": max_new_tokens, **options}
+            settings |= dict(item) if isinstance(item, Mapping) else {"prompt": item}
+            if unknown := sorted(set(settings) - keys):
+                raise UsageError(f"unknown request setting(s) {', '.join(unknown)}")
+            if "prompt" not in settings:
+                raise UsageError("a request without a 'prompt'")
+            raw = settings.pop("raw", False)
+            ids = self.prompt_ids(settings.pop("prompt"), raw)
+            jobs.append((ids, settings))
+        for ids, settings in jobs:  # bad settings fail here, before anything runs
+            self._prepare(ids, **settings)
+
+        def run(job: tuple[list[int], dict[str, Any]]) -> Result:
+            ids, settings = job
+            return Result.of(list(self.stream(ids, **settings)), ids, self.tokenizer)
+
+        with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="csdraft") as pool:
+            return list(pool.map(run, jobs))
 
     def generate(
         self, prompt: str | Sequence[int], max_new_tokens: int | None = None, **options: Any
@@ -192,14 +253,14 @@ class Ladder:
     def _prepare(
         self,
         prompt: str | Sequence[int],
-        max_new_tokens: int | None,
-        temperature: float | None,
-        top_k: int | None,
-        top_p: float | None,
-        seed: int | None,
-        stop: Sequence[str],
-        raw: bool,
-        spec: LadderSpec | None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        raw: bool = False,
+        spec: LadderSpec | None = None,
     ) -> tuple[list[int], int, Cascade, StopStrings | None]:
         spec = self.runnable(spec).with_generation(
             max_new_tokens=max_new_tokens,
@@ -212,7 +273,9 @@ class Ladder:
         gen = spec.generation
         ids = self.prompt_ids(prompt, raw)
         self.check_length(ids, gen.max_new_tokens)
-        cascade = self.cascade(spec, gen.sampling)
+        cascade = build_cascade(
+            spec, pooled_models(self.models, spec, self.batcher), gen.sampling, None, self.bigram
+        )
         stops = StopStrings(self.tokenizer, list(gen.stop)) if gen.stop else None
         return ids, gen.max_new_tokens, cascade, stops
 
@@ -226,6 +289,35 @@ def _warn_slow_blocks(spec: LadderSpec, models: dict[str, LoadedModel]) -> None:
     message = slow_blocks_warning(models)
     if message:
         warn(message)
+
+
+def check_crossing(spec: LadderSpec, name: str, ref: str, tokenizer: Any) -> None:
+    """A one-line error unless rung ``name``'s tokenizer can take part in a crossing (a ladder
+    mixing tokenizers hands drafts over as text)."""
+    from csdraft.engine.crossing import Codec
+
+    if problem := Codec.problem(tokenizer):
+        raise CsdraftError(
+            f"ladder '{spec.name}': rung '{name}' ({ref}) has its own tokenizer, so drafts cross "
+            f"to or from it as text, but {problem}"
+        )
+
+
+def _check_extenders(spec: LadderSpec, models: dict[str, LoadedModel]) -> None:
+    """A tree's leaves are extended in its reviewer's tokens: never by a rung of another
+    tokenizer (a one-line error)."""
+    from csdraft.engine import kmatrix
+
+    for r, rung in enumerate(spec.rungs):
+        first = kmatrix.first_drafter(spec.k_matrix, r) if rung.tree and rung.tree.extend else None
+        if first is None:
+            continue
+        drafter = spec.rungs[first]
+        if models[drafter.name].tokenizer is not models[rung.name].tokenizer:
+            raise UsageError(
+                f"ladder '{spec.name}': {rung.name}'s tree extend runs {drafter.name}, whose "
+                "tokenizer differs from its own; drop extend or put a same-tokenizer drafter first"
+            )
 
 
 def check_vocab(ladder: str, drafter: str, rows: int, tokens: int) -> None:
@@ -245,13 +337,17 @@ def encode(tokenizer: Any, text: str, raw: bool = False) -> list[int]:
     if not text.strip():
         raise UsageError("the prompt is empty; pass --prompt TEXT or pipe text on stdin")
     if not raw and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
+        return chat_ids(tokenizer, [{"role": "user", "content": text}])
     return tokenizer(text)["input_ids"]
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """Prompt ids of chat ``messages`` through the tokenizer's chat template, the assistant's
+    turn opened (``encode`` of one user message; the server's chat requests)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
 
 
 def check_length(prompt_tokens: int, max_new_tokens: int, limit: int | None) -> None:
@@ -293,4 +389,4 @@ def load(
     return Ladder.load(get_ladder(ladder, Path(config) if config else None), progress)
 
 
-__all__ = ["Ladder", "Result", "check_length", "encode", "load", "trace"]
+__all__ = ["Ladder", "Result", "chat_ids", "check_length", "encode", "load", "trace"]

@@ -46,6 +46,7 @@ app = typer.Typer(
 )
 _state = {"debug": False}
 
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
@@ -119,6 +120,16 @@ def generate(
         str | None,
         typer.Option(help="The deferral rules' dial: one value, or one per --deferral rule."),
     ] = None,
+    batch: Annotated[
+        Path | None,
+        typer.Option(
+            help="A JSON-lines file of prompts ('-': stdin), one {\"prompt\": ...} a line with "
+            "optional settings of its own; one JSON result a line, in input order."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(help="With --batch: requests run at once, passes batched.", min=1)
+    ] = 4,
 ) -> None:
     """Generate with a cascade ladder: exactly the target's output, faster (unless
     --deferral makes it lossy on purpose, which the output then says).
@@ -126,7 +137,28 @@ def generate(
     On a terminal the text streams with each token coloured by the rung that drafted it and the
     drafts the target rejected struck through; piped, only the text is written.
     """
-    from csdraft.generate import run_generate
+    from csdraft.generate import command_spec, run_generate
+
+    if batch is not None:
+        from csdraft.generate_batch import run_batch
+
+        if prompt is not None or save_trace is not None:
+            raise UsageError("--batch reads its prompts from FILE: drop --prompt and --save-trace")
+        spec = command_spec(
+            ladder,
+            config,
+            max_new_tokens,
+            k_matrix,
+            parse_numbers(lenience, "--lenience"),
+            parse_numbers(min_confidence, "--min-confidence"),
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop,
+            parse_deferral(deferral, alpha),
+        )
+        raise typer.Exit(run_batch(batch, spec, concurrency, raw, quiet))
 
     code = run_generate(
         prompt=read_prompt(prompt),
@@ -250,6 +282,14 @@ def bench(
             min=1,
         ),
     ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Instead of the methods: the ladder's csd on the same requests one at a time "
+            "and N at once (passes batched): throughput, p50/p95 latency, outputs checked.",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Measure speed honestly: every method on the same prompts, models, machine.
 
@@ -309,6 +349,29 @@ def bench(
             "which dataset? pass gsm8k, mmlu, spec-bench or a JSON-lines file (see csdraft "
             "bench --help)"
         )
+    if concurrency is not None:
+        from csdraft.bench.concurrency import run_concurrency
+
+        if methods is not None or resume or until_answer is not None:
+            raise UsageError(
+                "--concurrency runs csd alone: drop --methods, --resume, --until-answer"
+            )
+        run_concurrency(
+            dataset,
+            concurrency,
+            data=data,
+            field=field,
+            limit=limit,
+            ladder=ladder,
+            config=config,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            warmup=warmup,
+            out=out,
+            as_json=as_json,
+            quiet=quiet,
+        )
+        return
     results = run_bench(
         dataset,
         data=data,
@@ -338,6 +401,32 @@ def bench(
 # --- end bench ---
 
 
+
+
+@app.command()
+def serve(
+    ladder: LadderOpt = None,
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Require 'Authorization: Bearer KEY' on /v1 (401 otherwise)."),
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests that may wait for the ladder (429 beyond).", min=0)
+    ] = 16,
+    concurrency: Annotated[
+        int,
+        typer.Option(help="Requests generating at once, passes batched (exact for each).", min=1),
+    ] = 4,
+) -> None:
+    """Serve the ladder over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
+    /v1/models, /health, /metrics); the models load once, in the background. Needs the serve
+    extra: pip install 'csdraft[serve]'. See docs/serve.md."""
+    from csdraft.serve import run_serve
+
+    run_serve(ladder, config, host, port, api_key, max_queue, concurrency)
 
 
 app.add_typer(tune_app, name="tune")

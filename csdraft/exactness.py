@@ -40,10 +40,11 @@ def first_divergence(got: Sequence[int], want: Sequence[int]) -> int | None:
     return None if len(got) == len(want) else min(len(got), len(want))
 
 
-def top2_margin(model: Any, context: Sequence[int]) -> float:
+def top2_margin(model: Any, context: Sequence[int], prompt_tokens: int | None = None) -> float:
     """Gap between the two best next-token logits of a loaded model (anything with
-    ``next_logits``) after ``context``: one forward pass."""
-    logits = model.next_logits(list(context))
+    ``next_logits``) after ``context``, whose first ``prompt_tokens`` are the prompt (what an
+    encoder-decoder encodes): one forward pass."""
+    logits = model.next_logits(list(context), prompt_tokens)
     top = logits.float().topk(2).values
     return float(top[0] - top[1])
 

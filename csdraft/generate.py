@@ -16,8 +16,41 @@ from csdraft.api import Ladder, Result, check_prompt_early
 from csdraft.errors import CsdraftError
 from csdraft.ladder import get_ladder
 from csdraft.outputs import check_writable
+from csdraft.spec import LadderSpec
 from csdraft.trace import Finish
 from csdraft.viz import LiveView, PlainView, summary_table
+
+
+def command_spec(
+    ladder: str | None,
+    config: Path | None,
+    max_new_tokens: int | None,
+    k_matrix: str | None,
+    lenience: float | list[float] | None,
+    min_confidence: float | list[float] | None,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int | None,
+    stop: Sequence[str] | None,
+    deferral: Any,
+) -> LadderSpec:
+    """The ladder ``generate``'s options ask for, every setting checked (no model loaded)."""
+    return (
+        get_ladder(ladder, config)
+        .with_settings(
+            k_matrix=k_matrix, lenience=lenience, min_confidence=min_confidence, deferral=deferral
+        )
+        .with_generation(
+            "command line",
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=list(stop or []),
+        )
+    )
 
 
 def run_generate(
@@ -42,20 +75,19 @@ def run_generate(
     """Load the ladder, stream the cascade's output, return the exit code. Output already
     generated is printed before anything that can fail afterwards (saving the trace)."""
     check_writable(save_trace, "--save-trace")
-    spec = (
-        get_ladder(ladder, config)
-        .with_settings(
-            k_matrix=k_matrix, lenience=lenience, min_confidence=min_confidence, deferral=deferral
-        )
-        .with_generation(
-            "command line",
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=list(stop or []),
-        )
+    spec = command_spec(
+        ladder,
+        config,
+        max_new_tokens,
+        k_matrix,
+        lenience,
+        min_confidence,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        stop,
+        deferral,
     )  # every setting checked before any model loads
     check_prompt_early(spec, prompt, spec.generation.max_new_tokens, raw, progress=not quiet)
     loaded = Ladder.load(spec, progress=not quiet)

@@ -100,7 +100,7 @@ def models_table(loaded: Any) -> Table:
     for i, (rung, m) in enumerate(zip(spec.rungs, loaded.models.values(), strict=False)):
         facts = model_facts(m)
         fp = tokenizer_fingerprint(m.tokenizer)
-        same = "target" if i == 0 else ("✓ same" if fp == target_print else "✗ DIFFERENT")
+        same = "target" if i == 0 else ("same" if fp == target_print else "own: crosses as text")
         table.add_row(
             names[i],
             "target" if i == 0 else f"drafter {i}" + _drafter_view(rung),
@@ -131,8 +131,8 @@ def models_table(loaded: Any) -> Table:
             "target's",
         )
     table.caption = (
-        "memory: parameter bytes. Every rung must share the target's tokenizer (fingerprint: "
-        "sha256 of vocabulary, merges and special tokens)."
+        "memory: parameter bytes. tokenizer: fingerprint (sha256 of vocabulary, merges and special "
+        "tokens); a rung with its own drafts across as text (docs/ladders.md)."
     )
     return table
 
@@ -180,6 +180,8 @@ def run_inspect(
     from csdraft.api import Ladder
     from csdraft.console import report_console, task_progress
     from csdraft.ladder import get_ladder
+    from csdraft.models.seq2seq import EXPLAIN as ENCODER_DECODER
+    from csdraft.models.seq2seq import is_encoder_decoder
     from csdraft.tune import (
         AnalyticModel,
         Replay,
@@ -198,6 +200,8 @@ def run_inspect(
         out.print(Text(spec.description, style="dim"))
     out.print(models_table(loaded))
     out.print("tokenizers: all rungs share the target's (fingerprints equal)")
+    if is_encoder_decoder(loaded.target):
+        out.print(ENCODER_DECODER, highlight=False)
     for line in k_matrix_lines(spec):
         out.print(line, highlight=False)
     if sample <= 0:

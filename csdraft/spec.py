@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from csdraft.engine import Cascade, MaxGram, ModelRung, Proposer, Sampling, kmatrix
+from csdraft.engine.crossing import Crossing
 from csdraft.engine.deferral import RULES, Deferral
 from csdraft.engine.recycling import Recycling, shared_table
 from csdraft.engine.tree import TreeSettings
@@ -495,6 +496,8 @@ def _validate_generation(g: GenerationDefaults, fail: Callable[[str], None]) -> 
         value = getattr(g, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             fail(f"{key}: expected a whole number >= {least}, got {reprlib.repr(value)}")
+    if g.seed >= 2**64:  # torch's generators take 64-bit seeds
+        fail(f"seed: expected a whole number below 2**64, got {reprlib.repr(g.seed)}")
     check_sampling(g.temperature, g.top_k, g.top_p, fail)
     if not isinstance(g.stop, tuple) or not all(isinstance(s, str) and s for s in g.stop):
         fail(f"stop: expected a list of non-empty strings, got {reprlib.repr(g.stop)}")
@@ -539,13 +542,18 @@ def _recycle(rung: RungSpec, model: Any, bigram: Any, target: bool) -> Proposer:
     return Recycling(*settings, table, rung.copy_ngram)
 
 
+def _space_owner(spec: LadderSpec, i: int) -> str:
+    """The model rung whose tokens rung ``i`` works in: itself, or the nearest model above."""
+    return next(r.name for r in reversed(spec.rungs[: i + 1]) if r.reviews)
+
+
 _PROPOSERS: dict[str, Callable[[RungSpec, Any, Any, bool], Proposer]] = {
     MODEL: _model_rung,
     MAX_GRAM: _max_gram,
     RECYCLE: _recycle,
 }
-"""Each kind's builder: (rung, its loaded model, or the target's for a statistical rung,
-Max-Gram's bigram, whether it is the target)."""
+"""Each kind's builder: (rung, its loaded model, or for a statistical rung the model whose
+tokens it works in (``_space_owner``), Max-Gram's bigram, whether it is the target)."""
 
 
 def build_cascade(
@@ -558,9 +566,25 @@ def build_cascade(
     """The engine's cascade for a validated ``spec``: every rung's proposer, fresh (its own
     cache), over the loaded models named by rung (``models[rung.name]``); ``bigram``: Max-Gram's
     fallback table. Sampling defaults to greedy, the seed to the spec's."""
+    crossing = _crossing(spec, models)
+    if crossing is not None and crossing.space_of[-1]:
+        bigram = None  # learned in the target's tokens; this Max-Gram works in another's
     rungs = [
-        _PROPOSERS[r.kind](r, models.get(r.name if r.reviews else spec.target.name), bigram, i == 0)
+        _PROPOSERS[r.kind](r, models.get(_space_owner(spec, i)), bigram, i == 0)
         for i, r in enumerate(spec.rungs)
     ]
     seed = spec.generation.seed if seed is None else seed
-    return Cascade(rungs, spec.k_matrix, sampling or Sampling(), seed)
+    return Cascade(rungs, spec.k_matrix, sampling or Sampling(), seed, crossing)
+
+
+def _crossing(spec: LadderSpec, models: Mapping[str, Any]) -> Crossing | None:
+    """The token spaces of a ladder whose model rungs do not all share the target's tokenizer
+    object (``Ladder.load`` gives rungs with equal tokenizers the same one), else None.
+    Max-Gram works in the tokens of the model rung above it."""
+    tokenizers = [
+        getattr(models.get(r.name), "tokenizer", None) if r.reviews else None for r in spec.rungs
+    ]
+    if tokenizers[0] is None or all(t is None or t is tokenizers[0] for t in tokenizers):
+        return None
+    widths = [models[r.name].vocab_size if r.reviews else None for r in spec.rungs]
+    return Crossing(tokenizers, widths)

@@ -193,9 +193,12 @@ def _ended(tokens: list[int], eos_id: int | None) -> bool:
 
 
 def scorer(model: torch.nn.Module, name: str) -> Scorer:
-    """The transformers KV-cached scorer over ``model``."""
+    """The transformers KV-cached scorer over ``model`` (an encoder-decoder's own for one)."""
     from csdraft.models import TransformersScorer
+    from csdraft.models.seq2seq import Seq2SeqScorer
 
+    if model.config.is_encoder_decoder:
+        return Seq2SeqScorer(model, name)
     return TransformersScorer(model, name)
 
 
@@ -583,8 +586,10 @@ def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: f
 @torch.inference_mode()
 def exact_law(model, prompt, sampling: Sampling, depth: int) -> torch.Tensor:
     """P(x1 .. x_depth) under the model's sampling distribution, as a [V] * depth tensor,
-    by enumerating every continuation (full forward passes, transformers' own warpers)."""
+    by enumerating every continuation (full forward passes, transformers' own warpers; an
+    encoder-decoder's continuations follow its decoder start token)."""
     v = model.config.vocab_size
+    seq2seq = model.config.is_encoder_decoder
     joint = torch.ones((), dtype=torch.float64)
     for d in range(depth):
         n = v**d
@@ -592,7 +597,14 @@ def exact_law(model, prompt, sampling: Sampling, depth: int) -> torch.Tensor:
         seqs = torch.cat(
             [torch.tensor([prompt]).expand(n, -1), torch.as_tensor(tails, dtype=torch.long)], 1
         )
-        logits = model(seqs).logits[:, -1].float()
+        if seq2seq:
+            start = torch.full((n, 1), model.config.decoder_start_token_id, dtype=torch.long)
+            tails = torch.as_tensor(tails, dtype=torch.long).reshape(n, d)
+            encoder = torch.tensor([prompt]).expand(n, -1)
+            logits = model(input_ids=encoder, decoder_input_ids=torch.cat([start, tails], 1))
+            logits = logits.logits[:, -1].float()
+        else:
+            logits = model(seqs).logits[:, -1].float()
         step = hf_probs(sampling, logits).double()  # [n, V]
         joint = (joint.reshape(n, 1) * step).reshape((v,) * (d + 1))
     return joint

@@ -14,7 +14,7 @@ class FixedLogits:
         self.logits = torch.tensor(logits)
         self.seen: list[list[int]] = []
 
-    def next_logits(self, context: list[int]) -> torch.Tensor:
+    def next_logits(self, context: list[int], prompt_tokens: int | None = None) -> torch.Tensor:
         self.seen.append(context)
         return self.logits
 

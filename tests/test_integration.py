@@ -132,3 +132,37 @@ def test_cli_json_end_to_end_and_memory(ladder):
 def margins(ladder, prompt_ids: list[int], want: list[int]):
     """The target's top-2 margin at each position of ``want``, as ``exactness.compare`` asks."""
     return lambda i: exactness.top2_margin(ladder.target, prompt_ids + want[:i])
+
+
+def test_served_through_the_openai_client_equals_generate(ladder):
+    """``csdraft serve``'s app over the loaded default ladder, called by the official openai
+    client (whole and streamed): the token ids and text of ``Ladder.generate``."""
+    pytest.importorskip("fastapi")
+    openai = pytest.importorskip("openai")
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from csdraft.serve.app import create_app
+
+    prompt = unseen_prompts()[0]
+    ref = ladder.generate(prompt, 24)
+    messages = [{"role": "user", "content": prompt}]
+    with TestClient(create_app(lambda: ladder)) as http:
+        while http.get("/health").status_code != 200:
+            time.sleep(0.05)
+        client = openai.OpenAI(
+            base_url="http://testserver/v1", api_key="-", http_client=http, max_retries=0
+        )
+        whole = client.chat.completions.create(
+            model=ladder.spec.name, messages=messages, max_tokens=24
+        )
+        assert whole.model_extra["csdraft"]["token_ids"] == ref.token_ids
+        assert whole.choices[0].message.content == ref.text
+        chunks = list(
+            client.chat.completions.create(
+                model=ladder.spec.name, messages=messages, max_tokens=24, stream=True
+            )
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == ref.text
+        assert chunks[-1].model_extra["csdraft"]["token_ids"] == ref.token_ids

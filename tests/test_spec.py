@@ -349,6 +349,10 @@ def no_model_loads(monkeypatch):
             lambda s: s.with_settings(lenience=[2.0, 0.5]),
             "command line: small: lenience: expected a finite number >= 1, got 0.5",
         ),
+        (
+            lambda s: s.with_generation("request", seed=2**64),
+            "request: generation: seed: expected a whole number below 2**64",
+        ),
     ],
 )
 def test_transforms_are_validated(transform, words):

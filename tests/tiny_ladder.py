@@ -40,6 +40,58 @@ def tiny_tokenizer(words: list[str] = WORDS):
     )
 
 
+BPE_CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Naïve café owners serve crème brûlée; "
+    "数学很有趣 and 你好世界! def f(x):\n    return x * 2\n\n"
+) * 20
+
+
+def bpe_tokenizer(size: int, extra: str = ""):
+    """A byte-level BPE (GPT-2 style) trained on ``BPE_CORPUS`` + ``extra`` to ``size`` tokens,
+    with <eos> and a <sep> special: two sizes or extras give genuinely different tokenizers."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=size,
+        special_tokens=["<eos>", "<sep>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([BPE_CORPUS + extra], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<eos>", additional_special_tokens=["<sep>"]
+    )
+
+
+FOREIGN_EXTRA = "zebra quokka fjord " * 40 + "brûlée 世界 " * 30
+"""What the foreign tokenizer (``bpe_tokenizer(330, FOREIGN_EXTRA)``) learns besides."""
+
+
+def make_mixed_ladder(root: Path, drafter_tokenizer=None, name: str = "mixed") -> Path:
+    """A target with one byte-level BPE, a drafter with another (or ``drafter_tokenizer``),
+    and Max-Gram; return the config path."""
+    target = tiny_model_dir(root / "target", 0, bpe_tokenizer(300))
+    foreign = drafter_tokenizer or bpe_tokenizer(330, FOREIGN_EXTRA)
+    drafter = tiny_model_dir(root / "drafter", 1, foreign)
+    ladder = {
+        "rungs": [
+            {"name": "tiny-t", "model": str(target), "dtype": "float32"},
+            {"name": "tiny-f", "model": str(drafter), "dtype": "float32"},
+            {"kind": "max-gram", "max_ngram": 4},
+        ],
+        "k_matrix": [[3, 0], [0, 3]],
+        "generation": {"max_new_tokens": 16},
+    }
+    config = root / "cascades.yaml"
+    config.write_text(yaml.safe_dump({name: ladder}, sort_keys=False))
+    return config
+
+
 def small_config(config_cls, vocab_size: int, max_positions: int, **settings):
     """A ``config_cls`` (LlamaConfig, Qwen2Config) for a tiny model: two layers 32 wide, four
     attention heads sharing two key/value heads; ``settings``: the rest of the config."""

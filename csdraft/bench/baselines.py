@@ -60,29 +60,40 @@ class FirstTokenClock:
 
 class HFMethod:
     """transformers' own ``generate`` on the ladder's loaded target: plain greedy, assisted by
-    the largest drafter (transformers' default schedule), or prompt lookup."""
+    the largest drafter (transformers' default schedule; universal assisted generation, with
+    both tokenizers, where the drafter's tokenizer is not the target's), or prompt lookup."""
 
     lossless = True
 
     def __init__(self, name: str, description: str, mode: str) -> None:
         self.name = name
         self.description = description
-        self.mode = mode  # "generate" | "assisted" | "lookup"
+        self.mode = mode  # "generate" | "assisted" | "universal" | "lookup"
+
+    @property
+    def assisted(self) -> bool:
+        """Whether the ladder's largest drafter assists (``universal``: with its own tokenizer,
+        transformers' universal assisted generation)."""
+        return self.mode in ("assisted", "universal")
 
     def skip_reason(self, spec: LadderSpec, settings: Settings) -> str | None:
-        models = [spec.target, *spec.drafters[: 1 if self.mode == "assisted" else 0]]
+        models = [spec.target, *spec.drafters[: 1 if self.assisted else 0]]
         if any(m.backend != "transformers" for m in models):
             return "runs transformers' generate, so needs models on the transformers backend"
-        if self.mode == "assisted" and not spec.drafters:
+        if self.mode == "universal" and not settings.greedy:
+            return "transformers' universal assisted generation is greedy here"
+        if self.assisted and not spec.drafters:
             return "needs a neural drafter as assistant; the ladder has none"
         return None
 
     def config(self, spec: LadderSpec, settings: Settings) -> dict[str, Any]:
         out: dict[str, Any] = {"rungs": [spec.target.name], "transformers": "generate"}
         out["lossless"] = True
-        if self.mode == "assisted":
+        if self.assisted:
             out["rungs"].append(spec.drafters[0].name)
             out["assistant_model"] = spec.drafters[0].name
+        if self.mode == "universal":
+            out["assistant_tokenizer"] = spec.drafters[0].name
         if self.mode == "lookup":
             out["prompt_lookup_num_tokens"] = settings.pld_block
         return out
@@ -92,10 +103,14 @@ class HFMethod:
         names = [ladder.spec.target.name]
         kwargs: dict[str, Any] = {}
         assistant = None
-        if self.mode == "assisted":
-            assistant = ladder.models[ladder.spec.drafters[0].name].model
+        if self.assisted:
+            helper = ladder.models[ladder.spec.drafters[0].name]
+            assistant = helper.model
             names.append(ladder.spec.drafters[0].name)
             kwargs["assistant_model"] = assistant
+        foreign = self.assisted and helper.tokenizer is not ladder.tokenizer  # needs both
+        if self.mode == "universal" or foreign:
+            kwargs.update(assistant_tokenizer=helper.tokenizer, tokenizer=ladder.tokenizer)
         elif self.mode == "lookup":
             kwargs["prompt_lookup_num_tokens"] = settings.pld_block
         eos = ladder.eos_ids
@@ -112,13 +127,15 @@ class HFMethod:
             kwargs.update(do_sample=True, temperature=settings.temperature, top_k=0, top_p=1.0)
         device = next(target.parameters()).device
         tok = ladder.tokenizer
+        seq2seq = bool(target.config.is_encoder_decoder)  # its output: start token, new tokens
 
         def run(prompt_ids: list[int], max_new_tokens: int) -> Outcome:
             ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
             if not settings.greedy:
                 torch.manual_seed(settings.seed)
             if settings.until_answer:
-                kwargs["stopping_criteria"] = [_answer_criterion(tok, len(prompt_ids))]
+                skip = 1 if seq2seq else len(prompt_ids)
+                kwargs["stopping_criteria"] = [_answer_criterion(tok, skip)]
             with (
                 quiet_transformers(),
                 count_forwards(target) as n_target,
@@ -134,7 +151,7 @@ class HFMethod:
                     **kwargs,
                 )
                 wall = time.perf_counter() - start
-            new = out[0, len(prompt_ids) :].tolist()
+            new = out[0, 1 if seq2seq else len(prompt_ids) :].tolist()
             cut = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
             if settings.until_answer:
                 cut = min(cut, answer_cut(tok, new) or cut)
@@ -268,7 +285,8 @@ class LlamaCppMethod:
 
 def _answer_criterion(tokenizer: Any, prompt_tokens: int) -> Any:
     """transformers' StoppingCriteria ending generate at a finished answer (``FINISHED_ANSWER``)
-    in the generated text (the runner then cuts at the same token ``answer_cut`` finds)."""
+    in the generated text (the runner then cuts at the same token ``answer_cut`` finds);
+    ``prompt_tokens``: the ids before the generated ones (an encoder-decoder's: its start token)."""
     from transformers import StoppingCriteria
 
     from csdraft.bench.data import FINISHED_ANSWER

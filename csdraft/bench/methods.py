@@ -339,6 +339,12 @@ NAMED: dict[str, EngineMethod | HFMethod | LlamaCppMethod] = {
             "assisted",
         ),
         HFMethod(
+            "hf-assisted-universal",
+            "transformers universal assisted generation: the largest drafter as assistant with "
+            "its own tokenizer (assistant_tokenizer, tokenizer)",
+            "universal",
+        ),
+        HFMethod(
             "hf-lookup",
             "transformers prompt lookup (prompt_lookup_num_tokens=--pld-block)",
             "lookup",

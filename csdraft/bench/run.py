@@ -19,7 +19,7 @@ from rich.console import Console
 from csdraft import exactness
 from csdraft.bench import metrics
 from csdraft.bench.data import Dataset, load_dataset
-from csdraft.bench.methods import Settings, method, parse_methods
+from csdraft.bench.methods import EngineMethod, Settings, method, parse_methods
 from csdraft.bench.results import SCHEMA, as_json, first_difference, read_results, write_results
 from csdraft.console import report_console, task_progress
 from csdraft.errors import CsdraftError, UsageError
@@ -174,6 +174,13 @@ def run_bench(
 
     err = Console(stderr=True, highlight=False)
     loaded = Ladder.load(spec, progress=not quiet)
+    for name in [n for n in chosen if isinstance(table[n], EngineMethod)]:
+        try:  # what only the loaded models can refuse (an encoder-decoder's trees)
+            loaded.runnable(table[name].plan(spec, settings))
+        except UsageError as e:
+            skipped[name] = str(e).removeprefix(f"ladder '{spec.name}': ")
+            chosen.remove(name)
+            configs.pop(name)
     prompt_ids = [loaded.encode(e.prompt) for e in ds.examples]
     for ids in prompt_ids:
         loaded.check_length(ids, max_new_tokens)
@@ -434,7 +441,7 @@ def _prompt_entry(
 
     def margin_at(pos: int) -> float:
         if pos not in margins:
-            margins[pos] = exactness.top2_margin(target, ids + ar_ids[:pos])
+            margins[pos] = exactness.top2_margin(target, ids + ar_ids[:pos], len(ids))
         return margins[pos]
 
     records = {}

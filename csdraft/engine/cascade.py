@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from csdraft.engine import kmatrix
+from csdraft.engine.crossing import Crossing
 from csdraft.engine.draft import Draft
 from csdraft.engine.proposer import ModelRung, Proposer
 from csdraft.engine.review import GreedyReview, Reviewed, Sampling, SamplingReview, Verdict
@@ -48,8 +49,12 @@ class Cascade:
         k_matrix: Sequence[Sequence[int]],
         sampling: Sampling | None = None,
         seed: int = 0,
+        crossing: Crossing | None = None,
     ) -> None:
         self.rungs = list(rungs)
+        self.crossing = crossing
+        """Where rungs do not all share the target's tokenizer: their token spaces, and the
+        drafts that cross between them as text (engine/crossing.py)."""
         for i, rung in enumerate(self.rungs):
             rung.index = i
         self.names = [r.name for r in self.rungs]
@@ -113,8 +118,9 @@ class Cascade:
         self._t0 = time.perf_counter()
         self._events = []
         self.generator.manual_seed(self.seed if seed is None else seed)
-        for rung in self.rungs:
-            rung.reset(prompt)
+        owns = self.crossing.reset(prompt) if self.crossing else [prompt] * len(self.rungs)
+        for rung, own in zip(self.rungs, owns, strict=True):
+            rung.reset(own)
         try:
             yield from self._generate(
                 np.asarray(prompt, dtype=np.int64), max_new_tokens, eos_ids, stop
@@ -153,8 +159,10 @@ class Cascade:
                 t=self.elapsed(),
             )
             seq = np.concatenate([seq, np.asarray(committed, dtype=np.int64)])
-            for rung in self.rungs:
-                rung.commit(committed)
+            n = len(self.rungs)
+            news = self.crossing.commit(committed) if self.crossing else [committed] * n
+            for rung, new in zip(self.rungs, news, strict=True):
+                rung.commit(new)
             produced += keep
             if reason:
                 yield Finish(reason, t=self.elapsed())
@@ -182,7 +190,10 @@ class Cascade:
         draft = Draft()
         for drafter, n in kmatrix.segments(self.k, reviewer, limit):
             ctx = np.concatenate([context, np.asarray(draft.tokens, dtype=np.int64)])
-            segment = self.rungs[drafter].propose(ctx, n, self)
+            if self.crossing and self.crossing.crosses(reviewer, drafter):
+                segment = self.crossing.propose(reviewer, self.rungs[drafter], ctx, n, self)
+            else:
+                segment = self.rungs[drafter].propose(ctx, n, self)
             draft.extend(segment)
             if len(segment) < n or not segment.is_chain:
                 break  # the drafter ran out or lost confidence: later tokens would be refused
@@ -263,12 +274,14 @@ class Cascade:
             logits = rung.scorer.score(full, len(seen))
         else:
             logits = rung.scorer.score_tree(seen, draft)
-        if rung.index and self.vocab_size and logits.shape[-1] != self.vocab_size:
-            logits = fit_vocab(logits, self.vocab_size)
+        size = self.crossing.rung_width(rung.index) if self.crossing else self.vocab_size
+        if rung.index and size and logits.shape[-1] != size:
+            logits = fit_vocab(logits, size)
         if self.harvesters:  # row 0 follows the context's last token, row i + 1 node i
             tokens = [int(context[-1]), *draft.tokens]
-            for rung_below in self.harvesters:
-                rung_below.harvest(rung.index, tokens, logits)
+            for below in self.harvesters:
+                if not (self.crossing and self.crossing.crosses(rung.index, below.index)):
+                    below.harvest(rung.index, tokens, logits)  # its own token space only
         return logits, time.perf_counter() - start
 
     def review(self, rung: ModelRung, context: np.ndarray, draft: Draft) -> Reviewed:

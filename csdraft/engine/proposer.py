@@ -31,7 +31,10 @@ class Scorer(Protocol):
     [1 + len(draft), vocab] (row 0 after ``context``, row i + 1 after node i, each node seeing
     the context and its ancestors only) and ``keep_path(path)`` (keep only those nodes, root
     first, of the last tree in the cache). The engine reads it with ``getattr(scorer,
-    "scores_trees", False)``: a scorer that does not declare it scores chains only."""
+    "scores_trees", False)``: a scorer that does not declare it scores chains only.
+
+    A scorer may also define ``begin(prompt)``: told the prompt (what it sees of it) when a
+    generation starts, after ``reset`` (an encoder-decoder encodes it: ``models.seq2seq``)."""
 
     def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
         """Logits [len(seq) - start + 1, vocab] predicting each of seq[start:] and the next;
@@ -150,6 +153,8 @@ class ModelRung(Proposer):
     def reset(self, prompt: Sequence[int]) -> None:
         self.scorer.reset()
         self.offset = max(0, len(prompt) - self.window) if self.window else 0
+        if begin := getattr(self.scorer, "begin", None):
+            begin(prompt[self.offset :])
 
     def propose(self, context: np.ndarray, n: int, engine: Engine) -> Draft:
         out = Draft()

@@ -6,7 +6,8 @@
 - ``int8``: int8 drafters and their cache; ``tokenizers``: tokenizer identity;
 - ``interface``: what a loaded model of any backend offers (``LoadedModel``, a Protocol);
 - ``load``: the backends (``BACKENDS``, ``backend_class``) and ``load``;
-  ``transformers_backend`` and ``llamacpp_backend``: the two backends.
+  ``transformers_backend`` and ``llamacpp_backend``: the two backends (``seq2seq``: the
+  transformers backend's encoder-decoder rungs).
 
 Importing this package stays cheap: torch and transformers are imported when a model is loaded
 (``TransformersModel`` and ``TransformersScorer`` are imported on first use).

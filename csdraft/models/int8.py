@@ -57,6 +57,10 @@ class Int8Layer(torch.nn.Module):
     """A linear layer whose weights are int8 (what ``parameter_count``, ``weight_bytes`` and
     inspect count); built from ``int8_weights``' (int8 weight, scale) and a float bias."""
 
+    weight = None
+    """No float weight: code that reads a linear layer's ``weight`` to pick a dtype and skips a
+    non-tensor one (transformers' T5 feed-forward) leaves the activations as they are."""
+
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features

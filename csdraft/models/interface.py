@@ -87,8 +87,10 @@ class LoadedModel(Protocol):
         """A fresh scorer with its own cache (``vocab``: a drafter's draft vocabulary)."""
         ...
 
-    def next_logits(self, context: Sequence[int]) -> torch.Tensor:
-        """float32 logits of the token after ``context``."""
+    def next_logits(self, context: Sequence[int], prompt_tokens: int | None = None) -> torch.Tensor:
+        """float32 logits of the token after ``context``; ``prompt_tokens``: where its prompt
+        ends (an encoder-decoder encodes that part; None: all of it; decoder-only models
+        ignore it)."""
         ...
 
     @property

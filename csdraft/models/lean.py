@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from csdraft.models.int8 import Part
+from csdraft.models.int8 import Part as Int8Part
 
 ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
 """The model classes whose decoder layers ``LeanDecoder`` replays."""
@@ -32,7 +34,7 @@ def projections(modules: list[torch.nn.Module]) -> Callable[[torch.Tensor], list
     """One call computing sibling projections of the same input: the fused int8 layer once
     when they are the parts of one (``int8.SharedInput``), else each module in turn."""
     group = getattr(modules[0], "group", None)
-    whole = all(isinstance(m, Part) and m.group is group for m in modules) and [
+    whole = all(isinstance(m, Int8Part) and m.group is group for m in modules) and [
         m.index for m in modules
     ] == list(range(len(group.bounds) - 1))
     if whole:
@@ -63,25 +65,41 @@ class _Layer:
         self.down = mlp.down_proj
         self.attend = attend
 
-    def __call__(
-        self,
-        h: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cache: object,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def __call__(self, h: torch.Tensor, parts: list[Part]) -> torch.Tensor:
+        """The layer over ``h`` [batch, rows, hidden]: the rows of every part one after another.
+        Norms, projections and the MLP take all rows in one call; rotary embedding, the cache
+        update and attention take each part's rows alone (its positions, cache and mask)."""
         batch, n, _ = h.shape
-        shape = (batch, n, -1, self.head_dim)
-        q, k, v = (x.view(shape).transpose(1, 2) for x in self.qkv(self.norm_in(h)))
-        q, k = self.rotate(q, k, cos, sin)
-        k, v = cache.update(k, v, self.index)
-        out, _ = self.attend(
-            self.attn, q, k, v, mask, dropout=0.0, scaling=self.scaling, sliding_window=None
-        )
-        h = h + self.o(out.reshape(batch, n, -1).contiguous())
+        qkv = self.qkv(self.norm_in(h))
+        outs, at = [], 0
+        for part in parts:
+            rows = slice(at, at + part.rows)
+            at += part.rows
+            shape = (batch, part.rows, -1, self.head_dim)
+            q, k, v = (x[:, rows].view(shape).transpose(1, 2) for x in qkv)
+            q, k = self.rotate(q, k, part.cos, part.sin)
+            k, v = part.cache.update(k, v, self.index)
+            mask = part.mask
+            out, _ = self.attend(
+                self.attn, q, k, v, mask, dropout=0.0, scaling=self.scaling, sliding_window=None
+            )
+            outs.append(out.reshape(batch, part.rows, -1))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        h = h + self.o(out.contiguous())
         gate, up = self.gate_up(self.norm_post(h))
         return h + self.down(F.silu(gate) * up)
+
+
+@dataclass
+class Part:
+    """One sequence's share of a pass: how many new rows, its rotary embedding, its own KV
+    cache and its attention mask (None: causal)."""
+
+    rows: int
+    cos: torch.Tensor
+    sin: torch.Tensor
+    cache: object
+    mask: torch.Tensor | None = None
 
 
 class LeanDecoder:
@@ -127,11 +145,36 @@ class LeanDecoder:
     ) -> torch.Tensor:
         """Logits [batch, keep, vocab] after feeding ``ids`` [batch, n] into ``cache``: causal
         over the block by default, or with a 4D ``mask`` and ``positions`` (token trees)."""
-        h = self.embed(ids)
-        if positions is None:
-            start = cache.get_seq_length()
-            positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
-        cos, sin = self.rotary(h, positions)
+        return self.many([(ids, cache, keep)], [(positions, mask)])[0]
+
+    @torch.inference_mode()
+    def many(
+        self,
+        jobs: list[tuple[torch.Tensor, object, int]],
+        masks: list[tuple[torch.Tensor | None, torch.Tensor | None]] | None = None,
+    ) -> list[torch.Tensor]:
+        """One pass over several sequences (ragged): ``jobs`` holds each one's new ``ids``
+        [batch, n_i], its own cache and how many last rows' logits it wants; ``masks`` each
+        one's ``positions`` and ``mask`` (default: causal after its cache). Every per-row
+        operation takes all rows in one call, so with row-independent layers (the int8
+        batch-invariant target's) each sequence's logits are bit for bit its pass alone's."""
+        masks = masks or [(None, None)] * len(jobs)
+        h = self.embed(torch.cat([ids for ids, _, _ in jobs], dim=1))
+        parts, at = [], 0
+        for (ids, cache, _), (positions, mask) in zip(jobs, masks, strict=True):
+            n = ids.shape[1]
+            if positions is None:
+                start = cache.get_seq_length()
+                positions = torch.arange(start, start + n, device=ids.device)[None]
+            cos, sin = self.rotary(h[:, at : at + n], positions)
+            parts.append(Part(n, cos, sin, cache, mask))
+            at += n
         for layer in self.layers:
-            h = layer(h, cos, sin, cache, mask)
-        return self.head(self.norm(h)[:, -keep:])
+            h = layer(h, parts)
+        ends = np.cumsum([p.rows for p in parts]).tolist()
+        wanted = [range(end - keep, end) for end, (_, _, keep) in zip(ends, jobs, strict=True)]
+        if len(jobs) == 1:
+            return [self.head(self.norm(h)[:, -jobs[0][2] :])]
+        rows = torch.as_tensor([i for r in wanted for i in r], dtype=torch.long, device=h.device)
+        logits = self.head(self.norm(h.index_select(1, rows)))
+        return list(logits.split([len(r) for r in wanted], dim=1))

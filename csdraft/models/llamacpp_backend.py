@@ -412,7 +412,7 @@ class LlamaCppModel:
         ctx.clear()
         self._pool.append(ctx)
 
-    def next_logits(self, context: Sequence[int]) -> torch.Tensor:
+    def next_logits(self, context: Sequence[int], prompt_tokens: int | None = None) -> torch.Tensor:
         """float32 logits of the token after ``context`` (a fresh cache)."""
         ctx = self._take()
         try:

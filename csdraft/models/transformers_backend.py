@@ -1,5 +1,6 @@
 """The transformers backend: a loaded Hugging Face causal LM (``TransformersModel``) and its
-KV-cached scorer (``TransformersScorer``, what the engine calls a rung)."""
+KV-cached scorer (``TransformersScorer``, what the engine calls a rung); an encoder-decoder
+(``Seq2SeqModel``, its scorer in ``seq2seq``) where the model's config says it is one."""
 
 from __future__ import annotations
 
@@ -81,11 +82,17 @@ class TransformersScorer:
 
     @torch.inference_mode()
     def score(self, seq: np.ndarray, start: int) -> torch.Tensor:
-        keep = self._sync(seq, start - 1)
-        new = torch.from_numpy(np.ascontiguousarray(seq[keep:])).to(self.device)[None]
-        logits = self._forward(new, len(seq) - start + 1)
+        logits = self._forward(*self.feed(seq, start))
         self.tokens = seq
         return logits
+
+    @torch.inference_mode()
+    def feed(self, seq: np.ndarray, start: int) -> tuple[torch.Tensor, int]:
+        """``score``'s first half: crop the cache for ``seq``; the ids [1, n] a pass must feed
+        and how many last rows' logits it returns (a ragged pass's share, ``pooled``)."""
+        keep = self._sync(seq, start - 1)
+        new = torch.from_numpy(np.ascontiguousarray(seq[keep:])).to(self.device)[None]
+        return new, len(seq) - start + 1
 
     def _forward(
         self,
@@ -182,6 +189,7 @@ class TransformersModel:
     supports_vocab: ClassVar[bool] = True
     cpu_only: ClassVar[bool] = False
     dtypes: ClassVar[tuple[str, ...]] = DTYPES
+    encoder_decoder: ClassVar[bool] = False
 
     ref: str
     source: str
@@ -258,7 +266,7 @@ class TransformersModel:
             for m in self.model.modules()
         )
 
-    def next_logits(self, context: Sequence[int]) -> torch.Tensor:
+    def next_logits(self, context: Sequence[int], prompt_tokens: int | None = None) -> torch.Tensor:
         """float32 logits of the token after ``context`` (one forward pass, no cache)."""
         device = next(self.model.parameters()).device
         with torch.inference_mode():
@@ -345,16 +353,18 @@ def load_tokenizer(ref: str, progress: bool = True) -> PreTrainedTokenizerBase:
 
 
 def local_context_length(ref: str, progress: bool = True) -> int | None:
-    """The model's maximum context from its local config.json (None for hub ids or when the
-    config does not say); cheap: no weights are read."""
+    """The model's maximum context from its local config.json (None for hub ids, when the
+    config does not say, or for an encoder-decoder: ``seq2seq.length_problem``); cheap: no
+    weights are read."""
     res = resolve(ref, progress=progress)
     config = res.path / "config.json" if res.path is not None else None
     if config is None or not config.is_file():
         return None
     try:
-        value = json.loads(config.read_text()).get("max_position_embeddings")
+        data = json.loads(config.read_text())
     except (OSError, ValueError):
         return None
+    value = None if data.get("is_encoder_decoder") else data.get("max_position_embeddings")
     return int(value) if isinstance(value, int) else None
 
 
@@ -374,7 +384,7 @@ def load_transformers(
     activation scales, row-wise attention), as a target should; other dtypes have none."""
     torch_dtype = _torch_dtype(dtype)
     dev_kwargs, move_to = _device_kwargs(device)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     res = resolve(ref, progress=progress)
     tokenizer = None
@@ -387,10 +397,14 @@ def load_transformers(
     with quiet_transformers(True):  # transformers' own load bars are noise once a model is prepared
         if res.kind == "hub":
             tokenizer = tokenizer or _hub_load(AutoTokenizer, ref)
-            model = _hub_load(AutoModelForCausalLM, ref, dtype=torch_dtype, **dev_kwargs)
+            seq2seq = bool(_hub_load(AutoConfig, ref).is_encoder_decoder)
+            loader = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+            model = _hub_load(loader, ref, dtype=torch_dtype, **dev_kwargs)
         else:
             tokenizer = tokenizer or _dir_load(AutoTokenizer, res)
-            model = _dir_load(AutoModelForCausalLM, res, dtype=torch_dtype, **dev_kwargs)
+            seq2seq = bool(_dir_load(AutoConfig, res).is_encoder_decoder)
+            loader = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+            model = _dir_load(loader, res, dtype=torch_dtype, **dev_kwargs)
     if move_to is not None:
         model = model.to(move_to)
     if dtype == "int8":
@@ -398,6 +412,11 @@ def load_transformers(
             raise UsageError(f"{ref}: dtype int8 (dynamic quantization) runs on the CPU only")
         from csdraft.models.int8 import _int8_cache, quantize_int8
 
+        if batch_invariant and seq2seq:
+            raise UsageError(
+                f"{ref}: an encoder-decoder runs int8 only as fbgemm's dynamic int8 (its "
+                "attention has no batch-invariant path); set batch_invariant: false"
+            )
         if batch_invariant:
             from csdraft.models.invariant import RowInt8Linear, make_batch_invariant
 
@@ -415,7 +434,7 @@ def load_transformers(
         if isinstance(eos, (list, tuple)):
             eos = eos[0] if eos else None
         gen.pad_token_id = eos
-    return TransformersModel(
+    return (Seq2SeqModel if seq2seq else TransformersModel)(
         ref=ref,
         source=res.source,
         path=res.path,
@@ -425,3 +444,33 @@ def load_transformers(
         device=device,
         batch_invariant=batch_invariant and dtype == "int8",
     )
+
+
+@dataclass(eq=False)
+class Seq2SeqModel(TransformersModel):
+    """A loaded encoder-decoder (T5, BART...): its sessions are ``seq2seq.Seq2SeqScorer``s
+    (the prompt through the encoder once, decoder tokens scored and cached); chains only, over
+    the whole vocabulary (``seq2seq.check_ladder`` refuses trees and draft vocabularies)."""
+
+    scores_trees: ClassVar[bool] = False
+    encoder_decoder: ClassVar[bool] = True
+
+    def session(self, name: str, vocab: int | None = None) -> Any:
+        """A fresh encoder-decoder scorer (``vocab`` must be None)."""
+        from csdraft.models.seq2seq import Seq2SeqScorer
+
+        if vocab is not None:
+            raise UsageError(f"{self.ref}: an encoder-decoder has no draft vocabulary; drop vocab")
+        return Seq2SeqScorer(self.model, name)
+
+    def next_logits(self, context: Sequence[int], prompt_tokens: int | None = None) -> torch.Tensor:
+        """float32 logits of the token after ``context``, its first ``prompt_tokens`` the input
+        (None: all of it, so the logits of the first output token)."""
+        from csdraft.models.seq2seq import next_logits
+
+        return next_logits(self.model, context, prompt_tokens)
+
+    @property
+    def context_length(self) -> None:
+        """None: input and output have limits of their own (``seq2seq.length_problem``)."""
+        return None

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from csdraft.engine import MaxGram, Sampling
+from csdraft.errors import UsageError
 from csdraft.runs import cascade_runner
 from csdraft.spec import RungSpec
 from csdraft.tune.costs import (
@@ -169,6 +170,12 @@ def calibrate(
     """Measure costs and acceptance statistics of a loaded ladder on ``prompts`` (token ids)."""
     spec = ladder.spec
     models = list(ladder.models.values())
+    foreign = [n for n, m in ladder.models.items() if m.tokenizer is not ladder.tokenizer]
+    if foreign:  # its agreement model teacher-forces every rung on the target's tokens
+        raise UsageError(
+            f"ladder '{spec.name}': {', '.join(foreign)} has its own tokenizer; tune and "
+            "inspect's measurements work in the target's tokens only: compare ladders with bench"
+        )
     eos = ladder.eos_ids
     records: list[PromptRecord] = []
 

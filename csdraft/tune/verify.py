@@ -129,7 +129,7 @@ def margin_source(
             return float(rec.margin[pos])
         if target is None:
             return None
-        return exactness.top2_margin(target, [*rec.prompt, *want[:pos]])
+        return exactness.top2_margin(target, [*rec.prompt, *want[:pos]], len(rec.prompt))
 
     return margin_at
 

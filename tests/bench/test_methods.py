@@ -16,7 +16,8 @@ def test_methods_skip_what_does_not_apply():
     skipped = {n for n, m in METHODS.items() if m.skip_reason(lookup, s)}
     # llama.cpp: target "x" is no GGUF
     assert skipped == {
-        "sd", "csd-vertical", "csd-horizontal", "csd-tree", "hf-assisted", "llama.cpp"
+        "sd", "csd-vertical", "csd-horizontal", "csd-tree", "hf-assisted", "hf-assisted-universal",
+        "llama.cpp",
     }  # fmt: skip
     assert "csd itself" in METHODS["csd-vertical"].skip_reason(lookup, s)
     skipped = {n for n, m in METHODS.items() if m.skip_reason(sd_only, s)}

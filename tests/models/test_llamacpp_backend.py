@@ -161,7 +161,7 @@ def test_greedy_cascade_equals_the_llamacpp_targets_own_greedy(ggufs, home, draf
         prompt = random_ids(6 + seed, seed=10 + seed).tolist()
         want = greedy_reference(ladder.target, prompt, 40, ladder.eos_ids)
         for k in ([[3, 2], [0, 3]], [[5, 0], [0, 0]], [[0, 4], [0, 0]]):
-            cascade = ladder.cascade(k_matrix=k)
+            cascade = ladder.cascade(ladder.spec.replace(k_matrix=k))
             events = list(cascade.generate(prompt, 40, ladder.eos_ids))
             got = [t for e in events if isinstance(e, Commit) for t in e.tokens]
             assert got == want, (seed, k)

@@ -36,7 +36,7 @@ def test_divergence_off_the_reference_asks_the_target():
     asked = []
 
     class Target:
-        def next_logits(self, context):
+        def next_logits(self, context, prompt_tokens=None):
             asked.append(list(context))
             return torch.tensor([0.0, 2.0, 1.9])
 

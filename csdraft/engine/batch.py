@@ -1,0 +1,199 @@
+"""Many generations at once: each runs its own cascade in its own thread (exactly a single
+generation's code), and their model passes are batched by one scheduler.
+
+A generation is a *member* of a ``Batcher`` while its events are being produced
+(``Batcher.run``). A member is *active* while its engine code runs, *blocked* once it hands a
+pass to the batcher (``submit``) and *idle* while its consumer holds an event. When no member is
+active and some passes wait, the scheduler thread runs one step: one waiting ``group`` of jobs
+(one model's sessions, where sharing a pass is exact) goes through one forward pass, every job
+that must run alone runs alone, and their members are woken (``_pick`` says which group).
+Members join and leave between steps; one that ends or is closed early frees its caches at once
+(its cascade's own ``release``).
+
+The scheduler knows nothing of models: a job is a payload and a function that runs a list of
+payloads in one pass (``csdraft.models.pooled`` makes the jobs and says which may share a pass).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+Run = Callable[[list[Any]], list[Any]]
+"""Runs the payloads of some jobs in one pass and returns their results, in order."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One pass a member waits for: ``run([payload])`` alone, or with other jobs of the same
+    non-None ``group`` in one ``run`` call."""
+
+    run: Run
+    payload: Any
+    group: Hashable | None = None
+    order: int = 0
+    """Among waiting groups, those of the highest order run first (see ``Batcher._pick``)."""
+    result: Any = None
+    error: BaseException | None = None
+    done: bool = False
+    abandoned: bool = False
+    """Its member stopped waiting (an exception such as KeyboardInterrupt while blocked)."""
+
+
+@dataclass
+class BatchCounts:
+    """What the scheduler did: steps, forward passes (``run`` calls) and jobs run."""
+
+    steps: int = 0
+    passes: int = 0
+    jobs: int = 0
+    widest: int = 0
+    """The most jobs that shared one pass."""
+    shared: dict[int, list[int]] = field(default_factory=dict)
+    """By order (``pooled``: the rung), the shared passes run and the jobs they took."""
+
+
+class Batcher:
+    """The scheduler of one loaded ladder (see the module). Thread-safe."""
+
+    def __init__(self) -> None:
+        self.counts = BatchCounts()
+        self._cond = threading.Condition()
+        self._jobs: list[Job] = []
+        self._members = 0  # generations running through ``run``
+        self._active = 0  # members running engine code (neither blocked nor idle)
+        self._thread: threading.Thread | None = None
+
+    def run(self, events: Iterator[T]) -> Iterator[T]:
+        """``events`` (one generation's iterator) produced as a member: its passes are batched
+        with the other members'. Closing this iterator early closes ``events`` (which frees
+        its caches) and leaves."""
+        self._join()
+        try:
+            while True:
+                try:
+                    event = next(events)
+                except StopIteration:
+                    return
+                self._change(-1)  # idle while the consumer holds the event
+                try:
+                    yield event
+                finally:
+                    self._change(+1)
+        finally:
+            try:
+                close = getattr(events, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self._leave()
+
+    def submit(self, run: Run, payload: Any, group: Hashable | None = None, order: int = 0) -> Any:
+        """Wait for ``payload``'s pass (batched with other members' jobs of ``group``) and
+        return its result; an error in the pass is raised here."""
+        job = Job(run, payload, group, order)
+        with self._cond:
+            self._jobs.append(job)
+            self._active -= 1
+            self._cond.notify_all()
+            try:
+                while not job.done:
+                    self._cond.wait()
+            except BaseException:
+                if job in self._jobs:
+                    self._jobs.remove(job)
+                    self._active += 1
+                elif not job.done:
+                    job.abandoned = True
+                    self._active += 1
+                raise
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _join(self) -> None:
+        with self._cond:
+            self._members += 1
+            self._active += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="csdraft-batcher", daemon=True
+                )
+                self._thread.start()
+
+    def _leave(self) -> None:
+        with self._cond:
+            self._members -= 1
+            self._active -= 1
+            self._cond.notify_all()
+
+    def _change(self, delta: int) -> None:
+        with self._cond:
+            self._active += delta
+            if delta < 0:
+                self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._jobs and self._active == 0):
+                    if self._members == 0 and not self._jobs:
+                        self._thread = None
+                        return
+                    self._cond.wait()
+                jobs = self._pick()
+            self._step(jobs)
+            with self._cond:
+                for job in jobs:
+                    job.done = True
+                    if not job.abandoned:
+                        self._active += 1
+                self._cond.notify_all()
+
+    def _pick(self) -> list[Job]:
+        """This step's jobs (taken from the waiting ones): every job that runs alone, and one
+        shared group: the highest ``order`` waiting, the largest among equals. Members waiting
+        on other groups wait a step more while those released go on to need those groups too,
+        so the generations fall into step and later passes take more rows for the one fixed
+        cost of a pass (``pooled`` orders a ladder's cheapest models first, the target last:
+        its passes, the costliest, gather every generation that reaches them)."""
+        groups: dict[Hashable, list[Job]] = {}
+        for job in self._jobs:
+            if job.group is not None:
+                groups.setdefault(job.group, []).append(job)
+        chosen = max(groups.values(), key=lambda g: (g[0].order, len(g)), default=[])
+        take = [job for job in self._jobs if job.group is None or job in chosen]
+        self._jobs = [job for job in self._jobs if job not in take]
+        return take
+
+    def _step(self, jobs: list[Job]) -> None:
+        """Run every job: those of one group in one pass, the rest one by one."""
+        groups: dict[Hashable, list[Job]] = {}
+        passes = []
+        for job in jobs:
+            if job.group is None:
+                passes.append([job])
+            elif job.group in groups:
+                groups[job.group].append(job)
+            else:
+                groups[job.group] = [job]
+                passes.append(groups[job.group])
+        for together in passes:
+            try:
+                results = together[0].run([job.payload for job in together])
+                for job, result in zip(together, results, strict=True):
+                    job.result = result
+            except BaseException as e:  # handed to every member waiting on the pass
+                for job in together:
+                    job.error = e
+        c = self.counts
+        c.steps, c.passes, c.jobs = c.steps + 1, c.passes + len(passes), c.jobs + len(jobs)
+        c.widest = max(c.widest, *(len(p) for p in passes))
+        for together in passes:
+            if together[0].group is not None:
+                tally = c.shared.setdefault(together[0].order, [0, 0])
+                tally[0], tally[1] = tally[0] + 1, tally[1] + len(together)

@@ -1,0 +1,90 @@
+"""The scheduler alone (``csdraft.engine.batch``), on fake passes: a step waits for every
+running generation, runs one shared group (the highest order, the largest among equals) in one
+pass and every job that runs alone by itself; an error in a pass reaches every generation that
+waited on it; generations leave cleanly."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from csdraft.engine.batch import Batcher
+
+
+def run_members(batcher: Batcher, plans: list[list[tuple[str | None, int]]], fail: str = ""):
+    """Each plan is one generation: the (group, order) of each pass it waits for. All start
+    their first pass at once. Returns each generation's results (or its error) and the passes
+    run, in order, as (group, width)."""
+    passes: list[tuple[str | None, int]] = []
+    go = threading.Event()
+
+    def make_run(group: str | None):
+        def run(payloads: list) -> list:
+            passes.append((group, len(payloads)))
+            if group == fail:
+                raise ValueError(f"pass {group} failed")
+            return [f"{group}:{p}" for p in payloads]
+
+        return run
+
+    def events(i: int, plan: list[tuple[str | None, int]]):
+        yield "start"
+        go.wait()  # active (engine code running) until every generation is here
+        for k, (group, order) in enumerate(plan):
+            yield batcher.submit(make_run(group), (i, k), group, order)
+
+    out: list = [None] * len(plans)
+
+    def worker(i: int) -> None:
+        try:
+            out[i] = list(batcher.run(events(i, plans[i])))[1:]
+        except ValueError as e:
+            out[i] = e
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(plans))]
+    for t in threads:
+        t.start()
+    while batcher._active < len(plans):
+        time.sleep(0.001)
+    go.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert batcher._members == 0 and batcher._active == 0 and not batcher._jobs
+    return out, passes
+
+
+def test_drafters_first_then_one_target_pass_for_all():
+    batcher = Batcher()
+    plans = [[("d", 1), ("t", 0)], [("t", 0)], [("d", 1), ("d", 1), ("t", 0)]]
+    out, passes = run_members(batcher, plans)
+    assert passes == [("d", 2), ("d", 1), ("t", 3)]
+    assert out[0] == ["d:(0, 0)", "t:(0, 1)"] and out[1] == ["t:(1, 0)"]
+    assert batcher.counts.steps == 3 and batcher.counts.jobs == 6 and batcher.counts.widest == 3
+    assert batcher.counts.shared == {1: [2, 3], 0: [1, 3]}
+
+
+def test_jobs_that_run_alone_run_in_every_step_one_by_one():
+    batcher = Batcher()
+    out, passes = run_members(batcher, [[(None, 0), ("t", 0)], [(None, 0), ("t", 0)]])
+    assert passes == [(None, 1), (None, 1), ("t", 2)]
+    assert out == [["None:(0, 0)", "t:(0, 1)"], ["None:(1, 0)", "t:(1, 1)"]]
+
+
+def test_an_error_in_a_pass_reaches_every_generation_in_it_and_the_rest_go_on():
+    batcher = Batcher()
+    out, passes = run_members(batcher, [[("x", 0)], [("x", 0)], [("y", 1), ("z", 0)]], fail="x")
+    assert isinstance(out[0], ValueError) and isinstance(out[1], ValueError)
+    assert out[2] == ["y:(2, 0)", "z:(2, 1)"]
+
+
+@pytest.mark.parametrize("width", [1, 5])
+def test_the_scheduler_thread_ends_with_its_last_generation(width):
+    batcher = Batcher()
+    run_members(batcher, [[("t", 0)]] * width)
+    for _ in range(1000):
+        if batcher._thread is None:
+            break
+        time.sleep(0.001)
+    assert batcher._thread is None

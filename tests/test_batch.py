@@ -1,0 +1,227 @@
+"""Many generations at once (``csdraft.engine.batch``, ``csdraft.models.pooled``): each request's
+output is exactly its output alone whatever shares its passes, greedy and sampled, with requests
+of different prompt lengths joining and leaving at random steps; a request closed early frees
+its caches at once and the others go on exactly. Greedy outputs also equal the int8 target's own
+greedy decoding. A sampled request's text is a function of its seed alone, so its distribution
+is the single-sequence one (tests/engine/test_sampling.py proves that one exact); the wrong
+variant that shares one random stream across requests fails here."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tiny_ladder import make_tiny_ladder
+
+import csdraft.api
+from csdraft.api import Ladder
+from csdraft.engine.batch import BatchCounts
+from csdraft.errors import UsageError
+from csdraft.ladder import get_ladder
+from csdraft.models import TransformersScorer
+from csdraft.trace import Commit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+EOS = 1
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory) -> Ladder:
+    """A tiny int8 ladder: the batch-invariant int8 target, an int8 (fbgemm dynamic, not
+    batch-invariant) drafter and Max-Gram, loaded once."""
+    root = tmp_path_factory.mktemp("batch")
+    config = make_tiny_ladder(root, drafters=1, maxgram=True)
+    data = yaml.safe_load(config.read_text())
+    data["tiny"]["dtype"] = "int8"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CSDRAFT_HOME", str(root / "home"))
+        mp.setenv("CSDRAFT_CONFIG", str(root / "user.yaml"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        loaded = Ladder.load(get_ladder("tiny", config), progress=False)
+    assert loaded.target.batch_invariant
+    assert not loaded.models["tiny-d1"].batch_invariant
+    return loaded
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: tuple[int, ...]
+    n: int
+    temperature: float = 0.0
+    seed: int = 0
+    start: int = 0
+    """The scheduler step it joins at (or when nothing else runs)."""
+    cancel: int | None = None
+    """Close its stream after this many events (None: run to the end)."""
+
+
+SOLO: dict[tuple, list[int]] = {}
+
+
+def alone(ladder: Ladder, r: Request) -> list[int]:
+    """The request's output generated alone."""
+    key = (r.prompt, r.n, r.temperature, r.seed)
+    if key not in SOLO:
+        out = ladder.generate(list(r.prompt), r.n, temperature=r.temperature, seed=r.seed)
+        SOLO[key] = out.token_ids
+    return SOLO[key]
+
+
+@torch.inference_mode()
+def own_greedy(ladder: Ladder, prompt: tuple[int, ...], n: int) -> list[int]:
+    """The int8 target alone, one token per pass, up to eos."""
+    scorer = TransformersScorer(ladder.target.model, "alone")
+    seq, out = np.asarray(prompt, dtype=np.int64), []
+    while len(out) < n:
+        out.append(int(scorer.score(seq, len(seq))[-1].argmax()))
+        seq = np.append(seq, out[-1])
+        if out[-1] == EOS:
+            break
+    return out
+
+
+def together(ladder: Ladder, requests: list[Request], in_step: bool = False) -> list[list[int]]:
+    """Run every request in its own thread through ``ladder.stream``: the committed tokens of
+    each (up to where it was closed, for a cancelled one). ``in_step``: all join before any
+    pass runs (each waits after its first event, which comes before any pass)."""
+    results: list[list[int] | None] = [None] * len(requests)
+    barrier = threading.Barrier(len(requests)) if in_step else None
+    running = [False] * len(requests)
+    errors: list[BaseException] = []
+
+    def worker(i: int, r: Request) -> None:
+        try:
+            others = running[:i] + running[i + 1 :]
+            while i and ladder.batcher.counts.steps < r.start and any(others):
+                time.sleep(0.0005)
+                others = running[:i] + running[i + 1 :]
+            running[i] = True
+            stream = ladder.stream(list(r.prompt), r.n, temperature=r.temperature, seed=r.seed)
+            tokens: list[int] = []
+            for k, event in enumerate(stream):
+                if k == 0 and barrier is not None:
+                    barrier.wait(timeout=60)
+                if isinstance(event, Commit):
+                    tokens += event.tokens
+                if r.cancel is not None and k >= r.cancel:
+                    stream.close()
+                    break
+            results[i] = tokens
+        except BaseException as e:  # reported by the test's thread
+            errors.append(e)
+        finally:
+            running[i] = False
+
+    threads = [threading.Thread(target=worker, args=(i, r)) for i, r in enumerate(requests)]
+    running[0] = True  # the first starts at once; the rest wait for their step
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert ladder.batcher._members == 0
+    return results  # type: ignore[return-value]
+
+
+requests = st.builds(
+    Request,
+    prompt=st.lists(st.integers(3, 62), min_size=1, max_size=40).map(tuple),
+    n=st.integers(1, 14),
+    temperature=st.sampled_from([0.0, 0.0, 0.8, 1.3]),
+    seed=st.integers(0, 3),
+    start=st.integers(0, 12),
+    cancel=st.one_of(st.none(), st.none(), st.integers(1, 4)),
+)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(requests, min_size=2, max_size=5))
+def test_every_request_outputs_exactly_what_it_outputs_alone(ladder, batch):
+    got = together(ladder, batch)
+    for r, tokens in zip(batch, got, strict=True):
+        want = alone(ladder, r)
+        if r.cancel is None:
+            assert tokens == want
+        else:  # closed early: exact as far as it went
+            assert tokens == want[: len(tokens)]
+        if r.temperature == 0:
+            assert want == own_greedy(ladder, r.prompt, r.n)
+
+
+def test_passes_are_shared_across_requests(ladder):
+    ladder.batcher.counts = BatchCounts()
+    batch = [Request(tuple(range(3 + i, 20 + 3 * i)), 12) for i in range(4)]
+    got = together(ladder, batch, in_step=True)
+    assert got == [alone(ladder, r) for r in batch]
+    counts = ladder.batcher.counts
+    assert counts.widest >= 2 and counts.passes < counts.jobs
+    target_passes, target_jobs = counts.shared[0]  # the batch-invariant int8 target's
+    assert target_passes < target_jobs
+
+
+def test_sharing_one_random_stream_across_requests_fails(ladder, monkeypatch):
+    """The wrong variant: every cascade draws from one generator. Outputs then depend on what
+    ran beside them, and this harness sees it."""
+    batch = [Request(tuple(range(5, 9 + i)), 20, temperature=1.3, seed=i) for i in range(4)]
+    want = [alone(ladder, r) for r in batch]
+    shared = torch.Generator()
+    monkeypatch.setattr(csdraft.engine.cascade.torch, "Generator", lambda: shared)
+    assert together(ladder, batch, in_step=True) != want
+
+
+def test_a_request_closed_early_frees_its_caches_and_the_others_go_on(ladder, monkeypatch):
+    built = {}
+    real = csdraft.api.build_cascade
+
+    def record(*args, **kwargs):
+        cascade = real(*args, **kwargs)
+        built[threading.get_ident()] = cascade
+        return cascade
+
+    monkeypatch.setattr(csdraft.api, "build_cascade", record)
+    freed = []
+    batch = [Request(tuple(range(3, 12 + 5 * i)), 14, temperature=0.8 * (i % 2)) for i in range(3)]
+    closing = threading.Event()
+
+    def worker_closes() -> None:
+        stream = ladder.stream(list(batch[1].prompt), batch[1].n, seed=0)
+        for k, _ in enumerate(stream):
+            if k == 2:
+                break
+        stream.close()
+        scorers = [r.scorer.scorer for r in built[threading.get_ident()].rungs if r.neural]
+        freed.append(all(s.cache is None for s in scorers) and len(scorers) == 2)
+        closing.set()
+
+    others = [Request(batch[0].prompt, 14), Request(batch[2].prompt, 14, 0.8, 3)]
+    thread = threading.Thread(target=worker_closes)
+    thread.start()
+    got = together(ladder, others)
+    thread.join()
+    assert closing.is_set() and freed == [True]
+    assert got == [alone(ladder, r) for r in others]
+
+
+def test_generate_many_keeps_input_order_and_per_request_settings(ladder):
+    prompts = [[5, 6, 7], {"prompt": [8, 9], "temperature": 0.8, "seed": 2}, [10] * 30]
+    results = ladder.generate_many(prompts, 10, concurrency=3)
+    assert [r.token_ids for r in results] == [
+        alone(ladder, Request((5, 6, 7), 10)),
+        alone(ladder, Request((8, 9), 10, 0.8, 2)),
+        alone(ladder, Request((10,) * 30, 10)),
+    ]
+    with pytest.raises(UsageError, match="unknown request setting"):
+        ladder.generate_many([{"prompt": [5], "tempreature": 1}])
+    with pytest.raises(UsageError, match="temperature"):
+        ladder.generate_many([[5], {"prompt": [6], "temperature": -1}])
