@@ -155,9 +155,11 @@ def main() -> int:
         rss_load = metric(client, "process_resident_memory_bytes")
         cancelled = (metric(client, "csdraft_cancelled_total") or 0.0) - cancelled_before
         done = [j for j in jobs if not j.disconnect and not j.error and j.status == 200]
+        solo_start = time.perf_counter()
         for job in done:  # the solo twins: the same request alone
             twin = send(client, Outcome(job.index, {**job.body, "stream": False}, False))
             job.solo_ids = None if twin.error else twin.token_ids
+        solo_s = time.perf_counter() - solo_start
         rss_after = metric(client, "process_resident_memory_bytes")
     errors = [j for j in jobs if (j.error or j.status != 200) and not j.disconnect]
     mismatches = [j.index for j in done if j.token_ids != j.solo_ids]
@@ -182,6 +184,9 @@ def main() -> int:
         "wall_s": round(load_s, 2),
         "throughput_tokens_per_s": round(tokens / load_s, 2) if load_s else None,
         "throughput_requests_per_s": round(len(done) / load_s, 3) if load_s else None,
+        "solo_wall_s": round(solo_s, 2),
+        "solo_throughput_tokens_per_s": round(tokens / solo_s, 2) if solo_s else None,
+        "throughput_vs_solo": round(solo_s / load_s, 2) if load_s and done else None,
         "rss_mib": {
             "before": mib(rss_before),
             "after_load": mib(rss_load),

@@ -230,13 +230,15 @@ def test_corrupt_model(capsys, monkeypatch, tmp_path, ladder_dir):
     one_line_error(err)
 
 
-def test_tokenizer_mismatch(capsys, monkeypatch, tmp_path, ladder_dir):
+def test_a_drafter_whose_tokenizer_cannot_cross_as_text(capsys, monkeypatch, tmp_path, ladder_dir):
+    """Another tokenizer crosses as text; a word-level one that loses text cannot."""
     other = tiny_tokenizer([f"v{i}" for i in range(60)])
     odd = tiny_model_dir(tmp_path / "odd", 3, other)
     cfg = write_config(tmp_path, ladder_dir, drafters=[{"model": str(odd), "name": "odd"}])
     code, _, err = run(capsys, monkeypatch, "generate", "-c", cfg, "-p", PROMPT)
     assert code == 1
-    assert "drafter 'odd'" in one_line_error(err)
+    line = one_line_error(err)
+    assert "rung 'odd'" in line and "does not decode its own encoding" in line
 
 
 def test_prompt_longer_than_context(capsys, monkeypatch, ladder_dir):
