@@ -4,9 +4,11 @@ generation's code), and their model passes are batched by one scheduler.
 A generation is a *member* of a ``Batcher`` while its events are being produced
 (``Batcher.run``). A member is *active* while its engine code runs, *blocked* once it hands a
 pass to the batcher (``submit``) and *idle* while its consumer holds an event. When no member is
-active and some passes wait, the scheduler thread runs one step: one waiting ``group`` of jobs
-(one model's sessions, where sharing a pass is exact) goes through one forward pass, every job
-that must run alone runs alone, and their members are woken (``_pick`` says which group).
+active and some passes wait, one blocked member (the first to see it) runs one step in its own
+thread: one waiting ``group`` of jobs (one model's sessions, where sharing a pass is exact) goes
+through one forward pass, every job that must run alone runs alone, and their members are woken
+(``_pick`` says which group). There is no scheduler thread: a generation alone runs its own
+passes in its own thread, with no hand-off.
 Members join and leave between steps; one that ends or is closed early frees its caches at once
 (its cascade's own ``release``).
 
@@ -66,7 +68,7 @@ class Batcher:
         self._jobs: list[Job] = []
         self._members = 0  # generations running through ``run``
         self._active = 0  # members running engine code (neither blocked nor idle)
-        self._thread: threading.Thread | None = None
+        self._stepping = False  # a member is running a step
 
     def run(self, events: Iterator[T]) -> Iterator[T]:
         """``events`` (one generation's iterator) produced as a member: its passes are batched
@@ -99,31 +101,44 @@ class Batcher:
         with self._cond:
             self._jobs.append(job)
             self._active -= 1
-            self._cond.notify_all()
-            try:
-                while not job.done:
-                    self._cond.wait()
-            except BaseException:
-                if job in self._jobs:
-                    self._jobs.remove(job)
-                    self._active += 1
-                elif not job.done:
-                    job.abandoned = True
-                    self._active += 1
-                raise
+        while True:
+            with self._cond:
+                try:
+                    while not (job.done or self._may_step()):
+                        self._cond.wait()
+                except BaseException:
+                    if job in self._jobs:
+                        self._jobs.remove(job)
+                        self._active += 1
+                    elif not job.done:
+                        job.abandoned = True
+                        self._active += 1
+                    raise
+                if job.done:
+                    break
+                self._stepping = True
+                jobs = self._pick()
+            self._step(jobs)  # in this member's thread; an error goes to the jobs it hits
+            with self._cond:
+                for done in jobs:
+                    done.done = True
+                    if not done.abandoned:
+                        self._active += 1
+                self._stepping = False
+                self._cond.notify_all()
         if job.error is not None:
             raise job.error
         return job.result
+
+    def _may_step(self) -> bool:
+        """Whether a step may start now: passes wait, no member runs engine code, and no step
+        is running (called holding the lock)."""
+        return bool(self._jobs) and self._active == 0 and not self._stepping
 
     def _join(self) -> None:
         with self._cond:
             self._members += 1
             self._active += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="csdraft-batcher", daemon=True
-                )
-                self._thread.start()
 
     def _leave(self) -> None:
         with self._cond:
@@ -135,23 +150,6 @@ class Batcher:
         with self._cond:
             self._active += delta
             if delta < 0:
-                self._cond.notify_all()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not (self._jobs and self._active == 0):
-                    if self._members == 0 and not self._jobs:
-                        self._thread = None
-                        return
-                    self._cond.wait()
-                jobs = self._pick()
-            self._step(jobs)
-            with self._cond:
-                for job in jobs:
-                    job.done = True
-                    if not job.abandoned:
-                        self._active += 1
                 self._cond.notify_all()
 
     def _pick(self) -> list[Job]:

@@ -80,11 +80,32 @@ def test_an_error_in_a_pass_reaches_every_generation_in_it_and_the_rest_go_on():
 
 
 @pytest.mark.parametrize("width", [1, 5])
-def test_the_scheduler_thread_ends_with_its_last_generation(width):
+def test_steps_run_in_the_members_own_threads(width):
+    """No scheduler thread: a lone generation's passes run in its own thread (no hand-off);
+    with several, each step in one of theirs."""
     batcher = Batcher()
-    run_members(batcher, [[("t", 0)]] * width)
-    for _ in range(1000):
-        if batcher._thread is None:
-            break
-        time.sleep(0.001)
-    assert batcher._thread is None
+    seen: set[threading.Thread] = set()
+
+    def run(payloads: list) -> list:
+        seen.add(threading.current_thread())
+        return payloads
+
+    def events():
+        for i in range(3):
+            yield batcher.submit(run, i, "t")
+
+    def member() -> None:
+        assert list(batcher.run(events())) == [0, 1, 2]
+
+    before = set(threading.enumerate())
+    if width == 1:
+        member()
+        assert seen == {threading.current_thread()}
+    else:
+        threads = [threading.Thread(target=member) for _ in range(width)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert seen and seen <= set(threads)
+    assert set(threading.enumerate()) <= before  # nothing left running
