@@ -43,20 +43,14 @@ def parse_deferral(rules: str | None, alphas: str | None) -> Any:
     """--deferral 'opt' --alpha 0.1 -> the target's Deferral('opt', 0.1); comma lists give
     one rule per reviewer, with one alpha for all or one each. Every rule but 'none' needs an
     alpha in its range."""
-    from csdraft.spec import deferral_of, spread
+    from csdraft.spec import deferrals_of
 
     if rules is None:
         if alphas is not None:
             raise UsageError("--alpha: needs --deferral RULE")
         return None
     names = [r.strip() for r in rules.split(",")]
-    values = parse_numbers(alphas, "--alpha")
-    values = spread(values, len(names), "--alpha (one per --deferral rule)")
-    out = [deferral_of(n, a, "--deferral") for n, a in zip(names, values, strict=True)]
-    for d in out:
-        if problem := d.range_problem():
-            raise UsageError(f"--deferral: {problem}")
-    return out[0] if len(out) == 1 else out
+    return deferrals_of(names, parse_numbers(alphas, "--alpha"), "--deferral")
 
 
 def _deferral_rules_help() -> str:

@@ -129,6 +129,16 @@ def deferral_of(rule: str, alpha: Any, where: str) -> Deferral:
         raise UsageError(f"{where}: {e}") from None
 
 
+def deferrals_of(names: list[str], alphas: Any, where: str) -> Deferral | list[Deferral]:
+    """Rules ``names`` (one per reviewer), ``alphas`` one for all or one each, in range."""
+    values = spread(alphas, len(names), f"{where} alpha (one per rule)")
+    out = [deferral_of(n, a, where) for n, a in zip(names, values, strict=True)]
+    for d in out:
+        if problem := d.range_problem():
+            raise UsageError(f"{where}: {problem}")
+    return out[0] if len(out) == 1 else out
+
+
 def _setting(default: Any, parse: Callable, kinds: Iterable[str] = (MODEL,), key: str = ""):
     """A RungSpec field: its default, its YAML parser, the kinds of rung it belongs to and
     (when it differs from the field's name) its YAML key."""

@@ -89,7 +89,7 @@ def test_generate_lossy_json_and_trace(capsys, monkeypatch, ladder_dir, tmp_path
     [
         (["--deferral", "best"], "--deferral: unknown deferral rule 'best'"),
         (["--alpha", "0.1"], "--alpha: needs --deferral RULE"),
-        (["--deferral", "opt,v1", "--alpha", "1,2,3"], "--alpha (one per --deferral rule)"),
+        (["--deferral", "opt,v1", "--alpha", "1,2,3"], "--deferral alpha (one per rule)"),
         (["--deferral", "opt,v1", "--alpha", "1,2,3"], "expected one value or a list of 2"),
         (["--deferral", "opt"], "--deferral: opt needs an alpha (opt@ALPHA)"),
         (["--deferral", "opt,v1,v2", "--alpha", "1"], "deferral: expected"),

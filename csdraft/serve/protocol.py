@@ -11,7 +11,7 @@ from typing import Any
 
 from csdraft.api import Ladder, chat_ids
 from csdraft.errors import UsageError
-from csdraft.spec import LadderSpec, deferral_of, spread
+from csdraft.spec import LadderSpec, deferrals_of
 
 
 class ApiError(Exception):
@@ -204,12 +204,7 @@ def _deferral(rules: Any, alphas: Any) -> Any:
     names = rules if isinstance(rules, list) else [rules]
     if not names or not all(isinstance(n, str) for n in names):
         raise UsageError(f"deferral: expected a rule name or a list of them, got {rules!r}")
-    values = spread(alphas, len(names), "alpha (one per deferral rule)")
-    out = [deferral_of(n, a, "deferral") for n, a in zip(names, values, strict=True)]
-    for d in out:
-        if problem := d.range_problem():
-            raise UsageError(f"deferral: {problem}")
-    return out[0] if len(out) == 1 else out
+    return deferrals_of(names, alphas, "deferral")
 
 
 def _stop(value: Any) -> list[str] | None:
