@@ -51,6 +51,15 @@ class Result:
         text = tokenizer.decode(ids, skip_special_tokens=True)
         return cls(text, ids, list(prompt_ids), events, Stats.of(events))
 
+    def as_json(self, ladder: str) -> dict[str, Any]:
+        """What ``csdraft generate --json`` prints for it (one line per request with --batch)."""
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "lossless": self.stats.lossless,
+            "stats": {"ladder": ladder, **self.stats.as_dict()},
+        }
+
 
 class Ladder:
     """A ladder with its models loaded and their tokenizers checked against the target's.
@@ -194,10 +203,24 @@ class Ladder:
         ``spec``'s: any validated spec over the loaded models (``spec.keep``, ``with_rung``...).
         Generations streamed at once from several threads have their model passes batched
         (``csdraft.engine.batch``), each output exactly what it is alone."""
-        prompt_ids, n_new, cascade, stops = self._prepare(
-            prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, raw, spec
+        ids, spec = self._request(
+            prompt,
+            raw,
+            spec,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
         )
-        yield from self.batcher.run(cascade.generate(prompt_ids, n_new, self.eos_ids, stops))
+        gen = spec.generation
+        cascade = build_cascade(
+            spec, pooled_models(self.models, spec, self.batcher), gen.sampling, None, self.bigram
+        )
+        stops = StopStrings(self.tokenizer, list(gen.stop)) if gen.stop else None
+        events = cascade.generate(ids, gen.max_new_tokens, self.eos_ids, stops)
+        yield from self.batcher.run(events)
 
     def generate_many(
         self,
@@ -227,7 +250,7 @@ class Ladder:
             ids = self.prompt_ids(settings.pop("prompt"), raw)
             jobs.append((ids, settings))
         for ids, settings in jobs:  # bad settings fail here, before anything runs
-            self._prepare(ids, **settings)
+            self._request(ids, **settings)
 
         def run(job: tuple[list[int], dict[str, Any]]) -> Result:
             ids, settings = job
@@ -250,34 +273,20 @@ class Ladder:
             raise UsageError("the prompt is empty")
         return ids
 
-    def _prepare(
+    def _request(
         self,
         prompt: str | Sequence[int],
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
         raw: bool = False,
         spec: LadderSpec | None = None,
-    ) -> tuple[list[int], int, Cascade, StopStrings | None]:
-        spec = self.runnable(spec).with_generation(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop or None,
-        )
-        gen = spec.generation
+        stop: Sequence[str] = (),
+        **generation: Any,
+    ) -> tuple[list[int], LadderSpec]:
+        """One request's prompt ids and spec (``stream``'s settings over ``spec``'s), checked
+        to run here (a one-line UsageError), nothing built yet."""
+        spec = self.runnable(spec).with_generation(stop=stop or None, **generation)
         ids = self.prompt_ids(prompt, raw)
-        self.check_length(ids, gen.max_new_tokens)
-        cascade = build_cascade(
-            spec, pooled_models(self.models, spec, self.batcher), gen.sampling, None, self.bigram
-        )
-        stops = StopStrings(self.tokenizer, list(gen.stop)) if gen.stop else None
-        return ids, gen.max_new_tokens, cascade, stops
+        self.check_length(ids, spec.generation.max_new_tokens)
+        return ids, spec
 
 
 def _warn_slow_blocks(spec: LadderSpec, models: dict[str, LoadedModel]) -> None:

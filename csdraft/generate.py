@@ -115,13 +115,7 @@ def run_generate(
         return 130
     result = Result.of(events, prompt_ids, tokenizer)
     if as_json:
-        payload = {
-            "text": result.text,
-            "token_ids": result.token_ids,
-            "lossless": result.stats.lossless,
-            "stats": {"ladder": spec.name, **result.stats.as_dict()},
-        }
-        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.write(json.dumps(result.as_json(spec.name)) + "\n")
         sys.stdout.flush()
     elif live:
         console.print(summary_table(result.stats))

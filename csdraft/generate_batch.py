@@ -62,12 +62,6 @@ def run_batch(path: Path, spec: LadderSpec, concurrency: int, raw: bool, quiet: 
     for result, request in zip(
         loaded.generate_many(requests, concurrency=concurrency), requests, strict=True
     ):
-        payload = {
-            "text": result.text,
-            "token_ids": result.token_ids,
-            "lossless": result.stats.lossless,
-            "stats": {"ladder": request["spec"].name, **result.stats.as_dict()},
-        }
-        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.write(json.dumps(result.as_json(request["spec"].name)) + "\n")
     sys.stdout.flush()
     return 0

@@ -22,6 +22,7 @@ from csdraft.console import progress_console, report_console
 from csdraft.errors import UsageError
 from csdraft.ladder import get_ladder
 from csdraft.outputs import check_writable
+from csdraft.trace import tokens_per_second
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -39,7 +40,7 @@ def _side(results: list[Any], wall_s: float, batcher: Any = None) -> dict[str, A
     side = {
         "wall_s": wall_s,
         "new_tokens": tokens,
-        "tokens_per_s": tokens / wall_s if wall_s > 0 else 0.0,
+        "tokens_per_s": tokens_per_second(tokens, wall_s) or 0.0,
         "latency_p50_s": percentile(latencies, 0.5),
         "latency_p95_s": percentile(latencies, 0.95),
         "latency_mean_s": statistics.fmean(latencies),

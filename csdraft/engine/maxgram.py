@@ -106,14 +106,8 @@ class MaxGram(Proposer):
         ]
         if not others:
             return draft
-        draft.parents = list(range(-1, len(main) - 1))
         for _, end in others[: self.branches - 1]:
-            run = self.tokens[end + 1 : end + 1 + n]
-            first = len(draft)
-            draft.tokens += run
-            draft.origins += [self.index] * len(run)
-            draft.q += [None] * len(run)
-            draft.parents += [-1] + list(range(first, first + len(run) - 1))
+            draft.graft(-1, self.draft(self.tokens[end + 1 : end + 1 + n]))
         return draft
 
     def continuation(self, context: np.ndarray | Sequence[int], n: int) -> list[int]:

@@ -146,12 +146,6 @@ class Recycling(Proposer):
             return draft
         firsts = [int(t) for t in self.table.successors(last)[: self.branches]]
         others = [t for t in firsts if t != main[0]][: self.branches - 1]
-        draft.parents = list(range(-1, len(main) - 1))
         for first in others:
-            run = [first, *self.table.walk(first, n - 1)]
-            start = len(draft)
-            draft.tokens += run
-            draft.origins += [self.index] * len(run)
-            draft.q += [None] * len(run)
-            draft.parents += [-1, *range(start, start + len(run) - 1)]
+            draft.graft(-1, self.draft([first, *self.table.walk(first, n - 1)]))
         return draft

@@ -171,10 +171,10 @@ class LeanDecoder:
             at += n
         for layer in self.layers:
             h = layer(h, parts)
-        ends = np.cumsum([p.rows for p in parts]).tolist()
-        wanted = [range(end - keep, end) for end, (_, _, keep) in zip(ends, jobs, strict=True)]
         if len(jobs) == 1:
             return [self.head(self.norm(h)[:, -jobs[0][2] :])]
+        ends = np.cumsum([p.rows for p in parts]).tolist()
+        wanted = [range(end - keep, end) for end, (_, _, keep) in zip(ends, jobs, strict=True)]
         rows = torch.as_tensor([i for r in wanted for i in r], dtype=torch.long, device=h.device)
         logits = self.head(self.norm(h.index_select(1, rows)))
         return list(logits.split([len(r) for r in wanted], dim=1))

@@ -395,16 +395,12 @@ def load_transformers(
         ):
             tokenizer = share_tokenizer.tokenizer
     with quiet_transformers(True):  # transformers' own load bars are noise once a model is prepared
-        if res.kind == "hub":
-            tokenizer = tokenizer or _hub_load(AutoTokenizer, ref)
-            seq2seq = bool(_hub_load(AutoConfig, ref).is_encoder_decoder)
-            loader = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-            model = _hub_load(loader, ref, dtype=torch_dtype, **dev_kwargs)
-        else:
-            tokenizer = tokenizer or _dir_load(AutoTokenizer, res)
-            seq2seq = bool(_dir_load(AutoConfig, res).is_encoder_decoder)
-            loader = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-            model = _dir_load(loader, res, dtype=torch_dtype, **dev_kwargs)
+        source = ref if res.kind == "hub" else res
+        fetch = _hub_load if res.kind == "hub" else _dir_load
+        tokenizer = tokenizer or fetch(AutoTokenizer, source)
+        seq2seq = bool(fetch(AutoConfig, source).is_encoder_decoder)
+        loader = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+        model = fetch(loader, source, dtype=torch_dtype, **dev_kwargs)
     if move_to is not None:
         model = model.to(move_to)
     if dtype == "int8":

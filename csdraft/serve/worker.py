@@ -116,9 +116,9 @@ class Job:
             yield item
 
 
-def first_stop(text: str, stops: Sequence[str]) -> int | None:
-    """Where the earliest stop string begins in ``text`` (None: none is there)."""
-    found = [i for s in stops if (i := text.find(s)) >= 0]
+def first_stop(text: str, stops: Sequence[str], start: int = 0) -> int | None:
+    """Where the earliest stop string begins in ``text`` at or after ``start`` (None: none)."""
+    found = [i for s in stops if (i := text.find(s, start)) >= 0]
     return min(found) if found else None
 
 
@@ -139,7 +139,7 @@ class StopText:
         if self.stopped:
             return ""
         self.text += piece
-        cut = first_stop(self.text, self.stops)
+        cut = first_stop(self.text, self.stops, self.sent)  # a stop begins after what was sent
         if cut is not None:
             self.text, self.stopped = self.text[:cut], True
         end = (
