@@ -161,7 +161,8 @@ class Ladder:
 
     def runnable(self, spec: LadderSpec | None) -> LadderSpec:
         """``spec`` (default: the ladder's), checked to run on the models loaded here: every
-        model rung's model, dtype, device and backend as loaded, and what encoder-decoder
+        model rung's model, dtype, device and backend as loaded, Max-Gram's bigram table the
+        loaded one (statistical rungs need nothing else loaded), and what encoder-decoder
         models allow (``seq2seq.check_ladder``) (a one-line UsageError)."""
         from csdraft.models.seq2seq import check_ladder as check_encoder_decoder
 
@@ -169,13 +170,11 @@ class Ladder:
             return self.spec
         check_encoder_decoder(spec, self.models)
         loaded = {r.name: r for r in self.spec.rungs}
-        for rung in spec.rungs:
+        key = ("ref", "dtype", "device", "backend")
+        for rung in (r for r in spec.rungs if r.reviews):
             have = loaded.get(rung.name)
-            same = have is not None and have.kind == rung.kind
-            if same and rung.reviews:
-                key = ("ref", "dtype", "device", "backend")
-                same = all(getattr(have, k) == getattr(rung, k) for k in key)
-            if not same:
+            same = have is not None and have.reviews
+            if not (same and all(getattr(have, k) == getattr(rung, k) for k in key)):
                 raise UsageError(
                     f"ladder '{spec.name}': rung {rung.name} is not loaded in ladder "
                     f"'{self.spec.name}' as it is given; load a ladder that has it"

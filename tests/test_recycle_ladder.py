@@ -145,6 +145,24 @@ def test_recycle_ladders_give_the_targets_greedy_output(tiny, names, k):
         assert ladder.generate(prompt, 14, spec=spec).token_ids == want, (names, prompt)
 
 
+def test_a_statistical_rung_needs_nothing_loaded(tiny):
+    """A ladder loaded with Max-Gram runs a spec whose bottom rung is a recycle rung it never
+    loaded (and the other way round): only model rungs must be as loaded."""
+    ladder, target = tiny
+    prompt = [5, 9, 12, 5, 9, 30]
+    want = reference_greedy(target, prompt, 14, eos_id=1)
+    plain = ladder.spec.keep(["tiny-d1", "max-gram"], [[3, 0], [0, 3]])
+    renamed = plain.replace(
+        rungs=(*plain.rungs[:2], RungSpec(kind="recycle", name="fresh", copy_ngram=2)),
+    )
+    for spec in (renamed, plain):
+        assert ladder.runnable(spec) is spec
+        assert ladder.generate(prompt, 14, spec=spec).token_ids == want
+    stranger = plain.with_rung("tiny-d1", dtype="bfloat16")
+    with pytest.raises(UsageError, match="tiny-d1 is not loaded"):
+        ladder.runnable(stranger)
+
+
 def test_the_table_persists_across_generations_unless_told_not_to(tiny):
     ladder, target = tiny
     prompt = [5, 9, 12, 5, 9, 30]

@@ -192,7 +192,8 @@ def _branches(branches: int) -> Transform:
 
 def _other_ladder(other: LadderSpec) -> Transform:
     """``csd@LADDER``: another ladder's rungs and settings, each model rung mapped onto the
-    loaded rung with the same model, dtype and device (a skip reason when one is missing)."""
+    loaded rung with the same model, dtype and device, its statistical rungs as they are (a
+    skip reason when a model or Max-Gram's learned bigram table is missing)."""
 
     def transform(spec: LadderSpec, s: Settings) -> LadderSpec:
         def model(r: Any) -> tuple:
@@ -201,18 +202,19 @@ def _other_ladder(other: LadderSpec) -> Transform:
         free = list(spec.rungs)
         rungs = []
         for rung in other.rungs:
-            if not rung.reviews:
-                match = spec.maxgram
-                if match is None or match.bigram_text != rung.bigram_text:
-                    raise Skip(f"ladder '{other.name}' has Max-Gram settings '{spec.name}' lacks")
-            else:
-                match = next((r for r in free if r.reviews and model(r) == model(rung)), None)
-                if not rungs and match is not spec.target:
-                    raise Skip(f"ladder '{other.name}' has another target than '{spec.name}'")
-                if match is None:
-                    lacks = f"drafts with {rung.ref}, which '{spec.name}' lacks"
-                    raise Skip(f"ladder '{other.name}' {lacks}")
-                free.remove(match)
+            if not rung.reviews:  # a statistical rung: nothing loaded but Max-Gram's table
+                loaded = spec.maxgram.bigram_text if spec.maxgram else None
+                if rung.bigram_text != loaded:
+                    raise Skip(f"ladder '{other.name}' has a bigram table '{spec.name}' lacks")
+                rungs.append(rung)
+                continue
+            match = next((r for r in free if r.reviews and model(r) == model(rung)), None)
+            if not rungs and match is not spec.target:
+                raise Skip(f"ladder '{other.name}' has another target than '{spec.name}'")
+            if match is None:
+                lacks = f"drafts with {rung.ref}, which '{spec.name}' lacks"
+                raise Skip(f"ladder '{other.name}' {lacks}")
+            free.remove(match)
             rungs.append(dataclasses.replace(rung, name=match.name))
         return other.replace(name=other.name, rungs=tuple(rungs))
 

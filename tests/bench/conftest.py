@@ -56,6 +56,12 @@ tiny-slow:
   k_matrix: [[2, 0], [0, 2]]
   min_confidence: 0.3
   dtype: float32
+tiny-recycle:
+  rungs:
+    - {{model: {root / "target"}, name: tiny-t, dtype: float32}}
+    - {{model: {root / "drafter"}, name: d, dtype: float32}}
+    - {{kind: recycle, copy_ngram: 2}}
+  k_matrix: [[2, 0], [0, 3]]
 tiny-swapped:
   target: {{model: {root / "drafter"}, name: tiny-d}}
   k_matrix: []

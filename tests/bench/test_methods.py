@@ -98,6 +98,9 @@ def test_another_ladder_on_the_same_models(tiny_config):
     assert [(d.lenience, d.min_confidence) for d in slow.plan(spec, s).drafters] == [(1.0, 0.3)]
     lookup = method("csd@tiny-lookup", tiny_config).plan(spec, s)  # Max-Gram is settings
     assert lookup.rung_names == ["tiny-t", "max-gram"] and lookup.maxgram.max_ngram == 8
+    recycle = method("csd@tiny-recycle", tiny_config).plan(spec, s)  # a statistical rung as is
+    assert [r.kind for r in recycle.rungs][-1] == "recycle" and recycle.maxgram is None
+    assert recycle.rung_names[:2] == ["tiny-t", "tiny-d"]
     assert "another target" in method("csd@tiny-swapped", tiny_config).skip_reason(spec, s)
     with pytest.raises(UsageError, match="nope"):
         method("csd@nope", tiny_config)
