@@ -4,7 +4,9 @@ of different prompt lengths joining and leaving at random steps; a request close
 its caches at once and the others go on exactly. Greedy outputs also equal the int8 target's own
 greedy decoding. A sampled request's text is a function of its seed alone, so its distribution
 is the single-sequence one (tests/engine/test_sampling.py proves that one exact); the wrong
-variant that shares one random stream across requests fails here."""
+variant that shares one random stream across requests fails here, and so does the variant that
+lets a sampled request share a batch-dependent drafter's passes (``pooled.shares_passes``
+switched off)."""
 
 from __future__ import annotations
 
@@ -134,6 +136,35 @@ def together(ladder: Ladder, requests: list[Request], in_step: bool = False) -> 
     return results  # type: ignore[return-value]
 
 
+SAMPLED = [Request(tuple(range(4 + i, 10 + 3 * i)), 16, temperature=1.0, seed=i) for i in range(4)]
+GREEDY = [Request(tuple(range(30 + i, 38 + 2 * i)), 16) for i in range(2)]
+
+
+@pytest.fixture
+def batch_dependent_drafter(ladder, monkeypatch) -> list[int]:
+    """The ladder's drafter (not batch-invariant) made noticeably batch-dependent: in a pass
+    with other sequences, each sequence's logits get a bump of up to 3 that depends on how many
+    rows the others fed; alone, its logits are untouched. Returns a one-item count of the
+    passes it changed."""
+    drafter = ladder.models["tiny-d1"]
+    assert not drafter.batch_invariant and drafter.model is not ladder.target.model
+    embed = drafter.model.model.embed_tokens
+    real = LeanDecoder.many
+    changed = [0]
+
+    def many(self, jobs, masks=None):
+        logits = real(self, jobs, masks)
+        if self.embed is not embed or len(jobs) < 2:
+            return logits
+        changed[0] += 1
+        rows = [ids.shape[1] for ids, _, _ in jobs]
+        ids = torch.arange(logits[0].shape[-1], dtype=logits[0].dtype)
+        return [x + 3 * torch.cos(ids * (sum(rows) - n)) for x, n in zip(logits, rows, strict=True)]
+
+    monkeypatch.setattr(LeanDecoder, "many", many)
+    return changed
+
+
 requests = st.builds(
     Request,
     prompt=st.lists(st.integers(3, 62), min_size=1, max_size=40).map(tuple),
@@ -149,7 +180,11 @@ requests = st.builds(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.lists(requests, min_size=2, max_size=5))
-def test_every_request_outputs_exactly_what_it_outputs_alone(ladder, batch):
+def test_every_request_outputs_exactly_what_it_outputs_alone(
+    ladder, batch_dependent_drafter, batch
+):
+    """With the drafter batch-dependent, so that the sharing rule matters (switched off, this
+    fails: fbgemm's own drift is too small on tiny models to flip a draw)."""
     got = together(ladder, batch)
     for r, tokens in zip(batch, got, strict=True):
         want = alone(ladder, r)
@@ -180,35 +215,6 @@ def test_sharing_one_random_stream_across_requests_fails(ladder, monkeypatch):
     shared = torch.Generator()
     monkeypatch.setattr(csdraft.engine.cascade.torch, "Generator", lambda: shared)
     assert together(ladder, batch, in_step=True) != want
-
-
-SAMPLED = [Request(tuple(range(4 + i, 10 + 3 * i)), 16, temperature=1.0, seed=i) for i in range(4)]
-GREEDY = [Request(tuple(range(30 + i, 38 + 2 * i)), 16) for i in range(2)]
-
-
-@pytest.fixture
-def batch_dependent_drafter(ladder, monkeypatch) -> list[int]:
-    """The ladder's drafter (not batch-invariant) made noticeably batch-dependent: in a pass
-    with other sequences, each sequence's logits get a bump of up to 3 that depends on how many
-    rows the others fed; alone, its logits are untouched. Returns a one-item count of the
-    passes it changed."""
-    drafter = ladder.models["tiny-d1"]
-    assert not drafter.batch_invariant and drafter.model is not ladder.target.model
-    embed = drafter.model.model.embed_tokens
-    real = LeanDecoder.many
-    changed = [0]
-
-    def many(self, jobs, masks=None):
-        logits = real(self, jobs, masks)
-        if self.embed is not embed or len(jobs) < 2:
-            return logits
-        changed[0] += 1
-        rows = [ids.shape[1] for ids, _, _ in jobs]
-        ids = torch.arange(logits[0].shape[-1], dtype=logits[0].dtype)
-        return [x + 3 * torch.cos(ids * (sum(rows) - n)) for x, n in zip(logits, rows, strict=True)]
-
-    monkeypatch.setattr(LeanDecoder, "many", many)
-    return changed
 
 
 def test_sampled_requests_never_share_a_batch_dependent_drafters_passes(
