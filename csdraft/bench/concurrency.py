@@ -84,6 +84,7 @@ def crossover(one_tps: float, levels: list[dict[str, Any]]) -> dict[str, Any]:
     above = [n for n, _ in points if n > best_n]
     return {
         "best_concurrency": best_n,
+        "best_tokens_per_s": best_tps,
         "best_throughput_ratio": best_tps / one_tps if one_tps else None,
         "stops_paying_at": above[0] if above else None,
     }
@@ -102,7 +103,12 @@ def crossover_line(results: dict[str, Any]) -> str:
         return f"most throughput at the largest N tried, {best} at once ({ratio}): still paying"
     drop = _x(by_n[stop]["throughput_ratio"])
     if best == 1:
-        return f"batching does not pay here: one at a time is fastest ({stop} at once: {drop})"
+        best_tps = results["best_tokens_per_s"]
+        of_best = _x(by_n[stop]["tokens_per_s"] / best_tps if best_tps else None)
+        return (
+            f"batching does not pay here: 1 at a time is fastest ({stop} at once gives {of_best} "
+            "its throughput)"
+        )
     return (
         f"most throughput at {best} at once ({ratio}); adding requests stops paying at "
         f"{stop} ({drop})"

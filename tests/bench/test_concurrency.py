@@ -113,19 +113,28 @@ def _level(n: int, tps: float) -> dict:
     [
         ([12, 14, 13], 4, 8, "most throughput at 4 at once (1.40x); adding requests stops"),
         ([12, 14, 15], 8, None, "most throughput at the largest N tried, 8 at once (1.50x)"),
-        ([9, 8, 7], 1, 2, "batching does not pay here: one at a time is fastest (2 at once: 0.9"),
+        ([9, 8, 7], 1, 2, "batching does not pay here: 1 at a time is fastest (2 at once gives"),
         ([10, 10, 9], 1, 2, "batching does not pay here"),  # a tie goes to the fewer requests
     ],
 )
 def test_crossover(tps, best, stop, words):
     levels = [_level(n, t) for n, t in zip([2, 4, 8], tps, strict=True)]
     found = crossover(10.0, levels)
+    assert found["best_tokens_per_s"] == max([10, *tps])
     assert found["best_concurrency"] == best and found["stops_paying_at"] == stop
     assert found["best_throughput_ratio"] == pytest.approx(max([10, *tps]) / 10)
     assert crossover_line({**found, "levels": levels}).startswith(words)
 
 
 LABELS = ("one at a time", "2 at once", "4 at once")
+
+
+def test_a_level_of_one_beats_one_at_a_time_in_words():
+    levels = [_level(1, 20.0), _level(2, 15.0)]  # 1 at once through the batcher, 2 slower
+    found = crossover(10.0, levels)
+    assert found["best_concurrency"] == 1 and found["stops_paying_at"] == 2
+    line = crossover_line({**found, "levels": levels})
+    assert line.endswith("(2 at once gives 0.75x its throughput)")
 
 
 def test_table_has_a_row_per_level_and_jobs_per_pass_by_rung():
