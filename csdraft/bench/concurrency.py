@@ -69,7 +69,6 @@ def _side(results: list[Any], wall_s: float, batcher: Any = None) -> dict[str, A
         side["shared_by_rung"] = {
             str(k): {"passes": p, "jobs": j, "jobs_per_pass": j / p}
             for k, (p, j) in sorted(c.shared.items())
-            if p
         }
     return side
 
@@ -101,7 +100,6 @@ def crossover_line(results: dict[str, Any]) -> str:
     by_n = {lv["concurrency"]: lv for lv in results["levels"]}
     if stop is None:
         return f"most throughput at the largest N tried, {best} at once ({ratio}): still paying"
-    drop = _x(by_n[stop]["throughput_ratio"])
     if best == 1:
         best_tps = results["best_tokens_per_s"]
         of_best = _x(by_n[stop]["tokens_per_s"] / best_tps if best_tps else None)
@@ -109,6 +107,7 @@ def crossover_line(results: dict[str, Any]) -> str:
             f"batching does not pay here: 1 at a time is fastest ({stop} at once gives {of_best} "
             "its throughput)"
         )
+    drop = _x(by_n[stop]["throughput_ratio"])
     return (
         f"most throughput at {best} at once ({ratio}); adding requests stops paying at "
         f"{stop} ({drop})"
