@@ -283,11 +283,13 @@ def bench(
         ),
     ] = None,
     concurrency: Annotated[
-        int | None,
+        str | None,
         typer.Option(
-            help="Instead of the methods: the ladder's csd on the same requests one at a time "
-            "and N at once (passes batched): throughput, p50/p95 latency, outputs checked.",
-            min=1,
+            help="Instead of the methods: the ladder's csd on the same requests one at a time, "
+            "then N at once (passes batched) for N or each N of a comma list (2,4,8): "
+            "throughput, p50/p95 latency, jobs per shared pass, outputs checked, and the N "
+            "where adding requests stops paying.",
+            show_default=False,
         ),
     ] = None,
 ) -> None:
@@ -333,6 +335,8 @@ def bench(
     * `csdraft bench gsm8k --limit 30 --until-answer 512 --methods ar,csd,csd+v3@0.4`
       (quality against speed: answers reached, accuracy, agreement with ar)
     * `csdraft bench --report gsm8k.json` (the report and charts again)
+    * `csdraft bench gsm8k --limit 16 --concurrency 2,4,8` (throughput and latency at 2, 4
+      and 8 requests at once against one at a time, and where adding requests stops paying)
     """
     from csdraft.bench import run_bench, run_compare, run_report
 
@@ -368,6 +372,8 @@ def bench(
             temperature=temperature,
             warmup=warmup,
             out=out,
+            plot=plot,
+            no_plot=no_plot,
             as_json=as_json,
             quiet=quiet,
         )

@@ -4,7 +4,9 @@ of different prompt lengths joining and leaving at random steps; a request close
 its caches at once and the others go on exactly. Greedy outputs also equal the int8 target's own
 greedy decoding. A sampled request's text is a function of its seed alone, so its distribution
 is the single-sequence one (tests/engine/test_sampling.py proves that one exact); the wrong
-variant that shares one random stream across requests fails here."""
+variant that shares one random stream across requests fails here, and so does the variant that
+lets a sampled request share a batch-dependent drafter's passes (``pooled.shares_passes``
+switched off)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ from hypothesis import strategies as st
 from tiny_ladder import make_tiny_ladder
 
 import csdraft.api
+import csdraft.models.pooled
 from csdraft.api import Ladder
 from csdraft.engine.batch import BatchCounts
 from csdraft.errors import UsageError
 from csdraft.ladder import get_ladder
 from csdraft.models import TransformersScorer
+from csdraft.models.lean import LeanDecoder
 from csdraft.trace import Commit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,6 +136,35 @@ def together(ladder: Ladder, requests: list[Request], in_step: bool = False) -> 
     return results  # type: ignore[return-value]
 
 
+SAMPLED = [Request(tuple(range(4 + i, 10 + 3 * i)), 16, temperature=1.0, seed=i) for i in range(4)]
+GREEDY = [Request(tuple(range(30 + i, 38 + 2 * i)), 16) for i in range(2)]
+
+
+@pytest.fixture
+def batch_dependent_drafter(ladder, monkeypatch) -> list[int]:
+    """The ladder's drafter (not batch-invariant) made noticeably batch-dependent: in a pass
+    with other sequences, each sequence's logits get a bump of up to 3 that depends on how many
+    rows the others fed; alone, its logits are untouched. Returns a one-item count of the
+    passes it changed."""
+    drafter = ladder.models["tiny-d1"]
+    assert not drafter.batch_invariant and drafter.model is not ladder.target.model
+    embed = drafter.model.model.embed_tokens
+    real = LeanDecoder.many
+    changed = [0]
+
+    def many(self, jobs, masks=None):
+        logits = real(self, jobs, masks)
+        if self.embed is not embed or len(jobs) < 2:
+            return logits
+        changed[0] += 1
+        rows = [ids.shape[1] for ids, _, _ in jobs]
+        ids = torch.arange(logits[0].shape[-1], dtype=logits[0].dtype)
+        return [x + 3 * torch.cos(ids * (sum(rows) - n)) for x, n in zip(logits, rows, strict=True)]
+
+    monkeypatch.setattr(LeanDecoder, "many", many)
+    return changed
+
+
 requests = st.builds(
     Request,
     prompt=st.lists(st.integers(3, 62), min_size=1, max_size=40).map(tuple),
@@ -147,7 +180,11 @@ requests = st.builds(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.lists(requests, min_size=2, max_size=5))
-def test_every_request_outputs_exactly_what_it_outputs_alone(ladder, batch):
+def test_every_request_outputs_exactly_what_it_outputs_alone(
+    ladder, batch_dependent_drafter, batch
+):
+    """With the drafter batch-dependent, so that the sharing rule matters (switched off, this
+    fails: fbgemm's own drift is too small on tiny models to flip a draw)."""
     got = together(ladder, batch)
     for r, tokens in zip(batch, got, strict=True):
         want = alone(ladder, r)
@@ -178,6 +215,34 @@ def test_sharing_one_random_stream_across_requests_fails(ladder, monkeypatch):
     shared = torch.Generator()
     monkeypatch.setattr(csdraft.engine.cascade.torch, "Generator", lambda: shared)
     assert together(ladder, batch, in_step=True) != want
+
+
+def test_sampled_requests_never_share_a_batch_dependent_drafters_passes(
+    ladder, batch_dependent_drafter
+):
+    """``pooled.shares_passes``: a drafter that is not batch-invariant shares passes only for
+    greedy lossless requests (their output is the target's whatever the drafts); a sampled
+    request's drafter q enters its acceptance test, so its drafter passes run alone."""
+    batch = SAMPLED + GREEDY
+    want = [alone(ladder, r) for r in batch]
+    ladder.batcher.counts = BatchCounts()
+    assert together(ladder, batch, in_step=True) == want
+    assert batch_dependent_drafter[0] > 0  # the greedy requests' shared drafter passes changed
+    passes, jobs = ladder.batcher.counts.shared[1]
+    assert passes < jobs
+
+
+def test_sharing_a_batch_dependent_drafters_passes_when_sampling_fails(
+    ladder, batch_dependent_drafter, monkeypatch
+):
+    """The wrong variant: the rule switched off (every session shares passes). The sampled
+    requests' drafter distributions then depend on what shares their passes, and so do their
+    outputs: this is what guards the rule."""
+    want = [alone(ladder, r) for r in SAMPLED]
+    monkeypatch.setattr(csdraft.models.pooled, "shares_passes", lambda *_: True)
+    got = together(ladder, SAMPLED, in_step=True)
+    assert batch_dependent_drafter[0] > 0
+    assert got != want
 
 
 def test_a_request_closed_early_frees_its_caches_and_the_others_go_on(ladder, monkeypatch):

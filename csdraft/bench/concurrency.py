@@ -1,15 +1,18 @@
-"""``csdraft bench DATASET --concurrency N``: the ladder's csd on the same requests one at a
-time and N at a time (their passes batched: ``csdraft.engine.batch``), through one loaded
-ladder: throughput (all new tokens over the wall time of all requests), p50/p95 latency per
-request (from its start to its end), passes shared per step, and a check that every output at
-N is its output alone."""
+"""``csdraft bench DATASET --concurrency N[,N...]``: the ladder's csd on the same requests one at
+a time, then N at a time for each N given (their passes batched: ``csdraft.engine.batch``),
+through one loaded ladder: throughput (all new tokens over the wall time of all requests), p50/p95
+latency per request (from its start to its end), jobs per shared pass by rung, a check that every
+output at each N is its output alone, and the crossover: the N with the most throughput and the
+next N tried above it, where adding requests stops paying."""
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +20,27 @@ from rich.table import Table
 
 from csdraft.bench.data import load_dataset
 from csdraft.bench.results import write_results
-from csdraft.bench.run import machine_info
+from csdraft.bench.run import _plot_path, machine_info
 from csdraft.console import progress_console, report_console
 from csdraft.errors import UsageError
 from csdraft.ladder import get_ladder
 from csdraft.outputs import check_writable
 from csdraft.trace import tokens_per_second
+
+
+def parse_concurrency(value: str | int | Sequence[int]) -> list[int]:
+    """``--concurrency``'s value: one N or a comma list (``2,4,8``) of whole numbers >= 1; the
+    distinct levels, ascending. Anything else is a one-line UsageError."""
+    if isinstance(value, str):
+        items = value.split(",")
+    else:
+        items = [value] if isinstance(value, int) else list(value)
+    texts = [str(item).strip() for item in items]
+    if not all(re.fullmatch(r"[0-9]+", t) and int(t) >= 1 for t in texts):
+        raise UsageError(
+            f"--concurrency takes N or a comma list of N >= 1 (e.g. 2,4,8), got {value!r}"
+        )
+    return sorted({int(t) for t in texts})
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -49,14 +67,56 @@ def _side(results: list[Any], wall_s: float, batcher: Any = None) -> dict[str, A
         c = batcher.counts
         side |= {"steps": c.steps, "passes": c.passes, "jobs": c.jobs, "widest": c.widest}
         side["shared_by_rung"] = {
-            str(k): {"passes": p, "jobs": j} for k, (p, j) in c.shared.items()
+            str(k): {"passes": p, "jobs": j, "jobs_per_pass": j / p}
+            for k, (p, j) in sorted(c.shared.items())
         }
     return side
 
 
+def crossover(one_tps: float, levels: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where batching pays, from the throughput one at a time (N = 1) and at each level
+    (ascending N): ``best_concurrency``, the N with the most tokens per second (1: one at a time
+    is fastest), its ratio over one at a time, and ``stops_paying_at``, the next N tried above
+    it (None: the best is the largest N tried)."""
+    points = [(1, one_tps)] + [(lv["concurrency"], lv["tokens_per_s"]) for lv in levels]
+    best_n, best_tps = max(points, key=lambda p: p[1])  # the first of equals: the fewest
+    above = [n for n, _ in points if n > best_n]
+    return {
+        "best_concurrency": best_n,
+        "best_tokens_per_s": best_tps,
+        "best_throughput_ratio": best_tps / one_tps if one_tps else None,
+        "stops_paying_at": above[0] if above else None,
+    }
+
+
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def crossover_line(results: dict[str, Any]) -> str:
+    """The crossover in words (see ``crossover``)."""
+    best, stop = results["best_concurrency"], results["stops_paying_at"]
+    ratio = _x(results["best_throughput_ratio"])
+    by_n = {lv["concurrency"]: lv for lv in results["levels"]}
+    if stop is None:
+        return f"most throughput at the largest N tried, {best} at once ({ratio}): still paying"
+    if best == 1:
+        best_tps = results["best_tokens_per_s"]
+        of_best = _x(by_n[stop]["tokens_per_s"] / best_tps if best_tps else None)
+        return (
+            f"batching does not pay here: 1 at a time is fastest ({stop} at once gives {of_best} "
+            "its throughput)"
+        )
+    drop = _x(by_n[stop]["throughput_ratio"])
+    return (
+        f"most throughput at {best} at once ({ratio}); adding requests stops paying at "
+        f"{stop} ({drop})"
+    )
+
+
 def run_concurrency(
     dataset: str,
-    concurrency: int,
+    concurrency: str | int | Sequence[int],
     *,
     data: Path | None = None,
     field: str = "prompt",
@@ -67,16 +127,21 @@ def run_concurrency(
     temperature: float = 0.0,
     warmup: int = 1,
     out: Path | None = None,
+    plot: Path | None = None,
+    no_plot: bool = False,
     as_json: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Measure (see the module), print the table, write ``out``; return the results."""
+    """Measure (see the module) at every N of ``concurrency`` (``parse_concurrency``), print
+    the table, write ``out`` and the chart (``plot``: default next to ``out``); return the
+    results."""
     from csdraft.api import Ladder
     from csdraft.engine.batch import BatchCounts
 
-    if concurrency < 1:
-        raise UsageError(f"--concurrency must be >= 1, got {concurrency}")
+    ns = parse_concurrency(concurrency)
+    png = None if no_plot else (plot or _plot_path(out))
     check_writable(out, "--out")
+    check_writable(png, "--plot")
     ds = load_dataset(dataset, data=data, field=field, limit=limit)
     spec = get_ladder(ladder, config)
     loaded = Ladder.load(spec, progress=not quiet)
@@ -85,23 +150,30 @@ def run_concurrency(
         loaded.check_length(ids, max_new_tokens)
     options = {"temperature": temperature}
     say = progress_console(not quiet).print
-    say(f"warm-up ({warmup}); {len(prompts)} requests one at a time, then {concurrency} at once")
+    listed = ", ".join(map(str, ns))
+    say(f"warm-up ({warmup}); {len(prompts)} requests one at a time, then {listed} at once")
     for ids in prompts[:warmup]:
         loaded.generate(ids, min(16, max_new_tokens), **options)
     start = time.perf_counter()
     alone = [loaded.generate(ids, max_new_tokens, **options) for ids in prompts]
-    alone_s = time.perf_counter() - start
-    say(f"one at a time: {alone_s:.1f} s")
-    loaded.batcher.counts = BatchCounts()
-    start = time.perf_counter()
-    together = loaded.generate_many(prompts, max_new_tokens, concurrency=concurrency, **options)
-    together_s = time.perf_counter() - start
-    differ = [
-        i
-        for i, (a, b) in enumerate(zip(alone, together, strict=True))
-        if a.token_ids != b.token_ids
-    ]
-    one, many = _side(alone, alone_s), _side(together, together_s, loaded.batcher)
+    one = _side(alone, time.perf_counter() - start)
+    say(f"one at a time: {one['wall_s']:.1f} s")
+    levels = []
+    for n in ns:
+        loaded.batcher.counts = BatchCounts()
+        start = time.perf_counter()
+        together = loaded.generate_many(prompts, max_new_tokens, concurrency=n, **options)
+        level = {"concurrency": n} | _side(together, time.perf_counter() - start, loaded.batcher)
+        level["throughput_ratio"] = (
+            level["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else None
+        )
+        level["outputs_differing"] = [
+            i
+            for i, (a, b) in enumerate(zip(alone, together, strict=True))
+            if a.token_ids != b.token_ids
+        ]
+        levels.append(level)
+        say(f"{n} at once: {level['wall_s']:.1f} s")
     results = {
         "dataset": ds.name,
         "ladder": spec.name,
@@ -110,39 +182,98 @@ def run_concurrency(
         "requests": len(prompts),
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
-        "concurrency": concurrency,
+        "concurrency": ns,
         "one_at_a_time": one,
-        "together": many,
-        "throughput_ratio": many["tokens_per_s"] / one["tokens_per_s"]
-        if one["tokens_per_s"]
-        else None,
-        "outputs_differing": differ,
+        "levels": levels,
+        **crossover(one["tokens_per_s"], levels),
+        "outputs_differing": sorted({i for lv in levels for i in lv["outputs_differing"]}),
+        "plot": None if png is None else str(png),
     }
     if out is not None:
         write_results(results, out)
+    if png is not None:
+        write_png(results, png)
     console = report_console(stderr=as_json)
-    table = Table(title=f"{ds.name}: {len(prompts)} requests, csd on ladder {spec.name}")
-    for col in ("", "tok/s", "wall s", "p50 latency s", "p95 latency s"):
-        table.add_column(col, justify="right" if col else "left")
-    for name, side in (("one at a time", one), (f"{concurrency} at once", many)):
-        table.add_row(
-            name,
-            f"{side['tokens_per_s']:.2f}",
-            f"{side['wall_s']:.1f}",
-            f"{side['latency_p50_s']:.2f}",
-            f"{side['latency_p95_s']:.2f}",
-        )
-    console.print(table)
-    for rung, tally in sorted(many["shared_by_rung"].items()):
-        console.print(
-            f"rung {rung} ({results['rungs'][int(rung)]}): {tally['jobs']} passes of requests "
-            f"in {tally['passes']} shared passes"
-        )
+    console.print(table(results, ds.name))
+    console.print(crossover_line(results))
+    differ = results["outputs_differing"]
     console.print(
-        f"throughput {results['throughput_ratio']:.2f}x; passes {many['passes']} for "
-        f"{many['jobs']} jobs in {many['steps']} steps (widest {many['widest']}); outputs "
+        "outputs "
         + (f"DIFFERING at {differ}" if differ else "all identical to their outputs alone")
     )
     if as_json:
         sys.stdout.write(json.dumps(results) + "\n")
     return results
+
+
+def table(results: dict[str, Any], name: str) -> Table:
+    """One row one at a time, one per N: throughput, its ratio, wall time, p50/p95 latency,
+    each rung's jobs per shared pass, and whether the outputs equal their outputs alone."""
+    rungs = sorted({int(k) for lv in results["levels"] for k in lv["shared_by_rung"]})
+    table = Table(
+        title=f"{name}: {results['requests']} requests, csd on ladder {results['ladder']}"
+    )
+    cols = ["", "tok/s", "ratio", "wall s", "p50 latency s", "p95 latency s"]
+    cols += [f"{results['rungs'][k]} jobs/pass" for k in rungs] + ["outputs"]
+    for col in cols:
+        table.add_column(col, justify="right" if col else "left")
+    one = results["one_at_a_time"]
+    rows = [("one at a time", one | {"throughput_ratio": 1.0, "shared_by_rung": {}})]
+    rows += [(f"{lv['concurrency']} at once", lv) for lv in results["levels"]]
+    for label, side in rows:
+        shared = side["shared_by_rung"]
+        differ = side.get("outputs_differing")
+        table.add_row(
+            label,
+            f"{side['tokens_per_s']:.2f}",
+            _x(side["throughput_ratio"]),
+            f"{side['wall_s']:.1f}",
+            f"{side['latency_p50_s']:.2f}",
+            f"{side['latency_p95_s']:.2f}",
+            *(
+                f"{shared[str(k)]['jobs_per_pass']:.2f}" if str(k) in shared else "-"
+                for k in rungs
+            ),
+            "reference" if differ is None else (f"{len(differ)} DIFFER" if differ else "same"),
+        )
+    return table
+
+
+def write_png(results: dict[str, Any], path: Path) -> None:
+    """Two panels by N (one at a time as N = 1): throughput over one at a time, and p50/p95
+    latency per request."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    one, levels = results["one_at_a_time"], results["levels"]
+    ns = [1] + [lv["concurrency"] for lv in levels]
+    sides = [one | {"throughput_ratio": 1.0}, *levels]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    ratios = [s["throughput_ratio"] or 0.0 for s in sides]
+    left.plot(ns, ratios, marker="o", color="#c05621")
+    left.axhline(1.0, color="#444", linestyle="--", linewidth=0.8)
+    left.set_ylabel("throughput over one at a time")
+    left.set_title("throughput by concurrency", fontsize=10)
+    for q, style in (("p50", ":"), ("p95", "-")):
+        values = [s[f"latency_{q}_s"] for s in sides]
+        right.plot(ns, values, marker="o", linestyle=style, color="#2b6cb0", label=q)
+    right.set_ylabel("latency per request (s)")
+    right.set_title("latency by concurrency", fontsize=10)
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
+        ax.set_xlabel("requests at once (1: one at a time)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        f"{results['dataset']}: {results['requests']} requests, ladder {results['ladder']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,30 +1,165 @@
-"""``csdraft bench --concurrency N`` (``csdraft.bench.concurrency``): the same requests one at a
-time and N at once through one loaded ladder, every output checked against its output alone."""
+"""``csdraft bench --concurrency N[,N...]`` (``csdraft.bench.concurrency``): the same requests
+one at a time, then N at once for each N, through one loaded ladder, every output checked
+against its output alone; the table, the JSON and the crossover."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from bench_helpers import GSM8K_ROWS, write_jsonl
+from rich.console import Console
 
-from csdraft.bench.concurrency import percentile, run_concurrency
+from csdraft.bench.concurrency import (
+    crossover,
+    crossover_line,
+    parse_concurrency,
+    percentile,
+    run_concurrency,
+    table,
+)
+from csdraft.errors import UsageError
 
 
-def test_concurrency_run_reports_throughput_latency_and_identical_outputs(tiny_config, tmp_path):
+def test_concurrency_runs_every_level_through_one_ladder(tiny_config, tmp_path):
     data = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS * 2)
-    out = tmp_path / "c.json"
+    out, png = tmp_path / "c.json", tmp_path / "c-chart.png"
     results = run_concurrency(
-        "gsm8k", 3, data=data, config=tiny_config, ladder="tiny", max_new_tokens=10, out=out
+        "gsm8k",
+        "3,1",
+        data=data,
+        config=tiny_config,
+        ladder="tiny",
+        max_new_tokens=10,
+        out=out,
+        plot=png,
+        quiet=True,
     )
-    assert results["requests"] == 6 and results["outputs_differing"] == []
-    many = results["together"]
-    assert many["new_tokens"] == results["one_at_a_time"]["new_tokens"] > 0
+    assert results["requests"] == 6 and results["concurrency"] == [1, 3]
+    assert [lv["concurrency"] for lv in results["levels"]] == [1, 3]
+    assert results["outputs_differing"] == []
+    one = results["one_at_a_time"]
+    for level in results["levels"]:
+        assert level["outputs_differing"] == []
+        assert level["new_tokens"] == one["new_tokens"] > 0
+        assert level["latency_p50_s"] <= level["latency_p95_s"]
+        ratio = level["tokens_per_s"] / one["tokens_per_s"]
+        assert level["throughput_ratio"] == pytest.approx(ratio)
+    lone, many = results["levels"]
+    assert lone["widest"] == 1  # one request at a time shares nothing
     assert many["widest"] >= 2 and many["passes"] < many["jobs"]
     shared = many["shared_by_rung"]  # float32 target: alone; its drafter (greedy): shared
     assert "0" not in shared and shared["1"]["passes"] < shared["1"]["jobs"]
+    assert shared["1"]["jobs_per_pass"] == shared["1"]["jobs"] / shared["1"]["passes"] > 1
     assert results["rungs"][1] == "tiny-d"
-    assert many["latency_p50_s"] <= many["latency_p95_s"]
-    assert json.loads(out.read_text())["concurrency"] == 3
+    best = max([one] + results["levels"], key=lambda s: s["tokens_per_s"])
+    assert results["best_concurrency"] == best.get("concurrency", 1)
+    written = json.loads(out.read_text())
+    assert written["concurrency"] == [1, 3] and len(written["levels"]) == 2
+    assert written["levels"][1]["shared_by_rung"] == shared
+    assert written["plot"] == str(png) and png.stat().st_size > 0
+
+
+def test_a_single_n_still_works_and_no_plot_writes_none(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS[:2])
+    results = run_concurrency(
+        "gsm8k",
+        2,
+        data=data,
+        config=tiny_config,
+        ladder="tiny",
+        max_new_tokens=6,
+        warmup=0,
+        no_plot=True,
+        quiet=True,
+    )
+    assert results["concurrency"] == [2] and len(results["levels"]) == 1
+    assert results["outputs_differing"] == [] and results["plot"] is None
+    assert list(tmp_path.glob("*.png")) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "levels"),
+    [("4", [4]), ("2,4,8", [2, 4, 8]), (" 8, 2 ,2", [2, 8]), (3, [3]), ([4, 1], [1, 4])],
+)
+def test_parse_concurrency(value, levels):
+    assert parse_concurrency(value) == levels
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "2,-4", "2,,4", "", "x", "1.5", "4,", "٣", 0, -1])
+def test_bad_concurrency_lists_are_one_line_usage_errors(value):
+    with pytest.raises(UsageError, match="--concurrency takes N or a comma list") as e:
+        parse_concurrency(value)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_refuses_a_bad_list_before_loading_anything(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from csdraft.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["bench", "gsm8k", "--concurrency", "2,0", "-l", "nowhere"])
+    assert isinstance(res.exception, UsageError) and "2,0" in str(res.exception)
+
+
+def _level(n: int, tps: float) -> dict:
+    return {"concurrency": n, "tokens_per_s": tps, "throughput_ratio": tps / 10}
+
+
+@pytest.mark.parametrize(
+    ("tps", "best", "stop", "words"),
+    [
+        ([12, 14, 13], 4, 8, "most throughput at 4 at once (1.40x); adding requests stops"),
+        ([12, 14, 15], 8, None, "most throughput at the largest N tried, 8 at once (1.50x)"),
+        ([9, 8, 7], 1, 2, "batching does not pay here: 1 at a time is fastest (2 at once gives"),
+        ([10, 10, 9], 1, 2, "batching does not pay here"),  # a tie goes to the fewer requests
+    ],
+)
+def test_crossover(tps, best, stop, words):
+    levels = [_level(n, t) for n, t in zip([2, 4, 8], tps, strict=True)]
+    found = crossover(10.0, levels)
+    assert found["best_tokens_per_s"] == max([10, *tps])
+    assert found["best_concurrency"] == best and found["stops_paying_at"] == stop
+    assert found["best_throughput_ratio"] == pytest.approx(max([10, *tps]) / 10)
+    assert crossover_line({**found, "levels": levels}).startswith(words)
+
+
+LABELS = ("one at a time", "2 at once", "4 at once")
+
+
+def test_a_level_of_one_beats_one_at_a_time_in_words():
+    levels = [_level(1, 20.0), _level(2, 15.0)]  # 1 at once through the batcher, 2 slower
+    found = crossover(10.0, levels)
+    assert found["best_concurrency"] == 1 and found["stops_paying_at"] == 2
+    line = crossover_line({**found, "levels": levels})
+    assert line.endswith("(2 at once gives 0.75x its throughput)")
+
+
+def test_table_has_a_row_per_level_and_jobs_per_pass_by_rung():
+    side = {"wall_s": 2.0, "tokens_per_s": 10.0, "latency_p50_s": 1.0, "latency_p95_s": 1.5}
+    shared = {"1": {"passes": 4, "jobs": 10, "jobs_per_pass": 2.5}}
+    results = {
+        "requests": 4,
+        "ladder": "tiny",
+        "rungs": ["t", "d"],
+        "one_at_a_time": side,
+        "levels": [
+            side | {"concurrency": 2, "throughput_ratio": 1.25, "shared_by_rung": shared},
+            side | {"concurrency": 4, "throughput_ratio": 0.5, "shared_by_rung": {}},
+        ],
+    }
+    results["levels"][0]["outputs_differing"] = []
+    results["levels"][1]["outputs_differing"] = [3]
+    console = Console(width=200, record=True)
+    console.print(table(results, "gsm8k"))
+    text = console.export_text()
+    row = {label: next(x for x in text.splitlines() if label in x) for label in LABELS}
+    assert "d jobs/pass" in text and "t jobs/pass" not in text  # rungs that shared a pass
+    assert "reference" in row["one at a time"] and "1.00x" in row["one at a time"]
+    assert "1.25x" in row["2 at once"] and "2.50" in row["2 at once"] and "same" in row["2 at once"]
+    assert "0.50x" in row["4 at once"] and "1 DIFFER" in row["4 at once"]
 
 
 def test_percentile():
