@@ -8,7 +8,7 @@ import datetime
 import json
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ def setting(c: Candidate, names: list[str]) -> dict[str, Any]:
     return {
         "label": c.label or None,
         "k_matrix": [list(r) for r in c.k],
-        "rungs": rungs_text(c.k, names),
+        "rungs": rungs_text(c.k, c.names_in(names)),
         "lenience": c.lenience,
         "min_confidence": c.floor,
         "tree": None if c.tree is None else c.tree.short,
@@ -113,6 +113,28 @@ def real_runs(runs: RealRuns, chosen: Sequence[Candidate], names: list[str]) -> 
         },
         "rounds": rounds,
     }
+
+
+def interrupted(
+    asked: dict[str, Any],
+    cal: Calibration,
+    ranked: Sequence[Candidate] | None,
+    chosen: Sequence[Candidate],
+    runs: RealRuns | None,
+    say: Callable[[str], None],
+) -> int:
+    """Keep what an interrupted tune measured (``report``, ``save``), say where, return 130.
+    ``asked``: what tune was asked (its ``ladder`` names the file)."""
+    kept = report(asked, cal, ranked, chosen, runs)
+    path = save(kept, asked["ladder"])
+    parts = ["the calibration"]
+    if ranked is not None:
+        parts.append(f"{min(len(ranked), PREDICTIONS)} predictions")
+    if n := finished_prompts(kept):
+        parts.append(f"{n} prompt{'' if n == 1 else 's'} of real runs")
+    what = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    say(f"csdraft: interrupted; kept {what} in {path}")
+    return 130
 
 
 def finished_prompts(partial: dict[str, Any]) -> int:
