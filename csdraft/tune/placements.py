@@ -266,11 +266,11 @@ def _reviewed(
     measured: Sequence[Candidate], drafter: str, names: Sequence[str], n: int
 ) -> dict[str, tuple[int, int]]:
     """(proposed, accepted) by the reviewer right above ``drafter``, over every setting where
-    it is the first drafter of that reviewer's blocks (vertical placements)."""
+    it is the only drafter of that reviewer's blocks (vertical settings)."""
     total: dict[str, tuple[int, int]] = {}
     for c in measured:
         placed = placement_of(c, names, n)
-        if drafter not in placed:
+        if drafter not in placed or not kmatrix.is_vertical(kmatrix.sub_ladder(c.k)[1]):
             continue
         reviewer = names[0] if placed.index(drafter) == 0 else placed[placed.index(drafter) - 1]
         got = acceptance(c.outcomes).get(reviewer)
@@ -300,6 +300,11 @@ def _pays(
     if margin < -band:
         return f"{name} does not pay: placed at its best ({where}) it is {gap} against the best without it"
     return f"{name} neither pays nor costs beyond the measured noise: {gap}, placed as {where}"
+
+
+def _plain(err: Console) -> Callable[[str], None]:
+    """Print a line on ``err`` as it is."""
+    return lambda text: err.print(text, highlight=False, soft_wrap=True)
 
 
 def tune_placements(
@@ -352,8 +357,7 @@ def tune_placements(
     except KeyboardInterrupt:
         if cal is None:
             raise
-        line: Callable[[str], None] = lambda text: err.print(text, highlight=False, soft_wrap=True)  # noqa: E731
-        return partial.interrupted(asked, cal, None, chosen, runs, line)
+        return partial.interrupted(asked, cal, None, chosen, runs, _plain(err))
     ar = runs.best(AR)
     out.print(costs_table(cal))
     out.print(placements_table(chosen, ar, cal.names))
