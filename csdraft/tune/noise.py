@@ -48,8 +48,8 @@ class ArTimings:
     """ar's seconds over the prompts the real runs covered, every way tune knows them.
 
     ``predicted_s``: the replay's prediction (None: a ladder judged by real runs alone);
-    ``calibration_s``: the calibration's reference runs; ``rounds_s``: each round of real runs; ``measured_s``: the real runs as the speedups
-    use them (each prompt's fastest round)."""
+    ``calibration_s``: the calibration's reference runs; ``rounds_s``: each round of real runs;
+    ``measured_s``: the real runs as the speedups use them (each prompt's fastest round)."""
 
     predicted_s: float | None
     calibration_s: float

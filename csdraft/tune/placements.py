@@ -141,7 +141,9 @@ def candidates(spec: LadderSpec) -> list[Candidate]:
     return list(out.values())
 
 
-def pick(pool: Sequence[Candidate], n_placements: int, budget_s: float, ar_s: float) -> list[Candidate]:
+def pick(
+    pool: Sequence[Candidate], n_placements: int, budget_s: float, ar_s: float
+) -> list[Candidate]:
     """The first of ``pool`` (in its priority order) that let ``PROMPTS_IN_BUDGET`` prompts run
     within ``budget_s``, each setting estimated at ``ar_s`` a prompt (ar itself runs too); at
     least the current settings and each placement's own (``1 + n_placements``)."""
@@ -171,7 +173,9 @@ def acceptance_text(outcomes: Sequence[Outcome]) -> str:
     return ", ".join(parts) or "-"
 
 
-def placements_table(chosen: Sequence[Candidate], ar: Sequence[Outcome], names: Sequence[str]) -> Any:
+def placements_table(
+    chosen: Sequence[Candidate], ar: Sequence[Outcome], names: Sequence[str]
+) -> Any:
     """Every setting run, fastest first: its rungs (top to bottom), k-matrix, min_confidence,
     measured speed over ar, tokens per target forward and each reviewer's acceptance."""
     from rich import box
@@ -190,7 +194,9 @@ def placements_table(chosen: Sequence[Candidate], ar: Sequence[Outcome], names: 
         ("same", "right"),
     ):
         table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
-    table.add_row("ar", names[0], "-", "", fx(1.0), num(tokens_per_s(ar)), num(tokens_per_forward(ar)), "", "")
+    table.add_row(
+        "ar", names[0], "-", "", fx(1.0), num(tokens_per_s(ar)), num(tokens_per_forward(ar)), "", ""
+    )
     for c in sorted(chosen, key=lambda c: -(c.measured_speedup(ar) or 0.0)):
         _, sub = kmatrix.sub_ladder(c.k)
         table.add_row(
@@ -252,7 +258,9 @@ def answers(
             f"target's {1000 * target(1):.1f} ms (ratio by block length: {ratios})"
         )
         for reviewer, (p, a) in _reviewed(measured, name, names, n).items():
-            lines.append(f"  its drafts as {reviewer} reviewed them: {a}/{p} accepted ({pct(a / p, 1)})")
+            lines.append(
+                f"  its drafts as {reviewer} reviewed them: {a}/{p} accepted ({pct(a / p, 1)})"
+            )
         with_it = next((c for c in measured if name in placement_of(c, names, n)), None)
         without = next((c for c in measured if name not in placement_of(c, names, n)), None)
         where = rungs_text(with_it.k, with_it.names_in(names)) if with_it else ""
@@ -298,7 +306,7 @@ def _pays(
     if margin > band:
         return f"{name} pays, placed as {where}: {gap} over the best without it"
     if margin < -band:
-        return f"{name} does not pay: placed at its best ({where}) it is {gap} against the best without it"
+        return f"{name} does not pay: at its best ({where}) it is {gap} against the best without it"
     return f"{name} neither pays nor costs beyond the measured noise: {gap}, placed as {where}"
 
 

@@ -80,7 +80,9 @@ def report_runs(
     rounds_s = " / ".join(f"{s:.2f}" for s in timings.rounds_s)
     spread = timings.spread
     predicted = (
-        "" if timings.predicted_s is None else f", {timings.predicted_s:.2f} s predicted by the replay"
+        ""
+        if timings.predicted_s is None
+        else f", {timings.predicted_s:.2f} s predicted by the replay"
     )
     out.print(
         f"  ar on those prompts: {timings.calibration_s:.2f} s in calibration, {rounds_s} s in "
@@ -92,7 +94,11 @@ def report_runs(
     if widened:
         gap = timings.replay_gap
         why = "still after re-measuring" if rounds > 1 else "no budget left to re-measure"
-        widen = "" if gap is None else f", so the noise interval is widened to at least the replay's gap (±{pct(gap, 1)})"
+        widen = (
+            ""
+            if gap is None
+            else f", so the noise interval is widened to at least the replay's gap (±{pct(gap, 1)})"
+        )
         out.print(
             f"  [yellow]the machine looks busy: {timings.describe()}; {why}{widen}[/]",
             highlight=False,
