@@ -42,8 +42,8 @@ def mixed3(tmp_path_factory) -> tuple[Path, Path]:
     ladder = {
         "rungs": [
             {"name": "tiny-t", "model": str(target), "dtype": "float32"},
-            {"name": "tiny-d", "model": str(same), "dtype": "float32"},
-            {"name": "tiny-f", "model": str(foreign), "dtype": "float32", "min_confidence": 0.3},
+            {"name": "tiny-d", "model": str(same), "dtype": "float32", "min_confidence": 0.3},
+            {"name": "tiny-f", "model": str(foreign), "dtype": "float32"},
             {"kind": "max-gram", "max_ngram": 4},
         ],
         "k_matrix": [[3, 0, 0], [0, 3, 0], [0, 0, 3]],
