@@ -8,9 +8,9 @@ import datetime
 import json
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csdraft.errors import CsdraftError
 from csdraft.outputs import write_text
@@ -18,6 +18,9 @@ from csdraft.tune.calibration import Calibration
 from csdraft.tune.report import rungs_text
 from csdraft.tune.search import Candidate
 from csdraft.tune.verify import AR, RealRuns, wall
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 SCHEMA = "csdraft-tune-partial/1"
 PREDICTIONS = 20
@@ -121,10 +124,10 @@ def interrupted(
     ranked: Sequence[Candidate] | None,
     chosen: Sequence[Candidate],
     runs: RealRuns | None,
-    say: Callable[[str], None],
+    err: Console,
 ) -> int:
-    """Keep what an interrupted tune measured (``report``, ``save``), say where, return 130.
-    ``asked``: what tune was asked (its ``ladder`` names the file)."""
+    """Keep what an interrupted tune measured (``report``, ``save``), say where on ``err``,
+    return 130. ``asked``: what tune was asked (its ``ladder`` names the file)."""
     kept = report(asked, cal, ranked, chosen, runs)
     path = save(kept, asked["ladder"])
     parts = ["the calibration"]
@@ -133,7 +136,7 @@ def interrupted(
     if n := finished_prompts(kept):
         parts.append(f"{n} prompt{'' if n == 1 else 's'} of real runs")
     what = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
-    say(f"csdraft: interrupted; kept {what} in {path}")
+    err.print(f"csdraft: interrupted; kept {what} in {path}", highlight=False, soft_wrap=True)
     return 130
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -310,11 +310,6 @@ def _pays(
     return f"{name} neither pays nor costs beyond the measured noise: {gap}, placed as {where}"
 
 
-def _plain(err: Console) -> Callable[[str], None]:
-    """Print a line on ``err`` as it is."""
-    return lambda text: err.print(text, highlight=False, soft_wrap=True)
-
-
 def tune_placements(
     loaded: Ladder,
     prompts: Sequence[Sequence[int]],
@@ -365,7 +360,7 @@ def tune_placements(
     except KeyboardInterrupt:
         if cal is None:
             raise
-        return partial.interrupted(asked, cal, None, chosen, runs, _plain(err))
+        return partial.interrupted(asked, cal, None, chosen, runs, err)
     ar = runs.best(AR)
     out.print(costs_table(cal))
     out.print(placements_table(chosen, ar, cal.names))

@@ -4,7 +4,6 @@ settings larger than the measured noise; with ``--write``, store it as a new lad
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,7 +108,7 @@ def run_tune(
         if cal is None:  # nothing measured yet to keep
             raise
         asked = _asked(spec.name, data, source, limit, seed, max_new_tokens, budget)
-        return partial.interrupted(asked, cal, ranked, chosen, runs, _say(err))
+        return partial.interrupted(asked, cal, ranked, chosen, runs, err)
     ar = runs.best(AR) if runs else []
 
     out.print(costs_table(cal))
@@ -168,11 +167,6 @@ def _asked(
         "max_new_tokens": max_new_tokens,
         "budget_s": budget,
     }
-
-
-def _say(err: Console) -> Callable[[str], None]:
-    """A line on the progress console, unstyled."""
-    return lambda line: err.print(line, highlight=False, soft_wrap=True)
 
 
 def _predicted_winner(

@@ -126,7 +126,8 @@ def test_candidates_put_the_current_and_each_placement_first():
 
 def test_tune_places_a_foreign_drafter_and_judges_it(mixed3, monkeypatch):
     cfg, prompts = mixed3
-    monkeypatch.setattr(noise, "verdict", lambda base, win, band: noise.MeasuredMargin(1.0, band))
+    declared = noise.MeasuredMargin  # the timing-dependent verdict, made a win (test_tune_noise)
+    monkeypatch.setattr(noise, "verdict", lambda base, win, band: declared(band + 0.5, band))
     seen = {}
     real = placements.measure
 
@@ -177,3 +178,34 @@ def test_tune_of_a_foreign_ladder_needs_a_budget(mixed3):
 
     with pytest.raises(UsageError, match="tiny-f has its own tokenizer.*--budget more than 0"):
         run_tune("mixed3", str(prompts), 1, 0.0, False, None, 0, 4, cfg)
+
+
+def test_ctrl_c_in_the_placements_runs_keeps_what_was_measured(mixed3, tmp_path, monkeypatch):
+    from csdraft.tune import verify
+
+    real = verify.interleaved
+
+    def first_prompt_then_ctrl_c(*args, **kwargs):
+        runs = real(*args, **kwargs)
+        yield next(runs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify, "interleaved", first_prompt_then_ctrl_c)
+    monkeypatch.chdir(tmp_path)
+    cfg, prompts = mixed3
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune", "k-matrix", "--config", str(cfg), "--data", str(prompts), "--limit", "2",
+            "--budget", "600", "--max-new-tokens", "6",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 130, result.output + repr(result.exception)
+    assert "kept the calibration and 1 prompt of real runs" in " ".join(result.output.split())
+    (path,) = tmp_path.glob("tune-mixed3-interrupted-*.json")
+    kept = json.loads(path.read_text())
+    assert kept["predictions"] is None and kept["calibration"]["rungs"][2] == "tiny-f"
+    settings = kept["real_runs"]["settings"]
+    assert any(s != "ar" and s["rungs"].startswith("tiny-f+tiny-d") for s in settings.values())
+    (done,) = kept["real_runs"]["rounds"]
+    assert all(s["same_as_ar"] == [True] for s in done["settings"].values())
