@@ -198,12 +198,12 @@ def placements_table(
         "ar", names[0], "-", "", fx(1.0), num(tokens_per_s(ar)), num(tokens_per_forward(ar)), "", ""
     )
     for c in sorted(chosen, key=lambda c: -(c.measured_speedup(ar) or 0.0)):
-        _, sub = kmatrix.sub_ladder(c.k)
+        used, sub = kmatrix.sub_ladder(c.k)
         table.add_row(
             c.label,
             rungs_text(c.k, c.names_in(names)),
             kmatrix.text(sub),
-            settings.text(c.floor),
+            settings.text(settings.shown(c.floor, used)),
             fx(c.measured_speedup(ar)),
             num(tokens_per_s(c.outcomes)) if c.measured else "-",
             num(tokens_per_forward(c.outcomes)) if c.measured else "-",
@@ -240,9 +240,10 @@ def answers(
     def show(c: Candidate | None) -> str:
         if c is None:
             return "ar, 1.00x (nothing else measured without it)"
+        used, sub = kmatrix.sub_ladder(c.k)
         return (
-            f"{rungs_text(c.k, c.names_in(names))} [{kmatrix.text(kmatrix.sub_ladder(c.k)[1])}], "
-            f"min_confidence {settings.text(c.floor)}: {fx(c.measured_speedup(ar))}, "
+            f"{rungs_text(c.k, c.names_in(names))} [{kmatrix.text(sub)}], min_confidence "
+            f"{settings.text(settings.shown(c.floor, used))}: {fx(c.measured_speedup(ar))}, "
             f"{num(tokens_per_forward(c.outcomes))} tokens per target forward"
         )
 

@@ -26,11 +26,12 @@ if TYPE_CHECKING:
 
 def setting_text(c: Candidate, names: Sequence[str]) -> str:
     """'k-matrix [[4, 2], [0, 6]] over d1+max-gram, lenience 1, min_confidence 0.3'."""
-    _, sub = kmatrix.sub_ladder(c.k)
+    used, sub = kmatrix.sub_ladder(c.k)
     tree = "" if c.tree is None else f", {c.tree.short}"
+    lenience, floor = (settings.text(settings.shown(v, used)) for v in (c.lenience, c.floor))
     return (
         f"k-matrix {[list(r) for r in sub]} over {rungs_text(c.k, c.names_in(names))}, "
-        f"lenience {settings.text(c.lenience)}, min_confidence {settings.text(c.floor)}{tree}"
+        f"lenience {lenience}, min_confidence {floor}{tree}"
     )
 
 

@@ -120,6 +120,10 @@ def test_candidates_put_the_current_and_each_placement_first():
     for c in pool:
         new = c.spec_of(spec)
         assert validate(new) == new
+    from csdraft.tune import settings  # a setting shows the min_confidence of what it uses
+
+    assert settings.shown((0.6, 0.2), [1, 3]) == 0.6 and settings.shown(0.4, [3]) == 0.4
+    assert settings.shown((0.6, 0.2), [1, 2, 3]) == (0.6, 0.2)
     assert placements.pick(pool, count, budget_s=1.0, ar_s=10.0) == pool[: 1 + count]
     assert placements.pick(pool, count, budget_s=1e6, ar_s=1.0) == pool
 
