@@ -213,3 +213,11 @@ def test_ctrl_c_in_the_placements_runs_keeps_what_was_measured(mixed3, tmp_path,
     assert any(s != "ar" and s["rungs"].startswith("tiny-f+tiny-d") for s in settings.values())
     (done,) = kept["real_runs"]["rounds"]
     assert all(s["same_as_ar"] == [True] for s in done["settings"].values())
+
+
+def test_without_a_replay_ar_is_judged_against_itself():
+    quiet = noise.ArTimings(None, 1.0, [1.05])
+    assert quiet.replay_gap is None and quiet.calibration_gap is None and not quiet.busy
+    busy = noise.ArTimings(None, 1.0, [1.5])
+    assert busy.busy and "predicted" not in busy.describe()
+    assert noise.noise_band(busy, widen=True) == pytest.approx(0.5)
