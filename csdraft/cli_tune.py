@@ -96,6 +96,11 @@ def tune_k_matrix(
     1-4 from the drafter and 5-6 from Max-Gram, and the drafter writes its tokens by
     reviewing blocks of 6 from Max-Gram.
 
+    **A drafter of another family** (its own tokenizer) cannot be replayed: tune then runs
+    every placement of the ladder's drafters (every order of every subset, Max-Gram at the
+    bottom; a few block lengths and min_confidence values each) for real within --budget,
+    and says whether that drafter pays, and where.
+
     Lenience (>= 1) loosens only inner reviews, and min_confidence only ends drafts early
     (after a token the drafter gives less than that probability), so greedy output stays
     identical whatever tune picks.

@@ -48,10 +48,15 @@ def test_tree_extend_by_a_foreign_drafter_is_refused(tmp_path):
         csdraft.load("mixed", config=config)
 
 
-def test_tune_refuses_a_foreign_rung_in_one_line(tmp_path):
+def test_teacher_forcing_refuses_a_foreign_rung_in_one_line(tmp_path):
+    """inspect's and tune's replay statistics teacher-force every rung on the target's tokens;
+    tune's real-run calibration (no teacher forcing) times every model in its own tokens."""
     from csdraft.errors import UsageError
     from csdraft.tune.calibration import calibrate
 
     ladder = csdraft.load("mixed", config=make_mixed_ladder(tmp_path))
-    with pytest.raises(UsageError, match="tiny-f has its own tokenizer; tune and inspect"):
+    with pytest.raises(UsageError, match="tiny-f has its own tokenizer; inspect's and tune's"):
         calibrate(ladder, [[5, 6, 7]], 4)
+    cal = calibrate(ladder, [[5, 6, 7]], 4, lengths=(1, 2), repeats=1, teacher=False)
+    assert len(cal.costs) == 2 and all(c(1) > 0 for c in cal.costs)
+    assert cal.records[0].ref and not cal.records[0].top_ids

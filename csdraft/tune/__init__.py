@@ -15,6 +15,10 @@ machine. One module per concern:
   current settings, outputs checked against ar's with ``csdraft.exactness``.
 - ``noise``: whether the machine looked busy, the noise interval, and the verdict: a winner
   only by a margin over the current settings larger than the measured noise.
+- ``winner``: the real runs' lines and the winner (or none within the noise), explained and
+  written with ``--write``.
+- ``placements``: a ladder with a drafter of another family (its own tokenizer), which the
+  replay cannot follow: every placement of its drafters judged by real runs alone.
 - ``write``: the winner as a new ladder (never overwriting one).
 - ``data``: calibration prompts; ``report``: the tables and answers; ``run``: ``run_tune``.
 

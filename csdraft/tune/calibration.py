@@ -166,15 +166,20 @@ def calibrate(
     lengths: Sequence[int] = COST_LENGTHS,
     repeats: int = 3,
     progress: Progress | None = None,
+    teacher: bool = True,
 ) -> Calibration:
-    """Measure costs and acceptance statistics of a loaded ladder on ``prompts`` (token ids)."""
+    """Measure costs and acceptance statistics of a loaded ladder on ``prompts`` (token ids).
+    Without ``teacher``: only the reference runs and the costs (each model timed in its own
+    tokens), what judging a ladder by real runs needs; with it, every rung must share the
+    target's tokenizer."""
     spec = ladder.spec
     models = list(ladder.models.values())
-    foreign = [n for n, m in ladder.models.items() if m.tokenizer is not ladder.tokenizer]
-    if foreign:  # its agreement model teacher-forces every rung on the target's tokens
+    foreign = foreign_rungs(ladder)
+    if foreign and teacher:  # its agreement model teacher-forces every rung on the target's tokens
         raise UsageError(
-            f"ladder '{spec.name}': {', '.join(foreign)} has its own tokenizer; tune and "
-            "inspect's measurements work in the target's tokens only: compare ladders with bench"
+            f"ladder '{spec.name}': {', '.join(foreign)} has its own tokenizer; inspect's and "
+            "tune's replay teacher-force every rung on the target's tokens: tune judges such a "
+            "ladder by real runs; compare ladders with bench"
         )
     eos = ladder.eos_ids
     records: list[PromptRecord] = []
@@ -202,16 +207,17 @@ def calibrate(
             )
         )
         step()
-    step = task("teacher forcing (each rung along each reference)", len(models) * len(records))
     vocabs = [None, *(d.vocab for d in spec.drafters)]  # each drafter's head as it drafts
-    for model, vocab in zip(models, vocabs, strict=True):
-        for rec in records:
-            ids, probs, margin = teacher_force(model, rec.prompt, rec.ref, vocab=vocab)
-            rec.top_ids.append(ids)
-            rec.top_p.append(probs)
-            if rec.margin is None:
-                rec.margin = margin
-            step()
+    if teacher:
+        step = task("teacher forcing (each rung along each reference)", len(models) * len(records))
+        for model, vocab in zip(models, vocabs, strict=True):
+            for rec in records:
+                ids, probs, margin = teacher_force(model, rec.prompt, rec.ref, vocab=vocab)
+                rec.top_ids.append(ids)
+                rec.top_p.append(probs)
+                if rec.margin is None:
+                    rec.margin = margin
+                step()
     maxgram_s = 0.0
     if spec.maxgram:
         step = task("Max-Gram along the references", len(records))
@@ -227,7 +233,8 @@ def calibrate(
     cont = probe.ref if probe else []
     costs = []
     for model, vocab in zip(models, vocabs, strict=True):
-        costs.append(measure_cost(model, context, cont, lengths, repeats, vocab=vocab))
+        mine, more = own_tokens(ladder, model, context), own_tokens(ladder, model, cont)
+        costs.append(measure_cost(model, mine, more, lengths, repeats, vocab=vocab))
         step()
     tree_cost = None
     if models[0].scores_trees:
@@ -253,3 +260,18 @@ def calibrate(
         eos_ids=list(eos),
         tree_cost=tree_cost,
     )
+
+
+def foreign_rungs(ladder: Ladder) -> list[str]:
+    """The model rungs of a loaded ladder with a tokenizer of their own (another family)."""
+    return [n for n, m in ladder.models.items() if m.tokenizer is not ladder.tokenizer]
+
+
+def own_tokens(ladder: Ladder, model: Any, ids: Sequence[int]) -> list[int]:
+    """Target token ids as ``model`` reads them: the same ids, or for a model with its own
+    tokenizer, their text encoded in it (what a cost probe in its own tokens needs; never
+    empty)."""
+    if model.tokenizer is ladder.tokenizer:
+        return [int(t) for t in ids]
+    text = ladder.tokenizer.decode(list(ids))
+    return list(model.tokenizer.encode(text, add_special_tokens=False)) or [0]

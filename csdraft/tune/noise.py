@@ -47,11 +47,11 @@ def apart(values: Iterable[float]) -> float | None:
 class ArTimings:
     """ar's seconds over the prompts the real runs covered, every way tune knows them.
 
-    ``predicted_s``: the replay's prediction; ``calibration_s``: the calibration's reference
-    runs; ``rounds_s``: each round of real runs; ``measured_s``: the real runs as the speedups
-    use them (each prompt's fastest round)."""
+    ``predicted_s``: the replay's prediction (None: a ladder judged by real runs alone);
+    ``calibration_s``: the calibration's reference runs; ``rounds_s``: each round of real runs;
+    ``measured_s``: the real runs as the speedups use them (each prompt's fastest round)."""
 
-    predicted_s: float
+    predicted_s: float | None
     calibration_s: float
     rounds_s: list[float] = field(default_factory=list)
     measured_s: float | None = None
@@ -71,12 +71,16 @@ class ArTimings:
         """How far the replay was from the calibration's reference runs (reported for
         context: a replay already off there points at the model, or at a machine that was
         busy while calibrating)."""
+        if self.predicted_s is None:
+            return None
         return apart([self.predicted_s, self.calibration_s])
 
     @property
     def replay_gap(self) -> float | None:
         """How far the replay is from the real runs."""
-        return apart([self.predicted_s, self.measured_s]) if self.measured_s else None
+        if self.predicted_s is None or not self.measured_s:
+            return None
+        return apart([self.predicted_s, self.measured_s])
 
     @property
     def busy(self) -> bool:
@@ -88,10 +92,15 @@ class ArTimings:
         """'ar measured 451.0 s vs 57.0 s predicted (+691%) and 60.2 s during calibration
         (spread 649%)': the numbers behind ``busy``."""
         measured = self.measured_s or 0.0
-        parts = [f"ar measured {measured:.2f} s vs {self.predicted_s:.2f} s predicted"]
-        if self.predicted_s > 0:
-            parts.append(f"({100 * (measured / self.predicted_s - 1):+.0f}%)")
-        parts.append(f"and {self.calibration_s:.2f} s during calibration")
+        parts = [f"ar measured {measured:.2f} s"]
+        if self.predicted_s is not None:
+            parts.append(f"vs {self.predicted_s:.2f} s predicted")
+            if self.predicted_s > 0:
+                parts.append(f"({100 * (measured / self.predicted_s - 1):+.0f}%)")
+            parts.append("and")
+        else:
+            parts.append("vs")
+        parts.append(f"{self.calibration_s:.2f} s during calibration")
         if self.spread is not None:
             parts.append(f"(spread {100 * self.spread:.0f}%)")
         return " ".join(parts)

@@ -10,7 +10,7 @@ import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csdraft.errors import CsdraftError
 from csdraft.outputs import write_text
@@ -18,6 +18,9 @@ from csdraft.tune.calibration import Calibration
 from csdraft.tune.report import rungs_text
 from csdraft.tune.search import Candidate
 from csdraft.tune.verify import AR, RealRuns, wall
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 SCHEMA = "csdraft-tune-partial/1"
 PREDICTIONS = 20
@@ -74,7 +77,7 @@ def setting(c: Candidate, names: list[str]) -> dict[str, Any]:
     return {
         "label": c.label or None,
         "k_matrix": [list(r) for r in c.k],
-        "rungs": rungs_text(c.k, names),
+        "rungs": rungs_text(c.k, c.names_in(names)),
         "lenience": c.lenience,
         "min_confidence": c.floor,
         "tree": None if c.tree is None else c.tree.short,
@@ -113,6 +116,28 @@ def real_runs(runs: RealRuns, chosen: Sequence[Candidate], names: list[str]) -> 
         },
         "rounds": rounds,
     }
+
+
+def interrupted(
+    asked: dict[str, Any],
+    cal: Calibration,
+    ranked: Sequence[Candidate] | None,
+    chosen: Sequence[Candidate],
+    runs: RealRuns | None,
+    err: Console,
+) -> int:
+    """Keep what an interrupted tune measured (``report``, ``save``), say where on ``err``,
+    return 130. ``asked``: what tune was asked (its ``ladder`` names the file)."""
+    kept = report(asked, cal, ranked, chosen, runs)
+    path = save(kept, asked["ladder"])
+    parts = ["the calibration"]
+    if ranked is not None:
+        parts.append(f"{min(len(ranked), PREDICTIONS)} predictions")
+    if n := finished_prompts(kept):
+        parts.append(f"{n} prompt{'' if n == 1 else 's'} of real runs")
+    what = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    err.print(f"csdraft: interrupted; kept {what} in {path}", highlight=False, soft_wrap=True)
+    return 130
 
 
 def finished_prompts(partial: dict[str, Any]) -> int:

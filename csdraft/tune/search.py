@@ -4,6 +4,7 @@ refinement), and which candidates to run for real."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -54,7 +55,10 @@ class Candidate:
     min_confidence (``floor``), token trees at the target's review (``tree``, None: linear),
     its predictions and, if it ran for real, its measurements:
     ``outcomes`` (one per prompt run, the fastest of its rounds), how many of its ``runs``
-    gave output ``identical`` to ar's, and where the others diverged."""
+    gave output ``identical`` to ar's, and where the others diverged. ``order``: the neural
+    drafters' names top to bottom when the setting restacks them (``arranged``; a ladder with
+    a drafter of another family, ``csdraft.tune.placements``), None for the ladder's order;
+    ``k`` and per-drafter tuples are then over the ladder so arranged."""
 
     k: KMatrix
     lenience: Lenience = 1.0
@@ -67,15 +71,25 @@ class Candidate:
     runs: int = 0
     identical: int = 0
     divergences: list[str] = field(default_factory=list)
+    order: tuple[str, ...] | None = None
 
     @property
     def key(self) -> tuple:
-        return (self.k, self.lenience, self.floor, self.tree)
+        """(k, lenience, floor, tree), and the order when the setting restacks the drafters."""
+        key = (self.k, self.lenience, self.floor, self.tree)
+        return key if self.order is None else (*key, self.order)
+
+    def names_in(self, names: Sequence[str]) -> list[str]:
+        """The ladder's rung names (``names``, in ladder order) as this setting stacks them."""
+        if self.order is None:
+            return list(names)
+        return [names[0], *self.order, *names[1 + len(self.order) :]]
 
     def spec_of(self, ladder: LadderSpec, name: str = "", description: str = "") -> LadderSpec:
         """The ladder this setting runs, validated: the rungs its k-matrix uses (with their
         own settings), its k-matrix over them, its lenience and min_confidence on the neural
         drafters it keeps and its tree at the target's review; renamed when ``name`` is given."""
+        ladder = arranged(ladder, self.order, self.k)
         kept, sub = kmatrix.sub_ladder(self.k)
         neural = [r for r in kept if ladder.rungs[r].reviews]
         spec = ladder.keep([ladder.rungs[r].name for r in kept], sub)
@@ -104,6 +118,18 @@ class Candidate:
         n = min(len(self.outcomes), len(ar))
         mine = sum(o.wall_s for o in self.outcomes[:n])
         return sum(o.wall_s for o in ar[:n]) / mine if n and mine > 0 else None
+
+
+def arranged(spec: LadderSpec, order: Sequence[str] | None, k: KMatrix) -> LadderSpec:
+    """``spec`` with its neural drafters stacked in ``order`` (every one of them, by name, top
+    to bottom) and the k-matrix ``k`` over them, Max-Gram staying at the bottom, the target's
+    tree left to the caller (``Candidate.spec_of`` sets it); ``spec`` itself for None or the
+    ladder's own order."""
+    if order is None or tuple(order) == tuple(d.name for d in spec.drafters):
+        return spec
+    rest = [r for r in spec.rungs[1:] if not r.reviews]
+    rungs = (dataclasses.replace(spec.target, tree=None), *(spec.rung(n) for n in order), *rest)
+    return spec.replace("tune", rungs=rungs, k_matrix=[list(row) for row in k])
 
 
 def candidate_grid(

@@ -33,6 +33,15 @@ def from_spec(values: Sequence[float], neutral: float) -> PerDrafter:
     return tuple(float(v) for v in values)
 
 
+def shown(value: PerDrafter, rungs: Sequence[int]) -> PerDrafter:
+    """``value`` on the neural drafters among ``rungs`` (ladder indices; others, such as
+    Max-Gram, skipped): what a setting using only those rungs has (one number when all agree)."""
+    if isinstance(value, int | float):
+        return value
+    kept = [value[d - 1] for d in sorted(rungs) if d <= len(value)]
+    return from_spec(kept, 0.0) if kept else value
+
+
 def text(value: PerDrafter) -> str:
     """'2' for one value (or a tuple of equal ones), '1.5,2' otherwise."""
     if isinstance(value, int | float):

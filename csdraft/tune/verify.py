@@ -156,11 +156,11 @@ def check_outputs(
                 cand.divergences.append(text)
 
 
-def ar_timings(runs: RealRuns, cal: Calibration, replay: Replay) -> noise.ArTimings:
-    """ar's seconds over the prompts the real runs covered: predicted, in calibration, per
-    round, and as the speedups use them."""
+def ar_timings(runs: RealRuns, cal: Calibration, replay: Replay | None) -> noise.ArTimings:
+    """ar's seconds over the prompts the real runs covered: predicted (without a ``replay``:
+    None), in calibration, per round, and as the speedups use them."""
     return noise.ArTimings(
-        predicted_s=sum(replay.ar_seconds()[p] for p in runs.prompts),
+        predicted_s=None if replay is None else sum(replay.ar_seconds()[p] for p in runs.prompts),
         calibration_s=sum(cal.records[p].ar_wall_s for p in runs.prompts),
         rounds_s=runs.totals(AR),
         measured_s=wall(runs.best(AR)),
@@ -170,7 +170,7 @@ def ar_timings(runs: RealRuns, cal: Calibration, replay: Replay) -> noise.ArTimi
 def measure(
     ladder: Ladder,
     cal: Calibration,
-    replay: Replay,
+    replay: Replay | None,
     chosen: Sequence[Candidate],
     budget_s: float,
     progress: Progress | None = None,
@@ -183,7 +183,8 @@ def measure(
     outcomes (each prompt's fastest round) and output checks. Returns the runs, ar's timings,
     and whether the machine still looked busy with nothing left to re-measure (then the
     interval must be widened). ``runs``: where the rounds go as they finish (the caller's, so
-    that what finished is kept when the runs are interrupted)."""
+    that what finished is kept when the runs are interrupted). Without a ``replay`` (a ladder
+    tune cannot replay), ar's timings are judged against each other only."""
     tie = exactness.target_near_tie(ladder.target)
     table = runners(ladder, chosen)
     runs = RealRuns() if runs is None else runs
