@@ -183,11 +183,32 @@ def test_the_table_persists_across_generations_unless_told_not_to(tiny):
             assert drafted[1] == drafted[0], drafted  # a fresh table: the same run again
 
 
-def test_tune_refuses_a_ladder_it_cannot_replay(tmp_path):
+def test_tune_judges_a_recycle_ladder_by_real_runs(tmp_path, monkeypatch):
+    """The replay cannot model a table that learns from the run itself: tune places the
+    drafters over the recycle rung and judges every placement by real runs, outputs ar's."""
     from csdraft.ladder import add_ladder
+    from csdraft.tune import placements
     from csdraft.tune.run import run_tune
 
+    base = load_ladders(make_tiny_ladder(tmp_path / "m", drafters=1, maxgram=False))["tiny"]
+    recycle = RungSpec(kind="recycle", name="recycle", copy_ngram=2)
+    spec = base.replace(name="rec", rungs=(*base.rungs, recycle), k_matrix=[[3, 0], [0, 3]])
     config = tmp_path / "ladders.yaml"
-    add_ladder(config, read({}))
-    with pytest.raises(UsageError, match="tune replays models and Max-Gram only, not recycle"):
-        run_tune("rec", "gsm8k", 2, 1.0, False, None, 0, 16, config)
+    add_ladder(config, spec)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "abcab"}\n{"prompt": "the cat, the hat"}\n')
+    with pytest.raises(UsageError, match="recycle learns from the run itself.*--budget more"):
+        run_tune("rec", str(prompts), 2, 0.0, False, None, 0, 6, config)
+    seen = {}
+    real = placements.measure
+
+    def spy(loaded, cal, replay, chosen, *args, **kwargs):
+        seen.update(chosen=list(chosen), names=loaded.spec.rung_names, replay=replay)
+        return real(loaded, cal, replay, chosen, *args, **kwargs)
+
+    monkeypatch.setattr(placements, "measure", spy)
+    run_tune("rec", str(prompts), 2, 3.0, False, None, 0, 6, config)
+    assert seen["replay"] is None
+    placed = {placements.placement_of(c, seen["names"], 2) for c in seen["chosen"]}
+    assert placed == {("tiny-d1",), ()}  # the drafter over recycling, and recycling alone
+    assert all(c.runs > 0 and c.identical == c.runs for c in seen["chosen"])

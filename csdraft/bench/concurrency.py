@@ -240,16 +240,18 @@ def table(results: dict[str, Any], name: str) -> Table:
 
 
 def write_png(results: dict[str, Any], path: Path) -> None:
-    """Two panels by N (one at a time as N = 1): throughput over one at a time, and p50/p95
-    latency per request."""
+    """Two panels by N: throughput over one at a time, and p50/p95 latency per request. One at
+    a time is N = 1 unless 1 was listed (then it is the dashed line, and its latencies a grey
+    mark)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     one, levels = results["one_at_a_time"], results["levels"]
-    ns = [1] + [lv["concurrency"] for lv in levels]
-    sides = [one | {"throughput_ratio": 1.0}, *levels]
+    listed_one = any(lv["concurrency"] == 1 for lv in levels)
+    sides = levels if listed_one else [one | {"throughput_ratio": 1.0}, *levels]
+    ns = [1] * (not listed_one) + [lv["concurrency"] for lv in levels]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     ratios = [s["throughput_ratio"] or 0.0 for s in sides]
     left.plot(ns, ratios, marker="o", color="#c05621")
@@ -259,6 +261,9 @@ def write_png(results: dict[str, Any], path: Path) -> None:
     for q, style in (("p50", ":"), ("p95", "-")):
         values = [s[f"latency_{q}_s"] for s in sides]
         right.plot(ns, values, marker="o", linestyle=style, color="#2b6cb0", label=q)
+    if listed_one:
+        for q, mark in (("p50", "_"), ("p95", "_")):
+            right.plot([1], [one[f"latency_{q}_s"]], marker=mark, markersize=14, color="#888")
     right.set_ylabel("latency per request (s)")
     right.set_title("latency by concurrency", fontsize=10)
     right.legend(fontsize=8)
@@ -266,7 +271,7 @@ def write_png(results: dict[str, Any], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.minorticks_off()
-        ax.set_xlabel("requests at once (1: one at a time)")
+        ax.set_xlabel("requests at once" if listed_one else "requests at once (1: one at a time)")
         ax.grid(alpha=0.3)
     fig.suptitle(
         f"{results['dataset']}: {results['requests']} requests, ladder {results['ladder']}",

@@ -1,13 +1,14 @@
-"""Tune of a ladder with a drafter of another family (a model rung with its own tokenizer).
-
-The replay works in the target's tokens, so such a ladder is judged by real runs alone. The
-candidates are placements of its neural drafters: every order of every subset of them, Max-Gram
-staying at the bottom, each with a few k-matrices (its own block lengths, shorter and longer)
-and min_confidence values, every one a spec transform of the loaded ladder (a restacked one is
-``Candidate.order``; no model is loaded twice). They run for real, interleaved prompt by prompt
-with ar and the current settings through ``verify`` (noise checks, exactness against ar's
-output), and the report says what each placement measured and whether each foreign drafter
-pays, and where: the best placement with it against the best without it."""
+"""Tune of a ladder the replay cannot model: one with a drafter of another family (a model rung
+with its own tokenizer; the replay works in the target's tokens) or a statistical rung that
+learns from the run itself (token recycling). Such a ladder is judged by real runs alone. The
+candidates are placements of its neural drafters: every order of every subset of them, its
+statistical rung (Max-Gram or recycling) staying at the bottom, each with a few k-matrices (its
+own block lengths, shorter and longer) and min_confidence values, every one a spec transform of
+the loaded ladder (a restacked one is ``Candidate.order``; no model is loaded twice). They run
+for real, interleaved prompt by prompt with ar and the current settings through ``verify``
+(noise checks, exactness against ar's output), and the report says what each placement measured
+and whether each foreign drafter pays, and where: the best placement with it against the best
+without it."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
     from csdraft.api import Ladder
 
 Placement = tuple[str, ...]
-"""Neural drafters by name, top to bottom (Max-Gram, when the ladder has it, below them)."""
+"""Neural drafters by name, top to bottom (the statistical rung, when the ladder has one, below
+them)."""
 
 SCALES = (1.0, 0.5, 1.5)
 """Each placement's k-matrices: its reviewers' own block lengths (``own_blocks``) scaled."""
@@ -49,10 +51,26 @@ PROMPTS_IN_BUDGET = 2
 setting estimated at ar's time), and at least the current one and each placement's own."""
 
 
+def unreplayable(spec: LadderSpec, foreign: Sequence[str]) -> str | None:
+    """Why the replay cannot model ``spec`` (its ``foreign`` rungs have their own tokenizer, or
+    a statistical rung learns from the run itself), or None."""
+    if foreign:
+        return f"{', '.join(foreign)} has its own tokenizer (the replay works in the target's)"
+    learns = [r.name for r in spec.rungs if not r.reviews and r.kind != "max-gram"]
+    if learns:
+        return f"{', '.join(learns)} learns from the run itself (the replay cannot model it)"
+    return None
+
+
+def bottom(spec: LadderSpec) -> bool:
+    """Whether the ladder has a statistical rung (Max-Gram or recycling) at its bottom."""
+    return not spec.rungs[-1].reviews
+
+
 def placements(drafters: Sequence[str], maxgram: bool) -> list[Placement]:
     """Every order of every subset of ``drafters``, deepest first, the ladder's own order first
-    among equals: (a, b) -> (a, b), (b, a), (a,), (b,), and () (Max-Gram alone) with
-    ``maxgram`` (without it, () is ar)."""
+    among equals: (a, b) -> (a, b), (b, a), (a,), (b,), and () (the statistical rung alone)
+    with ``maxgram`` (a statistical rung at the bottom; without it, () is ar)."""
     out = [
         p
         for n in range(len(drafters), -1, -1)
@@ -82,8 +100,8 @@ def full_order(spec: LadderSpec, placement: Placement) -> tuple[str, ...]:
 def placement_k(spec: LadderSpec, placement: Placement, scale: float = 1.0) -> KMatrix | None:
     """The vertical k-matrix of ``placement`` over the ladder arranged by ``full_order``: each
     reviewer (the target, then the placement's drafters) reviews blocks from the rung right
-    below it (the deepest drafter from Max-Gram, or none without it), of its ``own_blocks``
-    length times ``scale`` (at least 1). None: nothing drafts (ar)."""
+    below it (the deepest drafter from the statistical rung, or none without it), of its
+    ``own_blocks`` length times ``scale`` (at least 1). None: nothing drafts (ar)."""
     blocks = own_blocks(spec)
     d = spec.drafting_rungs
     k = [[0] * d for _ in range(d)]
@@ -91,8 +109,8 @@ def placement_k(spec: LadderSpec, placement: Placement, scale: float = 1.0) -> K
     for i, name in enumerate(reviewers):
         if i < len(placement):
             col = i  # the next drafter of the placement (ladder index i + 1)
-        elif spec.maxgram is not None:
-            col = d - 1  # Max-Gram, at the bottom
+        elif bottom(spec):
+            col = d - 1  # the statistical rung, at the bottom
         else:
             break
         k[i][col] = max(1, round(blocks[name] * scale))
@@ -124,7 +142,7 @@ def candidates(spec: LadderSpec) -> list[Candidate]:
     )
     out = {current.key: current}
     rounds: list[list[Candidate]] = [[] for _ in range(len(SCALES) + len(FLOORS))]
-    for placement in placements(ladder_order, spec.maxgram is not None):
+    for placement in placements(ladder_order, bottom(spec)):
         order = full_order(spec, placement)
         lenience = own_setting(spec, order, "lenience", 1.0)
         own_floor = own_setting(spec, order, "min_confidence", 0.0)
@@ -315,6 +333,7 @@ def tune_placements(
     loaded: Ladder,
     prompts: Sequence[Sequence[int]],
     foreign: Sequence[str],
+    why: str,
     asked: dict[str, Any],
     write: bool,
     write_name: str | None,
@@ -322,21 +341,17 @@ def tune_placements(
     out: Console,
     err: Console,
 ) -> int:
-    """``tune k-matrix`` of a ladder with a foreign drafter: calibrate (reference runs and
-    costs), run the placements for real within ``asked['budget_s']``, report, declare."""
+    """``tune k-matrix`` of a ladder the replay cannot model (``why``; ``foreign``: its rungs
+    with their own tokenizer, each judged): calibrate (reference runs and costs), run the
+    placements for real within ``asked['budget_s']``, report, declare."""
     spec = loaded.spec
     budget, max_new = float(asked["budget_s"]), int(asked["max_new_tokens"])
     if budget <= 0:
         raise UsageError(
-            f"ladder '{spec.name}': {', '.join(foreign)} has its own tokenizer, so tune judges "
-            "its placements by real runs alone (the replay works in the target's tokens): give "
-            "--budget more than 0"
+            f"ladder '{spec.name}': {why}, so tune judges its placements by real runs alone: "
+            "give --budget more than 0"
         )
-    err.print(
-        f"{', '.join(foreign)} has its own tokenizer: every placement of the drafters is judged "
-        "by real runs (no replay)",
-        highlight=False,
-    )
+    err.print(f"{why}: every placement of the drafters is judged by real runs", highlight=False)
     cal: Calibration | None = None
     runs: RealRuns | None = None
     chosen: list[Candidate] = []
@@ -351,7 +366,7 @@ def tune_placements(
             cal = calibrate(loaded, prompts, max_new, progress=progress, teacher=False)
         ar_s = statistics.fmean(r.ar_wall_s for r in cal.records) if cal.records else 0.0
         pool = candidates(spec)
-        count = len(placements([d.name for d in spec.drafters], spec.maxgram is not None))
+        count = len(placements([d.name for d in spec.drafters], bottom(spec)))
         chosen = pick(pool, count, budget, ar_s)
         for i, c in enumerate(chosen):
             c.label = c.label or str(i + 1)
@@ -370,7 +385,7 @@ def tune_placements(
     out.print(
         f"  {len(cal.records)} prompts, {sum(len(r.ref) for r in cal.records)} reference tokens "
         f"(max {max_new} new each); {len(chosen)} of {len(pool)} settings run (placements of "
-        f"the drafters; judged by real runs alone: {', '.join(foreign)} has its own tokenizer)",
+        f"the drafters; judged by real runs alone: {why})",
         highlight=False,
     )
     report_runs(out, runs, timings, chosen, widened, notices)

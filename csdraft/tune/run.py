@@ -16,7 +16,7 @@ from csdraft.tune.agreement import agreement
 from csdraft.tune.analytic import AnalyticModel
 from csdraft.tune.calibration import Calibration, calibrate, foreign_rungs
 from csdraft.tune.data import load_calibration_prompts
-from csdraft.tune.placements import tune_placements
+from csdraft.tune.placements import tune_placements, unreplayable
 from csdraft.tune.replay import Replay
 from csdraft.tune.report import agreement_table, answers, candidates_table, costs_table
 from csdraft.tune.search import Candidate, current_setting, pick_for_measurement, search
@@ -51,11 +51,6 @@ def run_tune(
     spec = get_ladder(ladder, config)
     if spec.drafting_rungs == 0:
         raise UsageError(f"ladder '{spec.name}' has no drafters: there is no k-matrix to tune")
-    if others := [r.name for r in spec.rungs if not r.reviews and r.kind != "max-gram"]:
-        raise UsageError(
-            f"ladder '{spec.name}': tune replays models and Max-Gram only, not {', '.join(others)}"
-            " (token recycling learns from the run itself): set its k-matrix by hand"
-        )
     if write:
         check_writable(Path(config) if config is not None else user_config_path(), "--write")
     texts, source = load_calibration_prompts(data, limit, seed)
@@ -64,9 +59,12 @@ def run_tune(
     prompts = [loaded.encode(t) for t in texts]
     for p in prompts:
         loaded.check_length(p, max_new_tokens)
-    if foreign := foreign_rungs(loaded):  # the replay works in the target's tokens only
+    foreign = foreign_rungs(loaded)
+    if why := unreplayable(spec, foreign):  # judged by real runs alone
         asked = _asked(spec.name, data, source, limit, seed, max_new_tokens, budget)
-        return tune_placements(loaded, prompts, foreign, asked, write, write_name, config, out, err)
+        return tune_placements(
+            loaded, prompts, foreign, why, asked, write, write_name, config, out, err
+        )
 
     cal = ranked = runs = timings = None
     chosen: list[Candidate] = []
