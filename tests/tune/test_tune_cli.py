@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from tiny_ladder import make_tiny_ladder, own_env  # noqa: F401 - own_env: a fixture
+from tune_helpers import ctrl_c_after_first_prompt
 from typer.testing import CliRunner
 
 from csdraft.cli import app
@@ -155,16 +156,7 @@ def _interrupt_tune(tiny, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_in_tunes_real_runs_keeps_what_was_measured(tiny, tmp_path, monkeypatch):
-    from csdraft.tune import verify
-
-    real = verify.interleaved
-
-    def first_prompt_then_ctrl_c(*args, **kwargs):
-        runs = real(*args, **kwargs)
-        yield next(runs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(verify, "interleaved", first_prompt_then_ctrl_c)
+    ctrl_c_after_first_prompt(monkeypatch)
     line, kept = _interrupt_tune(tiny, tmp_path, monkeypatch)
     assert "predictions and 1 prompt of real runs" in line
     assert kept["schema"] == "csdraft-tune-partial/1" and kept["complete"] is False

@@ -16,7 +16,7 @@ from tiny_ladder import (  # noqa: F401 - own_env: a fixture
     own_env,
     tiny_model_dir,
 )
-from tune_helpers import spec_with
+from tune_helpers import ctrl_c_after_first_prompt, spec_with
 from typer.testing import CliRunner
 
 import csdraft
@@ -185,16 +185,7 @@ def test_tune_of_a_foreign_ladder_needs_a_budget(mixed3):
 
 
 def test_ctrl_c_in_the_placements_runs_keeps_what_was_measured(mixed3, tmp_path, monkeypatch):
-    from csdraft.tune import verify
-
-    real = verify.interleaved
-
-    def first_prompt_then_ctrl_c(*args, **kwargs):
-        runs = real(*args, **kwargs)
-        yield next(runs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(verify, "interleaved", first_prompt_then_ctrl_c)
+    ctrl_c_after_first_prompt(monkeypatch)
     monkeypatch.chdir(tmp_path)
     cfg, prompts = mixed3
     result = CliRunner().invoke(

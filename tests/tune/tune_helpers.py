@@ -67,3 +67,17 @@ def synthetic_calibration(
         max_new_tokens=t,
         eos_ids=[],
     )
+
+
+def ctrl_c_after_first_prompt(monkeypatch) -> None:
+    """Make tune's real runs raise KeyboardInterrupt once their first prompt is measured."""
+    from csdraft.tune import verify
+
+    real = verify.interleaved
+
+    def first_prompt_then_ctrl_c(*args, **kwargs):
+        runs = real(*args, **kwargs)
+        yield next(runs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify, "interleaved", first_prompt_then_ctrl_c)
