@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from csdraft.bench.concurrency import percentile
+
 PROMPTS = [
     "Write a Python function that reverses a string.",
     "Explain what a hash map is in two sentences.",
@@ -122,11 +124,6 @@ def metric(client: httpx.Client, name: str) -> float | None:
     return None
 
 
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else 0.0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -179,8 +176,8 @@ def main() -> int:
         "cancelled_by_server": cancelled,
         "errors": [{"request": j.index, "status": j.status, "error": j.error} for j in errors],
         "mismatches_with_solo": mismatches,
-        "latency_p50_s": round(percentile(latencies, 0.5), 3),
-        "latency_p95_s": round(percentile(latencies, 0.95), 3),
+        "latency_p50_s": round(percentile(latencies, 0.5), 3) if latencies else 0.0,
+        "latency_p95_s": round(percentile(latencies, 0.95), 3) if latencies else 0.0,
         "wall_s": round(load_s, 2),
         "throughput_tokens_per_s": round(tokens / load_s, 2) if load_s else None,
         "throughput_requests_per_s": round(len(done) / load_s, 3) if load_s else None,

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from csdraft.bench.data import load_dataset
 from csdraft.bench.results import write_results
-from csdraft.bench.run import _plot_path, machine_info
+from csdraft.bench.run import machine_info, plot_path
 from csdraft.console import progress_console, report_console
 from csdraft.errors import UsageError
 from csdraft.ladder import get_ladder
@@ -139,7 +139,7 @@ def run_concurrency(
     from csdraft.engine.batch import BatchCounts
 
     ns = parse_concurrency(concurrency)
-    png = None if no_plot else (plot or _plot_path(out))
+    png = None if no_plot else (plot or plot_path(out))
     check_writable(out, "--out")
     check_writable(png, "--plot")
     ds = load_dataset(dataset, data=data, field=field, limit=limit)

@@ -128,7 +128,7 @@ def run_bench(
     _check_args(max_new_tokens, warmup, sd_block, pld_block, temperature)
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be >= 1, got {limit}")
-    png = None if no_plot else (plot or _plot_path(out))
+    png = None if no_plot else (plot or plot_path(out))
     check_writable(out, "--out")
     check_writable(png, "--plot")
     names = parse_methods(
@@ -296,7 +296,7 @@ def run_report(path: Path, plot: Path | None, no_plot: bool, as_json: bool) -> d
     summaries recomputed from the per-prompt records (so a run cut short, or measured before
     a report gained a column, is reported as a finished one would be)."""
     results = read_results(path, "--report")
-    png = None if no_plot else (plot or _plot_path(Path(path)))
+    png = None if no_plot else (plot or plot_path(Path(path)))
     check_writable(png, "--plot")
     present(_summarised(results), png, as_json)
     return results
@@ -412,7 +412,7 @@ def _skeleton(
     }
 
 
-def _plot_path(out: Path | None) -> Path:
+def plot_path(out: Path | None) -> Path:
     """The PNG's default place: next to the results file, else ``bench.png``."""
     if out is None:
         return Path("bench.png")

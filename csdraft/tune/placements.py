@@ -29,7 +29,7 @@ from csdraft.tune.calibration import Calibration, calibrate
 from csdraft.tune.report import costs_table, rungs_text
 from csdraft.tune.search import Candidate, setting_key
 from csdraft.tune.verify import AR, RealRuns, measure, tokens_per_forward, tokens_per_s
-from csdraft.tune.winner import declare, report_runs
+from csdraft.tune.winner import declare, noticer, report_runs
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -357,10 +357,7 @@ def tune_placements(
     chosen: list[Candidate] = []
     notices: list[str] = []
 
-    def say(line: str) -> None:
-        notices.append(line)
-        err.print(f"[yellow]{line}[/]", highlight=False)
-
+    say = noticer(err, notices)
     try:
         with task_progress(err) as progress:
             cal = calibrate(loaded, prompts, max_new, progress=progress, teacher=False)

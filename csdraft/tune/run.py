@@ -21,7 +21,7 @@ from csdraft.tune.replay import Replay
 from csdraft.tune.report import agreement_table, answers, candidates_table, costs_table
 from csdraft.tune.search import Candidate, current_setting, pick_for_measurement, search
 from csdraft.tune.verify import AR, RealRuns, measure
-from csdraft.tune.winner import declare, finish, report_runs, setting_text
+from csdraft.tune.winner import declare, finish, noticer, report_runs, setting_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -59,9 +59,9 @@ def run_tune(
     prompts = [loaded.encode(t) for t in texts]
     for p in prompts:
         loaded.check_length(p, max_new_tokens)
+    asked = _asked(spec.name, data, source, limit, seed, max_new_tokens, budget)
     foreign = foreign_rungs(loaded)
     if why := unreplayable(spec, foreign):  # judged by real runs alone
-        asked = _asked(spec.name, data, source, limit, seed, max_new_tokens, budget)
         return tune_placements(
             loaded, prompts, foreign, why, asked, write, write_name, config, out, err
         )
@@ -92,20 +92,14 @@ def run_tune(
             for c in chosen:
                 if not c.label:
                     c.label = kmatrix.family(c.k)
-
-            def say(line: str) -> None:
-                notices.append(line)
-                err.print(f"[yellow]{line}[/]", highlight=False)
-
             runs = RealRuns()
             with task_progress(err) as progress:
                 runs, timings, widened = measure(
-                    loaded, cal, replay, chosen, budget, progress, say, runs
+                    loaded, cal, replay, chosen, budget, progress, noticer(err, notices), runs
                 )
     except KeyboardInterrupt:
         if cal is None:  # nothing measured yet to keep
             raise
-        asked = _asked(spec.name, data, source, limit, seed, max_new_tokens, budget)
         return partial.interrupted(asked, cal, ranked, chosen, runs, err)
     ar = runs.best(AR) if runs else []
 

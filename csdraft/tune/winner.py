@@ -5,7 +5,7 @@ runs' lines, the winner by a margin over the current settings larger than the me
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,17 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from csdraft.spec import LadderSpec
+
+
+def noticer(err: Console, notices: list[str]) -> Callable[[str], None]:
+    """The real runs' ``say``: each notice printed (yellow) and kept in ``notices`` for the
+    report."""
+
+    def say(line: str) -> None:
+        notices.append(line)
+        err.print(f"[yellow]{line}[/]", highlight=False)
+
+    return say
 
 
 def setting_text(c: Candidate, names: Sequence[str]) -> str:
