@@ -80,9 +80,9 @@ def test_an_error_in_a_pass_reaches_every_generation_in_it_and_the_rest_go_on():
 
 
 @pytest.mark.parametrize("width", [1, 5])
-def test_steps_run_in_the_members_own_threads(width):
-    """No scheduler thread: a lone generation's passes run in its own thread (no hand-off);
-    with several, each step in one of theirs."""
+def test_every_pass_runs_in_the_one_pass_thread_which_ends_with_the_last_member(width):
+    """One thread calls the models (torch's OpenMP keeps a worker pool per calling thread):
+    none of the members', and the same one for every pass while members run."""
     batcher = Batcher()
     seen: set[threading.Thread] = set()
 
@@ -98,14 +98,11 @@ def test_steps_run_in_the_members_own_threads(width):
         assert list(batcher.run(events())) == [0, 1, 2]
 
     before = set(threading.enumerate())
-    if width == 1:
-        member()
-        assert seen == {threading.current_thread()}
-    else:
-        threads = [threading.Thread(target=member) for _ in range(width)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
-        assert seen and seen <= set(threads)
+    threads = [threading.Thread(target=member) for _ in range(width)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(seen) == 1 and not seen & (set(threads) | before)
+    seen.pop().join(10)
     assert set(threading.enumerate()) <= before  # nothing left running
