@@ -4,13 +4,14 @@ generation's code), and their model passes are batched by one scheduler.
 A generation is a *member* of a ``Batcher`` while its events are being produced
 (``Batcher.run``). A member is *active* while its engine code runs, *blocked* once it hands a
 pass to the batcher (``submit``) and *idle* while its consumer holds an event. When no member is
-active and some passes wait, the batcher's one *pass thread* runs one step: one waiting
-``group`` of jobs (one model's sessions, where sharing a pass is exact) goes through one forward
-pass, every job that must run alone runs alone, and their members are woken (``_pick`` says
-which group). Every pass runs in that one thread, whichever member asked for it: torch's
-OpenMP keeps a pool of worker threads for each thread that calls into it, and pools of
-several calling threads compete for the same cores (measured: docs/batching.md). The pass
-thread starts with the first member and ends when the last one leaves.
+active and some passes wait, one step runs: one waiting ``group`` of jobs (one model's
+sessions, where sharing a pass is exact) goes through one forward pass, every job that must run
+alone runs alone, and their members are woken (``_pick`` says which group). A generation alone
+runs its steps in its own thread, with no hand-off; while several run, every step runs in the
+batcher's one *pass thread*, whichever member asked for it: torch's OpenMP keeps a pool of
+worker threads for each thread that calls into it, and the pools of several calling threads
+compete for the same cores (measured: docs/batching.md). The pass thread starts when a second
+member joins and ends when one is left.
 Members join and leave between steps; one that ends or is closed early frees its caches at once
 (its cascade's own ``release``).
 
@@ -70,8 +71,8 @@ class Batcher:
         self._jobs: list[Job] = []
         self._members = 0  # generations running through ``run``
         self._active = 0  # members running engine code (neither blocked nor idle)
-        self._stepping = False  # the pass thread is running a step
-        self._stepper: threading.Thread | None = None  # the pass thread, while members run
+        self._stepping = False  # a step is running
+        self._stepper: threading.Thread | None = None  # the pass thread, while members are several
 
     def run(self, events: Iterator[T]) -> Iterator[T]:
         """``events`` (one generation's iterator) produced as a member: its passes are batched
@@ -98,47 +99,61 @@ class Batcher:
                 self._leave()
 
     def submit(self, run: Run, payload: Any, group: Hashable | None = None, order: int = 0) -> Any:
-        """Wait for ``payload``'s pass (batched with other members' jobs of ``group``, run in
-        the pass thread) and return its result; an error in the pass is raised here."""
+        """Wait for ``payload``'s pass (batched with other members' jobs of ``group``) and
+        return its result; an error in the pass is raised here."""
         job = Job(run, payload, group, order)
         with self._cond:
             self._jobs.append(job)
             self._active -= 1
             self._cond.notify_all()
-            try:
-                while not job.done:
-                    self._cond.wait()
-            except BaseException:  # e.g. KeyboardInterrupt: stop waiting, active again
-                if job in self._jobs:
-                    self._jobs.remove(job)
-                    self._active += 1
-                elif not job.done:  # its pass is running: its result is dropped
-                    job.abandoned = True
-                    self._active += 1
-                raise
+        while True:
+            with self._cond:
+                try:
+                    while not (job.done or (self._members == 1 and self._may_step())):
+                        self._cond.wait()
+                except BaseException:  # e.g. KeyboardInterrupt: stop waiting, active again
+                    if job in self._jobs:
+                        self._jobs.remove(job)
+                        self._active += 1
+                    elif not job.done:  # its pass is running: its result is dropped
+                        job.abandoned = True
+                        self._active += 1
+                    raise
+                if job.done:
+                    break
+                jobs = self._take()
+            self._run(jobs)  # alone: the step runs in this member's own thread
         if job.error is not None:
             raise job.error
         return job.result
 
     def _pass_thread(self) -> None:
-        """The pass thread's loop: one step whenever one may start, until no member is left."""
+        """The pass thread's loop: one step whenever one may start, while members are several."""
         while True:
             with self._cond:
-                while not self._may_step():
-                    if self._members == 0:
+                while not (self._members > 1 and self._may_step()):
+                    if self._members < 2:
                         self._stepper = None
                         return
                     self._cond.wait()
-                self._stepping = True
-                jobs = self._pick()
-            self._step(jobs)  # an error goes to the jobs it hits
-            with self._cond:
-                for done in jobs:
-                    done.done = True
-                    if not done.abandoned:
-                        self._active += 1
-                self._stepping = False
-                self._cond.notify_all()
+                jobs = self._take()
+            self._run(jobs)
+
+    def _take(self) -> list[Job]:
+        """Start a step: its jobs (called holding the lock, when ``_may_step``)."""
+        self._stepping = True
+        return self._pick()
+
+    def _run(self, jobs: list[Job]) -> None:
+        """Run a step's ``jobs`` (an error goes to the jobs it hits) and wake their members."""
+        self._step(jobs)
+        with self._cond:
+            for done in jobs:
+                done.done = True
+                if not done.abandoned:
+                    self._active += 1
+            self._stepping = False
+            self._cond.notify_all()
 
     def _may_step(self) -> bool:
         """Whether a step may start now: passes wait, no member runs engine code, and no step
@@ -149,7 +164,7 @@ class Batcher:
         with self._cond:
             self._members += 1
             self._active += 1
-            if self._stepper is None:
+            if self._members > 1 and self._stepper is None:
                 self._stepper = threading.Thread(
                     target=self._pass_thread, name="csdraft-passes", daemon=True
                 )

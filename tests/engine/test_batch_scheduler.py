@@ -5,6 +5,7 @@ waited on it; generations leave cleanly."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -29,8 +30,11 @@ def run_members(batcher: Batcher, plans: list[list[tuple[str | None, int]]], fai
 
         return run
 
+    arrived = threading.Semaphore(0)
+
     def events(i: int, plan: list[tuple[str | None, int]]):
         yield "start"
+        arrived.release()
         go.wait()  # active (engine code running) until every generation is here
         for k, (group, order) in enumerate(plan):
             yield batcher.submit(make_run(group), (i, k), group, order)
@@ -46,8 +50,8 @@ def run_members(batcher: Batcher, plans: list[list[tuple[str | None, int]]], fai
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(plans))]
     for t in threads:
         t.start()
-    while batcher._active < len(plans):
-        time.sleep(0.001)
+    for _ in plans:
+        arrived.acquire(timeout=30)
     go.set()
     for t in threads:
         t.join(timeout=30)
@@ -80,17 +84,21 @@ def test_an_error_in_a_pass_reaches_every_generation_in_it_and_the_rest_go_on():
 
 
 @pytest.mark.parametrize("width", [1, 5])
-def test_every_pass_runs_in_the_one_pass_thread_which_ends_with_the_last_member(width):
-    """One thread calls the models (torch's OpenMP keeps a worker pool per calling thread):
-    none of the members', and the same one for every pass while members run."""
+def test_a_lone_generation_steps_in_its_own_thread_several_in_the_one_pass_thread(width):
+    """Alone, no hand-off: every pass in the generation's own thread. Several: their shared
+    steps run in one pass thread (torch's OpenMP keeps a worker pool per calling thread), which
+    ends when one generation is left."""
     batcher = Batcher()
-    seen: set[threading.Thread] = set()
+    seen: list[threading.Thread] = []
 
     def run(payloads: list) -> list:
-        seen.add(threading.current_thread())
+        seen.append(threading.current_thread())
         return payloads
 
+    go = threading.Barrier(width)
+
     def events():
+        go.wait()  # every member has joined
         for i in range(3):
             yield batcher.submit(run, i, "t")
 
@@ -98,11 +106,41 @@ def test_every_pass_runs_in_the_one_pass_thread_which_ends_with_the_last_member(
         assert list(batcher.run(events())) == [0, 1, 2]
 
     before = set(threading.enumerate())
-    threads = [threading.Thread(target=member) for _ in range(width)]
+    if width == 1:
+        member()
+        assert seen == [threading.current_thread()] * 3
+    else:
+        threads = [threading.Thread(target=member) for _ in range(width)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        passers = set(seen) - set(threads)
+        assert len(passers) == 1 and not passers & before  # the first step: all five waiting
+        passers.pop().join(10)
+    assert set(threading.enumerate()) <= before  # nothing left running
+
+
+def test_generations_joining_and_leaving_at_random_never_stall():
+    """The step passes back and forth between a lone generation's own thread and the pass
+    thread as others join and leave (1, 2, 1, 3...): every pass runs once, none is stranded."""
+    batcher = Batcher()
+    rng = random.Random(7)
+    starts = [rng.uniform(0, 0.05) for _ in range(12)]
+    lengths = [rng.randint(1, 25) for _ in range(12)]
+    out: list = [None] * 12
+
+    def member(i: int) -> None:
+        time.sleep(starts[i])
+        events = (batcher.submit(lambda ps: ps, (i, k), "t") for k in range(lengths[i]))
+        out[i] = list(batcher.run(events))
+
+    threads = [threading.Thread(target=member, args=(i,)) for i in range(12)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(10)
-    assert len(seen) == 1 and not seen & (set(threads) | before)
-    seen.pop().join(10)
-    assert set(threading.enumerate()) <= before  # nothing left running
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert out == [[(i, k) for k in range(lengths[i])] for i in range(12)]
+    assert batcher.counts.jobs == sum(lengths)
+    assert batcher._members == 0 and batcher._active == 0 and not batcher._jobs
