@@ -234,7 +234,7 @@ class Ladder:
         gives for its prompt alone. A prompt may be a mapping: ``{"prompt": ..., "seed": 3}``,
         its own settings over ``options``. Every request is checked before any runs."""
         import inspect
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import Future, ThreadPoolExecutor
 
         keys = set(inspect.signature(self.stream).parameters)  # what one request may set
         jobs = []
@@ -256,7 +256,12 @@ class Ladder:
             return Result.of(list(self.stream(ids, **settings)), ids, self.tokenizer)
 
         with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="csdraft") as pool:
-            return list(pool.map(run, jobs))
+            futures: list[Future[Result]] = []
+            self.batcher.drive(  # every pass in this thread
+                lambda: futures.extend(pool.submit(run, job) for job in jobs),
+                lambda: all(f.done() for f in futures),
+            )
+            return [f.result() for f in futures]
 
     def generate(
         self, prompt: str | Sequence[int], max_new_tokens: int | None = None, **options: Any

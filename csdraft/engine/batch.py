@@ -73,6 +73,7 @@ class Batcher:
         self._active = 0  # members running engine code (neither blocked nor idle)
         self._stepping = False  # a step is running
         self._stepper: threading.Thread | None = None  # the pass thread, while members are several
+        self._driver: threading.Thread | None = None  # a thread running every step (``drive``)
 
     def run(self, events: Iterator[T]) -> Iterator[T]:
         """``events`` (one generation's iterator) produced as a member: its passes are batched
@@ -109,7 +110,7 @@ class Batcher:
         while True:
             with self._cond:
                 try:
-                    while not (job.done or (self._members == 1 and self._may_step())):
+                    while not (job.done or (self._members == 1 and self._may_step(undriven=True))):
                         self._cond.wait()
                 except BaseException:  # e.g. KeyboardInterrupt: stop waiting, active again
                     if job in self._jobs:
@@ -131,13 +132,48 @@ class Batcher:
         """The pass thread's loop: one step whenever one may start, while members are several."""
         while True:
             with self._cond:
-                while not (self._members > 1 and self._may_step()):
-                    if self._members < 2:
+                while not (self._members > 1 and self._may_step(undriven=True)):
+                    if self._members < 2 or self._driver is not None:
                         self._stepper = None
                         return
                     self._cond.wait()
                 jobs = self._take()
             self._run(jobs)
+
+    def drive(self, start: Callable[[], None], done: Callable[[], bool]) -> None:
+        """Call ``start()`` (which starts generations in other threads), then run every step
+        in the calling thread until ``done()`` (checked at least every 50 ms): a caller that
+        would only wait for those generations lends them its own thread
+        (``Ladder.generate_many``: the main thread ran passes fastest, docs/batching.md). Lone
+        members and the pass thread step again afterwards."""
+        with self._cond:
+            if self._driver is not None:
+                raise RuntimeError("the batcher already has a driving thread")
+            self._driver = threading.current_thread()
+            self._cond.notify_all()  # a pass thread stands down
+        try:
+            start()
+            while True:
+                with self._cond:
+                    while not self._may_step():
+                        if done():
+                            return
+                        self._cond.wait(0.05)
+                    jobs = self._take()
+                self._run(jobs)
+        finally:
+            with self._cond:
+                self._driver = None
+                if self._members > 1 and self._stepper is None:
+                    self._start_pass_thread()
+                self._cond.notify_all()
+
+    def _start_pass_thread(self) -> None:
+        """Start the pass thread (called holding the lock)."""
+        self._stepper = threading.Thread(
+            target=self._pass_thread, name="csdraft-passes", daemon=True
+        )
+        self._stepper.start()
 
     def _take(self) -> list[Job]:
         """Start a step: its jobs (called holding the lock, when ``_may_step``)."""
@@ -155,20 +191,19 @@ class Batcher:
             self._stepping = False
             self._cond.notify_all()
 
-    def _may_step(self) -> bool:
+    def _may_step(self, undriven: bool = False) -> bool:
         """Whether a step may start now: passes wait, no member runs engine code, and no step
-        is running (called holding the lock)."""
+        is running (called holding the lock); ``undriven``: and no thread drives the batcher."""
+        if undriven and self._driver is not None:
+            return False
         return bool(self._jobs) and self._active == 0 and not self._stepping
 
     def _join(self) -> None:
         with self._cond:
             self._members += 1
             self._active += 1
-            if self._members > 1 and self._stepper is None:
-                self._stepper = threading.Thread(
-                    target=self._pass_thread, name="csdraft-passes", daemon=True
-                )
-                self._stepper.start()
+            if self._members > 1 and self._stepper is None and self._driver is None:
+                self._start_pass_thread()
 
     def _leave(self) -> None:
         with self._cond:

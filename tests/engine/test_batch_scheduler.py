@@ -144,3 +144,30 @@ def test_generations_joining_and_leaving_at_random_never_stall():
     assert out == [[(i, k) for k in range(lengths[i])] for i in range(12)]
     assert batcher.counts.jobs == sum(lengths)
     assert batcher._members == 0 and batcher._active == 0 and not batcher._jobs
+
+
+def test_a_driving_thread_runs_every_pass_and_hands_back_when_done():
+    """``drive``: the caller's thread runs every step, a lone generation's included, until
+    done; a generation still running afterwards steps in its own thread again."""
+    batcher = Batcher()
+    seen: list[threading.Thread] = []
+
+    def run(payloads: list) -> list:
+        seen.append(threading.current_thread())
+        return payloads
+
+    def member(i: int, n: int, out: list) -> None:
+        events = (batcher.submit(run, (i, k), "t") for k in range(n))
+        out[i] = list(batcher.run(events))
+
+    out: list = [None] * 4
+    threads = [threading.Thread(target=member, args=(i, 3 + 4 * i, out)) for i in range(3)]
+    batcher.drive(
+        lambda: [t.start() for t in threads], lambda: not any(t.is_alive() for t in threads)
+    )
+    assert set(seen) == {threading.current_thread()} and len(seen) == batcher.counts.passes
+    assert out[:3] == [[(i, k) for k in range(3 + 4 * i)] for i in range(3)]
+    late = threading.Thread(target=member, args=(3, 2, out))
+    late.start()
+    late.join(10)
+    assert out[3] == [(3, 0), (3, 1)] and seen[-1] is late
