@@ -72,7 +72,7 @@ class Batcher:
         self._members = 0  # generations running through ``run``
         self._active = 0  # members running engine code (neither blocked nor idle)
         self._stepping = False  # a step is running
-        self._stepper: threading.Thread | None = None  # the pass thread, while members are several
+        self._pass_thread: threading.Thread | None = None  # running while it has the turn
         self._driver: threading.Thread | None = None  # a thread running every step (``drive``)
 
     def run(self, events: Iterator[T]) -> Iterator[T]:
@@ -110,7 +110,7 @@ class Batcher:
         while True:
             with self._cond:
                 try:
-                    while not (job.done or (self._members == 1 and self._may_step(undriven=True))):
+                    while not (job.done or self._may_step("member")):
                         self._cond.wait()
                 except BaseException:  # e.g. KeyboardInterrupt: stop waiting, active again
                     if job in self._jobs:
@@ -128,13 +128,13 @@ class Batcher:
             raise job.error
         return job.result
 
-    def _pass_thread(self) -> None:
-        """The pass thread's loop: one step whenever one may start, while members are several."""
+    def _pass_loop(self) -> None:
+        """The pass thread's loop: one step whenever one may start, while it has the turn."""
         while True:
             with self._cond:
-                while not (self._members > 1 and self._may_step(undriven=True)):
-                    if self._members < 2 or self._driver is not None:
-                        self._stepper = None
+                while not self._may_step("pass"):
+                    if self._turn() != "pass":
+                        self._pass_thread = None
                         return
                     self._cond.wait()
                 jobs = self._take()
@@ -155,7 +155,7 @@ class Batcher:
             start()
             while True:
                 with self._cond:
-                    while not self._may_step():
+                    while not self._may_step("driver"):
                         if done():
                             return
                         self._cond.wait(0.05)
@@ -164,16 +164,24 @@ class Batcher:
         finally:
             with self._cond:
                 self._driver = None
-                if self._members > 1 and self._stepper is None:
-                    self._start_pass_thread()
+                self._wake_pass_thread()
                 self._cond.notify_all()
 
-    def _start_pass_thread(self) -> None:
-        """Start the pass thread (called holding the lock)."""
-        self._stepper = threading.Thread(
-            target=self._pass_thread, name="csdraft-passes", daemon=True
-        )
-        self._stepper.start()
+    def _turn(self) -> str:
+        """Which thread runs the steps now (THE rule; called holding the lock): the driving
+        thread while one drives, else the pass thread while members are several, else the lone
+        member's own."""
+        if self._driver is not None:
+            return "driver"
+        return "pass" if self._members > 1 else "member"
+
+    def _wake_pass_thread(self) -> None:
+        """Start the pass thread if the turn is its and it is not running (holding the lock)."""
+        if self._turn() == "pass" and self._pass_thread is None:
+            self._pass_thread = threading.Thread(
+                target=self._pass_loop, name="csdraft-passes", daemon=True
+            )
+            self._pass_thread.start()
 
     def _take(self) -> list[Job]:
         """Start a step: its jobs (called holding the lock, when ``_may_step``)."""
@@ -191,19 +199,17 @@ class Batcher:
             self._stepping = False
             self._cond.notify_all()
 
-    def _may_step(self, undriven: bool = False) -> bool:
-        """Whether a step may start now: passes wait, no member runs engine code, and no step
-        is running (called holding the lock); ``undriven``: and no thread drives the batcher."""
-        if undriven and self._driver is not None:
-            return False
-        return bool(self._jobs) and self._active == 0 and not self._stepping
+    def _may_step(self, by: str) -> bool:
+        """Whether a step may start now in the thread of role ``by`` (``_turn``): it has the
+        turn, passes wait, no member runs engine code, and no step is running (holding the
+        lock)."""
+        return self._turn() == by and bool(self._jobs) and self._active == 0 and not self._stepping
 
     def _join(self) -> None:
         with self._cond:
             self._members += 1
             self._active += 1
-            if self._members > 1 and self._stepper is None and self._driver is None:
-                self._start_pass_thread()
+            self._wake_pass_thread()
 
     def _leave(self) -> None:
         with self._cond:
