@@ -233,8 +233,21 @@ class Ladder:
         (``csdraft.engine.batch``): results in input order, each exactly what ``generate``
         gives for its prompt alone. A prompt may be a mapping: ``{"prompt": ..., "seed": 3}``,
         its own settings over ``options``. Every request is checked before any runs."""
+        return list(self.iter_many(prompts, max_new_tokens, concurrency=concurrency, **options))
+
+    def iter_many(
+        self,
+        prompts: Sequence[str | Sequence[int] | Mapping[str, Any]],
+        max_new_tokens: int | None = None,
+        *,
+        concurrency: int = 4,
+        **options: Any,
+    ) -> Iterator[Result]:
+        """``generate_many``'s results one by one, in input order, each as soon as it and those
+        before it are done (``generate --batch`` writes each at once). An error, Ctrl-C or
+        closing the iterator early cancels the requests not started and stops those running
+        at their next token (their caches freed)."""
         import inspect
-        from concurrent.futures import Future, ThreadPoolExecutor
 
         keys = set(inspect.signature(self.stream).parameters)  # what one request may set
         jobs = []
@@ -250,18 +263,47 @@ class Ladder:
             jobs.append((ids, settings))
         for ids, settings in jobs:  # bad settings fail here, before anything runs
             self._request(ids, **settings)
+        return self._run_many(jobs, concurrency)
 
-        def run(job: tuple[list[int], dict[str, Any]]) -> Result:
+    def _run_many(
+        self, jobs: list[tuple[list[int], dict[str, Any]]], concurrency: int
+    ) -> Iterator[Result]:
+        """``iter_many``'s generations of checked ``jobs`` (prompt ids, ``stream`` settings)."""
+        import threading
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        stop = threading.Event()
+
+        def run(job: tuple[list[int], dict[str, Any]]) -> Result | None:
             ids, settings = job
-            return Result.of(list(self.stream(ids, **settings)), ids, self.tokenizer)
+            events = []
+            stream = self.stream(ids, **settings)
+            try:
+                for event in stream:
+                    if stop.is_set():
+                        return None
+                    events.append(event)
+            finally:
+                stream.close()  # frees its caches now, also when stopped
+            return Result.of(events, ids, self.tokenizer)
 
-        with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="csdraft") as pool:
-            futures: list[Future[Result]] = []
-            self.batcher.drive(  # every pass in this thread
-                lambda: futures.extend(pool.submit(run, job) for job in jobs),
-                lambda: all(f.done() for f in futures),
-            )
-            return [f.result() for f in futures]
+        pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="csdraft")
+        futures: list[Future[Result | None]] = []
+
+        def start() -> None:
+            futures.extend(pool.submit(run, job) for job in jobs)
+
+        try:
+            for n in range(len(jobs)):
+                self.batcher.drive(  # every pass in this thread until result n is done
+                    start if n == 0 else lambda: None, lambda n=n: futures[n].done()
+                )
+                result = futures[n].result()
+                assert result is not None  # only a stopped request gives None
+                yield result
+        finally:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def generate(
         self, prompt: str | Sequence[int], max_new_tokens: int | None = None, **options: Any

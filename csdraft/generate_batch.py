@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,18 @@ def read_requests(path: Path, spec: LadderSpec, raw: bool) -> list[dict[str, Any
 
 def run_batch(path: Path, spec: LadderSpec, concurrency: int, raw: bool, quiet: bool) -> int:
     """Load the ladder once, generate every line's request, ``concurrency`` at a time, and
-    write one JSON result a line (as ``generate --json`` writes one) in input order."""
+    write one JSON result a line (as ``generate --json`` writes one) in input order, each as
+    soon as it and those before it are done: an error or Ctrl-C keeps the lines written."""
     requests = read_requests(path, spec, raw)
     loaded = Ladder.load(spec, progress=not quiet)
-    for result, request in zip(
-        loaded.generate_many(requests, concurrency=concurrency), requests, strict=True
-    ):
-        sys.stdout.write(json.dumps(result.as_json(request["spec"].name)) + "\n")
-    sys.stdout.flush()
+    written = 0
+    try:
+        with closing(loaded.iter_many(requests, concurrency=concurrency)) as results:
+            for result, request in zip(results, requests, strict=True):
+                sys.stdout.write(json.dumps(result.as_json(request["spec"].name)) + "\n")
+                sys.stdout.flush()
+                written += 1
+    except BaseException:
+        print(f"csdraft: --batch: {written} of {len(requests)} results written", file=sys.stderr)
+        raise
     return 0

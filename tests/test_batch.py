@@ -290,3 +290,61 @@ def test_generate_many_keeps_input_order_and_per_request_settings(ladder):
         ladder.generate_many([{"prompt": [5], "tempreature": 1}])
     with pytest.raises(UsageError, match="temperature"):
         ladder.generate_many([[5], {"prompt": [6], "temperature": -1}])
+    with pytest.raises(UsageError, match="temperature"):  # at the call, before any result
+        ladder.iter_many([[5], {"prompt": [6], "temperature": -1}])
+
+
+def _counting_streams(ladder, monkeypatch) -> list[int]:
+    """Count the requests ``ladder`` starts (its ``stream`` calls)."""
+    import functools
+
+    started: list[int] = []
+    stream = ladder.stream
+
+    @functools.wraps(stream)
+    def counted(*args, **kwargs):
+        started.append(1)
+        return stream(*args, **kwargs)
+
+    monkeypatch.setattr(ladder, "stream", counted)
+    return started
+
+
+def test_iter_many_yields_in_order_and_closing_it_stops_the_rest(ladder, monkeypatch):
+    started = _counting_streams(ladder, monkeypatch)
+    prompts = [[5 + i, 6, 7] for i in range(8)]
+    results = ladder.iter_many(prompts, 12, concurrency=2)
+    first = next(results)
+    assert first.token_ids == alone(ladder, Request((5, 6, 7), 12))
+    results.close()  # the rest are cancelled (not started) or stopped at their next token
+    assert len(started) < len(prompts)
+    assert ladder.batcher._members == 0 and ladder.batcher._driver is None
+    assert ladder.generate_many(prompts[1:3], 12, concurrency=2)[1].token_ids == alone(
+        ladder, Request((7, 6, 7), 12)
+    )
+
+
+def test_ctrl_c_in_a_driven_pass_stops_generate_many(ladder, monkeypatch):
+    """Ctrl-C lands in the main thread, which runs the passes of ``generate_many``: it stops
+    the whole call (the requests not started never run), not only the requests whose pass it
+    hit, and the ladder is left ready for the next call."""
+    started = _counting_streams(ladder, monkeypatch)
+    ragged = csdraft.models.pooled._ragged
+    calls = []
+
+    def interrupted(payloads):
+        calls.append(threading.current_thread() is threading.main_thread())
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return ragged(payloads)
+
+    monkeypatch.setattr(csdraft.models.pooled, "_ragged", interrupted)
+    prompts = [[5 + i, 6, 7, 8] for i in range(10)]
+    with pytest.raises(KeyboardInterrupt):
+        ladder.generate_many(prompts, 16, concurrency=3)
+    assert all(calls[:6]) and len(started) < len(prompts)
+    assert ladder.batcher._members == 0 and ladder.batcher._driver is None
+    monkeypatch.setattr(csdraft.models.pooled, "_ragged", ragged)
+    assert ladder.generate_many(prompts[:2], 10)[0].token_ids == alone(
+        ladder, Request((5, 6, 7, 8), 10)
+    )

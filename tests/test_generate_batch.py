@@ -56,3 +56,27 @@ def test_bad_lines_are_one_line_usage_errors(capsys, monkeypatch, ladder_dir):
             capsys, monkeypatch, "generate", "--config", cfg, "--batch", "-", stdin=stdin
         )
         assert code == 2 and message in err and err.count("\n") == 1 and not out, (stdin, err)
+
+
+def test_lines_written_survive_an_interrupt(capsys, monkeypatch, ladder_dir, tmp_path):
+    """Each result is written as soon as it and those before it are done: Ctrl-C after two
+    keeps their lines, says how many were written, and exits 130."""
+    from csdraft.api import Ladder
+
+    iter_many = Ladder.iter_many
+
+    def interrupted(self, *args, **kwargs):
+        results = iter_many(self, *args, **kwargs)
+        yield next(results)
+        yield next(results)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Ladder, "iter_many", interrupted)
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in LINES))
+    cfg = str(ladder_dir / "cascades.yaml")
+    code, out, err = run(capsys, monkeypatch, "generate", "--config", cfg, "--batch", str(path))
+    assert code == 130
+    lines = out.splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["text"] for line in lines)
+    assert "2 of 3 results written" in err and "interrupted" in err and "Traceback" not in err

@@ -1,9 +1,10 @@
-"""``csdraft bench DATASET --concurrency N[,N...]``: the ladder's csd on the same requests one at
-a time, then N at a time for each N given (their passes batched: ``csdraft.engine.batch``),
-through one loaded ladder: throughput (all new tokens over the wall time of all requests), p50/p95
-latency per request (from its start to its end), jobs per shared pass by rung, a check that every
-output at each N is its output alone, and the crossover: the N with the most throughput and the
-next N tried above it, where adding requests stops paying."""
+"""``csdraft bench DATASET --concurrency N[,N...]``: the ladder's csd on the same requests one at a
+time, then N at a time for each N given (their passes batched: ``csdraft.engine.batch``), then one
+at a time again (the machine's speed drifts: each ratio is over the mean of the two baselines, and
+the drift is reported), through one loaded ladder: throughput (all new tokens over the wall time of
+all requests), p50/p95 latency per request (from its start to its end), jobs per shared pass by
+rung, a check that every output at each N is its output alone, and the crossover: the N with the
+most throughput and the next N tried above it, where adding requests stops paying."""
 
 from __future__ import annotations
 
@@ -71,6 +72,23 @@ def _side(results: list[Any], wall_s: float, batcher: Any = None) -> dict[str, A
             for k, (p, j) in sorted(c.shared.items())
         }
     return side
+
+
+def _differing(reference: list[Any], results: list[Any]) -> list[int]:
+    """The requests whose output in ``results`` is not their ``reference`` output."""
+    return [
+        i
+        for i, (a, b) in enumerate(zip(reference, results, strict=True))
+        if a.token_ids != b.token_ids
+    ]
+
+
+def drift_line(one: dict[str, Any]) -> str:
+    """How much the machine drifted while the levels ran: the two one-at-a-time runs."""
+    return (
+        f"one at a time took {one['wall_s_before']:.1f} s before the levels and "
+        f"{one['wall_s_after']:.1f} s after ({one['drift']:+.0%}): ratios are over their mean"
+    )
 
 
 def crossover(one_tps: float, levels: list[dict[str, Any]]) -> dict[str, Any]:
@@ -154,26 +172,35 @@ def run_concurrency(
     say(f"warm-up ({warmup}); {len(prompts)} requests one at a time, then {listed} at once")
     for ids in prompts[:warmup]:
         loaded.generate(ids, min(16, max_new_tokens), **options)
-    start = time.perf_counter()
-    alone = [loaded.generate(ids, max_new_tokens, **options) for ids in prompts]
-    one = _side(alone, time.perf_counter() - start)
-    say(f"one at a time: {one['wall_s']:.1f} s")
+
+    def one_at_a_time() -> tuple[list[Any], float]:
+        start = time.perf_counter()
+        results = [loaded.generate(ids, max_new_tokens, **options) for ids in prompts]
+        return results, time.perf_counter() - start
+
+    alone, before = one_at_a_time()
+    say(f"one at a time: {before:.1f} s")
     levels = []
     for n in ns:
         loaded.batcher.counts = BatchCounts()
         start = time.perf_counter()
         together = loaded.generate_many(prompts, max_new_tokens, concurrency=n, **options)
         level = {"concurrency": n} | _side(together, time.perf_counter() - start, loaded.batcher)
+        level["outputs_differing"] = _differing(alone, together)
+        levels.append(level)
+        say(f"{n} at once: {level['wall_s']:.1f} s")
+    again, after = one_at_a_time()  # the machine drifts: the levels sit between two baselines
+    say(f"one at a time, again: {after:.1f} s")
+    one = _side(alone, (before + after) / 2) | {
+        "wall_s_before": before,
+        "wall_s_after": after,
+        "drift": after / before - 1 if before else None,
+        "outputs_differing": _differing(alone, again),
+    }
+    for level in levels:
         level["throughput_ratio"] = (
             level["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else None
         )
-        level["outputs_differing"] = [
-            i
-            for i, (a, b) in enumerate(zip(alone, together, strict=True))
-            if a.token_ids != b.token_ids
-        ]
-        levels.append(level)
-        say(f"{n} at once: {level['wall_s']:.1f} s")
     results = {
         "dataset": ds.name,
         "ladder": spec.name,
@@ -186,7 +213,9 @@ def run_concurrency(
         "one_at_a_time": one,
         "levels": levels,
         **crossover(one["tokens_per_s"], levels),
-        "outputs_differing": sorted({i for lv in levels for i in lv["outputs_differing"]}),
+        "outputs_differing": sorted(
+            {i for side in (one, *levels) for i in side["outputs_differing"]}
+        ),
         "plot": None if png is None else str(png),
     }
     if out is not None:
@@ -196,6 +225,7 @@ def run_concurrency(
     console = report_console(stderr=as_json)
     console.print(table(results, ds.name))
     console.print(crossover_line(results))
+    console.print(drift_line(one))
     differ = results["outputs_differing"]
     console.print(
         "outputs "
@@ -218,7 +248,9 @@ def table(results: dict[str, Any], name: str) -> Table:
     for col in cols:
         table.add_column(col, justify="right" if col else "left")
     one = results["one_at_a_time"]
+    again = one.get("outputs_differing") or None  # its second run differing: a fault, shown
     rows = [("one at a time", one | {"throughput_ratio": 1.0, "shared_by_rung": {}})]
+    rows[0][1]["outputs_differing"] = again
     rows += [(f"{lv['concurrency']} at once", lv) for lv in results["levels"]]
     for label, side in rows:
         shared = side["shared_by_rung"]

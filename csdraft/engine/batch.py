@@ -161,6 +161,9 @@ class Batcher:
                         self._cond.wait(0.05)
                     jobs = self._take()
                 self._run(jobs)
+                for job in jobs:  # Ctrl-C in a pass run here: its members have it, and so do we
+                    if isinstance(job.error, KeyboardInterrupt):
+                        raise job.error
         finally:
             with self._cond:
                 self._driver = None

@@ -38,7 +38,10 @@ def test_concurrency_runs_every_level_through_one_ladder(tiny_config, tmp_path):
     assert results["requests"] == 6 and results["concurrency"] == [1, 3]
     assert [lv["concurrency"] for lv in results["levels"]] == [1, 3]
     assert results["outputs_differing"] == []
-    one = results["one_at_a_time"]
+    one = results["one_at_a_time"]  # run before and after the levels: the mean is the baseline
+    assert one["wall_s"] == pytest.approx((one["wall_s_before"] + one["wall_s_after"]) / 2)
+    assert one["drift"] == pytest.approx(one["wall_s_after"] / one["wall_s_before"] - 1)
+    assert one["outputs_differing"] == []
     for level in results["levels"]:
         assert level["outputs_differing"] == []
         assert level["new_tokens"] == one["new_tokens"] > 0
