@@ -85,6 +85,8 @@ def _differing(reference: list[Any], results: list[Any]) -> list[int]:
 
 def drift_line(one: dict[str, Any]) -> str:
     """How much the machine drifted while the levels ran: the two one-at-a-time runs."""
+    if one["wall_s_after"] is None:
+        return "one at a time ran once (its second run was interrupted): drift not measured"
     return (
         f"one at a time took {one['wall_s_before']:.1f} s before the levels and "
         f"{one['wall_s_after']:.1f} s after ({one['drift']:+.0%}): ratios are over their mean"
@@ -189,12 +191,16 @@ def run_concurrency(
         level["outputs_differing"] = _differing(alone, together)
         levels.append(level)
         say(f"{n} at once: {level['wall_s']:.1f} s")
-    again, after = one_at_a_time()  # the machine drifts: the levels sit between two baselines
-    say(f"one at a time, again: {after:.1f} s")
-    one = _side(alone, (before + after) / 2) | {
+    interrupted = None
+    try:  # the machine drifts: the levels sit between two baselines
+        again, after = one_at_a_time()
+        say(f"one at a time, again: {after:.1f} s")
+    except KeyboardInterrupt as e:  # the levels are kept, over the first baseline alone
+        interrupted, again, after = e, alone, None
+    one = _side(alone, before if after is None else (before + after) / 2) | {
         "wall_s_before": before,
         "wall_s_after": after,
-        "drift": after / before - 1 if before else None,
+        "drift": after / before - 1 if before and after is not None else None,
         "outputs_differing": _differing(alone, again),
     }
     for level in levels:
@@ -233,6 +239,8 @@ def run_concurrency(
     )
     if as_json:
         sys.stdout.write(json.dumps(results) + "\n")
+    if interrupted is not None:
+        raise interrupted
     return results
 
 

@@ -169,3 +169,39 @@ def test_percentile():
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert percentile([1.0, 2.0], 0.95) == 1.95
     assert percentile([5.0], 0.95) == 5.0
+
+
+def test_an_interrupted_second_baseline_keeps_the_levels(tiny_config, tmp_path, monkeypatch):
+    """Ctrl-C while one at a time runs again after the levels: the levels are written (over
+    the first baseline alone, drift unknown), then the interrupt goes on to the command."""
+    from csdraft.api import Ladder
+
+    generate = Ladder.generate
+    calls = []
+
+    def interrupted_later(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1 + 6:  # the warm-up, then the first baseline's 6 requests
+            raise KeyboardInterrupt
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ladder, "generate", interrupted_later)
+    data = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS * 2)
+    out = tmp_path / "c.json"
+    with pytest.raises(KeyboardInterrupt):
+        run_concurrency(
+            "gsm8k",
+            "2",
+            data=data,
+            config=tiny_config,
+            ladder="tiny",
+            max_new_tokens=8,
+            out=out,
+            no_plot=True,
+            quiet=True,
+        )
+    written = json.loads(out.read_text())
+    one = written["one_at_a_time"]
+    assert one["wall_s_after"] is None and one["drift"] is None
+    assert one["wall_s"] == one["wall_s_before"]
+    assert written["levels"][0]["concurrency"] == 2 and written["outputs_differing"] == []
