@@ -290,14 +290,13 @@ class Ladder:
         pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="csdraft")
         futures: list[Future[Result | None]] = []
 
-        def start() -> None:
-            futures.extend(pool.submit(run, job) for job in jobs)
+        def start() -> None:  # the first drive starts them all
+            if not futures:
+                futures.extend(pool.submit(run, job) for job in jobs)
 
         try:
-            for n in range(len(jobs)):
-                self.batcher.drive(  # every pass in this thread until result n is done
-                    start if n == 0 else lambda: None, lambda n=n: futures[n].done()
-                )
+            for n in range(len(jobs)):  # every pass in this thread until result n is done
+                self.batcher.drive(start, lambda n=n: futures[n].done())
                 result = futures[n].result()
                 assert result is not None  # only a stopped request gives None
                 yield result

@@ -11,7 +11,9 @@ runs its steps in its own thread, with no hand-off; while several run, every ste
 batcher's one *pass thread*, whichever member asked for it: torch's OpenMP keeps a pool of
 worker threads for each thread that calls into it, and the pools of several calling threads
 compete for the same cores (measured: docs/batching.md). The pass thread starts when a second
-member joins and ends when one is left.
+member joins and ends when one is left. A caller that starts generations only to wait for them
+may lend its own thread instead (``drive``): every step runs there until it is done
+(``_turn`` is the one rule).
 Members join and leave between steps; one that ends or is closed early frees its caches at once
 (its cascade's own ``release``).
 
@@ -144,8 +146,9 @@ class Batcher:
         """Call ``start()`` (which starts generations in other threads), then run every step
         in the calling thread until ``done()`` (checked at least every 50 ms): a caller that
         would only wait for those generations lends them its own thread
-        (``Ladder.generate_many``: the main thread ran passes fastest, docs/batching.md). Lone
-        members and the pass thread step again afterwards."""
+        (``Ladder.iter_many``: the main thread ran passes fastest, docs/batching.md). Lone
+        members and the pass thread step again afterwards; Ctrl-C in a step run here is
+        raised here too."""
         with self._cond:
             if self._driver is not None:
                 raise RuntimeError("the batcher already has a driving thread")

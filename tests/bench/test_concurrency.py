@@ -21,20 +21,17 @@ from csdraft.bench.concurrency import (
 from csdraft.errors import UsageError
 
 
+def _on_tiny(tiny_config, data, concurrency, **settings):
+    """``run_concurrency`` over GSM8K-shaped ``data`` on the tiny ladder, quietly."""
+    return run_concurrency(
+        "gsm8k", concurrency, data=data, config=tiny_config, ladder="tiny", quiet=True, **settings
+    )
+
+
 def test_concurrency_runs_every_level_through_one_ladder(tiny_config, tmp_path):
     data = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS * 2)
     out, png = tmp_path / "c.json", tmp_path / "c-chart.png"
-    results = run_concurrency(
-        "gsm8k",
-        "3,1",
-        data=data,
-        config=tiny_config,
-        ladder="tiny",
-        max_new_tokens=10,
-        out=out,
-        plot=png,
-        quiet=True,
-    )
+    results = _on_tiny(tiny_config, data, "3,1", max_new_tokens=10, out=out, plot=png)
     assert results["requests"] == 6 and results["concurrency"] == [1, 3]
     assert [lv["concurrency"] for lv in results["levels"]] == [1, 3]
     assert results["outputs_differing"] == []
@@ -66,17 +63,7 @@ def test_concurrency_runs_every_level_through_one_ladder(tiny_config, tmp_path):
 def test_a_single_n_still_works_and_no_plot_writes_none(tiny_config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS[:2])
-    results = run_concurrency(
-        "gsm8k",
-        2,
-        data=data,
-        config=tiny_config,
-        ladder="tiny",
-        max_new_tokens=6,
-        warmup=0,
-        no_plot=True,
-        quiet=True,
-    )
+    results = _on_tiny(tiny_config, data, 2, max_new_tokens=6, warmup=0, no_plot=True)
     assert results["concurrency"] == [2] and len(results["levels"]) == 1
     assert results["outputs_differing"] == [] and results["plot"] is None
     assert list(tmp_path.glob("*.png")) == []
@@ -189,17 +176,7 @@ def test_an_interrupted_second_baseline_keeps_the_levels(tiny_config, tmp_path, 
     data = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS * 2)
     out = tmp_path / "c.json"
     with pytest.raises(KeyboardInterrupt):
-        run_concurrency(
-            "gsm8k",
-            "2",
-            data=data,
-            config=tiny_config,
-            ladder="tiny",
-            max_new_tokens=8,
-            out=out,
-            no_plot=True,
-            quiet=True,
-        )
+        _on_tiny(tiny_config, data, "2", max_new_tokens=8, out=out, no_plot=True)
     written = json.loads(out.read_text())
     one = written["one_at_a_time"]
     assert one["wall_s_after"] is None and one["drift"] is None
