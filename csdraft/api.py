@@ -24,6 +24,7 @@ from csdraft.errors import CsdraftError, UsageError
 from csdraft.ladder import get_ladder
 from csdraft.models.interface import LoadedModel
 from csdraft.models.pooled import pooled_models
+from csdraft.models.prefixes import PrefixStore
 from csdraft.spec import LadderSpec, build_cascade
 from csdraft.text import StopStrings
 from csdraft.trace import Commit, Event, Stats
@@ -125,6 +126,18 @@ class Ladder:
     def eos_ids(self) -> list[int]:
         """Token ids that end generation (the generation config's and the tokenizer's)."""
         return self.target.eos_ids
+
+    @property
+    def prefix_stores(self) -> dict[str, PrefixStore]:
+        """Each model rung's store of recent prompts' cache rows, by rung name: a request
+        streamed here starts from the longest stored start of its prompt where that is exact
+        (``csdraft.models.prefixes``)."""
+        return {n: m.prefixes for n, m in self.models.items() if hasattr(m, "prefixes")}
+
+    def forget_prompts(self) -> None:
+        """Empty every prefix store (``prefix_stores``)."""
+        for store in self.prefix_stores.values():
+            store.clear()
 
     @property
     def context_length(self) -> int | None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,10 +28,12 @@ import csdraft.api
 import csdraft.models.pooled
 from csdraft.api import Ladder
 from csdraft.engine.batch import BatchCounts
+from csdraft.engine.proposer import common_prefix
 from csdraft.errors import UsageError
 from csdraft.ladder import get_ladder
 from csdraft.models import TransformersScorer
 from csdraft.models.lean import LeanDecoder
+from csdraft.models.prefixes import PrefixStore
 from csdraft.trace import Commit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -349,3 +353,106 @@ def test_ctrl_c_in_a_driven_pass_stops_generate_many(ladder, monkeypatch):
     assert ladder.generate_many(prompts[:2], 10)[0].token_ids == alone(
         ladder, Request((5, 6, 7, 8), 10)
     )
+
+
+@contextmanager
+def no_prefix_store(ladder: Ladder) -> Iterator[None]:
+    """Every model's prompt-prefix store off (nothing stored, nothing found)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for model in ladder.models.values():
+            if hasattr(model, "prefixes"):
+                mp.setattr(model, "prefixes", PrefixStore(max_bytes=0))
+        yield
+
+
+def _clear_prefix_stores(ladder: Ladder) -> None:
+    for model in ladder.models.values():
+        if hasattr(model, "prefixes"):
+            model.prefixes.clear()
+
+
+tails = st.tuples(
+    st.integers(0, 30),  # how much of the shared start it keeps
+    st.lists(st.integers(3, 62), max_size=8),  # its own tokens after that
+    st.sampled_from([0.0, 0.0, 0.9]),
+    st.integers(0, 2),
+)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.lists(st.integers(3, 62), min_size=4, max_size=30), st.lists(tails, min_size=2, max_size=4)
+)
+def test_prompts_sharing_a_start_copy_its_rows_and_output_the_same(ladder, start, tails):
+    """``prefixes``: a request whose prompt starts like an earlier one's copies that start's
+    cache rows (the int8 target's always; the drafter's for greedy requests) and outputs
+    exactly what it outputs with nothing stored, one after another and several at once."""
+    batch = [
+        Request(tuple(start[:cut] + own) or (5,), 10, temperature=t, seed=s)
+        for cut, own, t, s in tails
+    ]
+    with no_prefix_store(ladder):
+        want = [
+            ladder.generate(list(r.prompt), r.n, temperature=r.temperature, seed=r.seed).token_ids
+            for r in batch
+        ]
+    _clear_prefix_stores(ladder)
+    target = ladder.target.prefixes
+    rows = target.counts.rows
+    got = [
+        ladder.generate(list(r.prompt), r.n, temperature=r.temperature, seed=r.seed).token_ids
+        for r in batch
+    ]
+    assert got == want
+    shared = max(
+        common_prefix(np.asarray(a.prompt), np.asarray(b.prompt))
+        for i, a in enumerate(batch)
+        for b in batch[:i]
+    )
+    if shared > 1:  # copied wherever a start was shared (and maybe more: a first pass's
+        assert target.counts.rows > rows  # rows hold its first draft's tokens too)
+    assert together(ladder, batch) == want  # the store warm, requests at once
+
+
+@torch.inference_mode()
+def spoil(store: PrefixStore) -> None:
+    """Replace every stored row with noise."""
+    for _, rows in store._entries:
+        for keys, values in rows:
+            keys.copy_(torch.randn_like(keys) * 4)
+            values.copy_(torch.randn_like(values) * 4)
+
+
+def test_copied_rows_are_used(ladder):
+    """The wrong variant: the target's stored rows spoiled. A request that starts like the
+    stored prompt then outputs something else, so the test above sees what it copies."""
+    prompt = list(range(3, 40))
+    with no_prefix_store(ladder):
+        want = [ladder.generate(prompt[:n] + [7], 12).token_ids for n in (20, 30, 36)]
+    _clear_prefix_stores(ladder)
+    ladder.generate(prompt, 4)
+    spoil(ladder.target.prefixes)
+    assert [ladder.generate(prompt[:n] + [7], 12).token_ids for n in (20, 30, 36)] != want
+    _clear_prefix_stores(ladder)
+
+
+def test_a_sampled_request_never_copies_a_drafters_rows(ladder):
+    """``pooled.shares_passes`` also guards the store: the drafter (not batch-invariant) copies
+    rows only for greedy requests, so a sampled request's text does not depend on what the
+    drafter computed for earlier prompts, even when those rows are spoiled."""
+    prompt = list(range(10, 45))
+    sampled = [Request(tuple(prompt[:n] + [9]), 14, temperature=1.0, seed=n) for n in (25, 33)]
+    with no_prefix_store(ladder):
+        want = [alone(ladder, r) for r in sampled]
+    _clear_prefix_stores(ladder)
+    drafter = ladder.models["tiny-d1"].prefixes
+    ladder.generate(prompt, 4)  # greedy: stores the drafter's rows
+    assert drafter._entries
+    spoil(drafter)
+    hits = drafter.counts.hits
+    assert [
+        ladder.generate(list(r.prompt), r.n, temperature=1.0, seed=r.seed).token_ids
+        for r in sampled
+    ] == want
+    assert drafter.counts.hits == hits
+    _clear_prefix_stores(ladder)

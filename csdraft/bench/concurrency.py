@@ -93,6 +93,18 @@ def drift_line(one: dict[str, Any]) -> str:
     )
 
 
+def copied_line(results: dict[str, Any]) -> str:
+    """How much of the prompts the target copied from stored prompts (``prefixes``) per side."""
+    sides = [("one at a time", results["one_at_a_time"])] + [
+        (f"{lv['concurrency']} at once", lv) for lv in results["levels"]
+    ]
+    each = ", ".join(f"{name} {side['prompt_rows_copied']:,}" for name, side in sides)
+    return (
+        f"prompt rows copied from earlier prompts' cache rows (of {results['prompt_tokens']:,} "
+        f"prompt tokens; each side starts from the warm-up's): {each}"
+    )
+
+
 def crossover(one_tps: float, levels: list[dict[str, Any]]) -> dict[str, Any]:
     """Where batching pays, from the throughput one at a time (N = 1) and at each level
     (ascending N): ``best_concurrency``, the N with the most tokens per second (1: one at a time
@@ -172,28 +184,42 @@ def run_concurrency(
     say = progress_console(not quiet).print
     listed = ", ".join(map(str, ns))
     say(f"warm-up ({warmup}); {len(prompts)} requests one at a time, then {listed} at once")
-    for ids in prompts[:warmup]:
-        loaded.generate(ids, min(16, max_new_tokens), **options)
 
-    def one_at_a_time() -> tuple[list[Any], float]:
-        start = time.perf_counter()
+    def warm() -> None:
+        """Start a side as a server that has seen only the warm-up: the prefix stores hold
+        the warm-up's prompts, not the rest from an earlier side."""
+        loaded.forget_prompts()
+        for ids in prompts[:warmup]:
+            loaded.generate(ids, min(16, max_new_tokens), **options)
+
+    store = loaded.prefix_stores.get(spec.target.name)
+
+    def copied() -> int:
+        """Prompt rows the target has copied from stored prompts so far."""
+        return store.counts.rows if store is not None else 0
+
+    def one_at_a_time() -> tuple[list[Any], float, int]:
+        warm()
+        start, rows = time.perf_counter(), copied()
         results = [loaded.generate(ids, max_new_tokens, **options) for ids in prompts]
-        return results, time.perf_counter() - start
+        return results, time.perf_counter() - start, copied() - rows
 
-    alone, before = one_at_a_time()
+    alone, before, alone_copied = one_at_a_time()
     say(f"one at a time: {before:.1f} s")
     levels = []
     for n in ns:
+        warm()
         loaded.batcher.counts = BatchCounts()
-        start = time.perf_counter()
+        start, rows = time.perf_counter(), copied()
         together = loaded.generate_many(prompts, max_new_tokens, concurrency=n, **options)
         level = {"concurrency": n} | _side(together, time.perf_counter() - start, loaded.batcher)
+        level["prompt_rows_copied"] = copied() - rows
         level["outputs_differing"] = _differing(alone, together)
         levels.append(level)
         say(f"{n} at once: {level['wall_s']:.1f} s")
     interrupted = None
     try:  # the machine drifts: the levels sit between two baselines
-        again, after = one_at_a_time()
+        again, after, _ = one_at_a_time()
         say(f"one at a time, again: {after:.1f} s")
     except KeyboardInterrupt as e:  # the levels are kept, over the first baseline alone
         interrupted, again, after = e, alone, None
@@ -202,6 +228,7 @@ def run_concurrency(
         "wall_s_after": after,
         "drift": after / before - 1 if before and after is not None else None,
         "outputs_differing": _differing(alone, again),
+        "prompt_rows_copied": alone_copied,
     }
     for level in levels:
         level["throughput_ratio"] = (
@@ -213,6 +240,7 @@ def run_concurrency(
         "machine": machine_info(),
         "rungs": list(spec.rung_names),
         "requests": len(prompts),
+        "prompt_tokens": sum(map(len, prompts)),
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
         "concurrency": ns,
@@ -232,6 +260,7 @@ def run_concurrency(
     console.print(table(results, ds.name))
     console.print(crossover_line(results))
     console.print(drift_line(one))
+    console.print(copied_line(results))
     differ = results["outputs_differing"]
     console.print(
         "outputs "

@@ -3,7 +3,8 @@ generation's cascade scores with when it runs beside others. ``pooled_models`` w
 loaded models for one request; ``build_cascade`` then builds its rungs over them as over the
 models themselves (each session its own cache), so the engine is unchanged.
 
-Which sessions share passes across sequences is decided here, once (``shares_passes``).
+Which sessions share passes (and prompt prefixes) across sequences is decided here, once
+(``shares_passes``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from csdraft.engine.batch import Batcher
 from csdraft.engine.draft import Draft
+from csdraft.models.prefixes import PrefixStore
 
 if TYPE_CHECKING:
     from csdraft.spec import LadderSpec
@@ -23,16 +25,18 @@ if TYPE_CHECKING:
 
 def shares_passes(model: Any, target: bool, greedy_lossless: bool) -> bool:
     """THE rule: whether a request's session of ``model`` runs its chain passes in one forward
-    pass with other requests' sessions of the same model (else it runs its passes alone).
+    pass with other requests' sessions of the same model, and starts from the cache rows of
+    other requests' prompts (``prefixes``); else it runs its passes alone, from scratch.
 
     - A batch-invariant model (the int8 target: ``RowInt8Linear``, row-wise attention) computes
-      each row bit for bit as alone, so sharing a pass changes nothing: always shared.
+      each row bit for bit as alone, so sharing a pass or copying a prompt's rows changes
+      nothing: always shared.
     - Any other model computes something slightly different beside other rows (fbgemm's dynamic
       int8 takes one activation scale per pass; float GEMMs block by batch size). For a drafter
       of a greedy, lossless request that changes only the drafts, never the output (the target
       decides): shared. For a sampled or lossy request the drafter's distributions enter the
       output, and a target's logits always do: alone, so the request's text never depends on
-      what shares its batch."""
+      what shares its batch or ran before it."""
     if getattr(model, "batch_invariant", False):
         return True
     return greedy_lossless and not target
@@ -53,7 +57,8 @@ class PooledModel:
     def session(self, name: str, vocab: int | None = None) -> PooledScorer:
         """A fresh session of the model (its own cache) whose passes the batcher runs."""
         scorer = self.model.session(name, vocab)
-        return PooledScorer(scorer, self.batcher, self.shared, self.order)
+        prefixes = getattr(self.model, "prefixes", None)
+        return PooledScorer(scorer, self.batcher, self.shared, self.order, prefixes)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
@@ -76,9 +81,18 @@ class PooledScorer:
     """A session (``Scorer``) whose forward passes run in the batcher's steps: chain passes of
     a session that ``shares_passes`` with others of its model (transformers' lean path) go
     through one ragged pass (``LeanDecoder.many``); every other pass (token trees, other
-    backends, sessions that must run alone) runs alone, in the same step."""
+    backends, sessions that must run alone) runs alone, in the same step. A session that
+    shares passes also starts from, and adds to, its model's store of prompt prefixes
+    (``prefixes``): the same rule makes both exact."""
 
-    def __init__(self, scorer: Any, batcher: Batcher, shared: bool, order: int = 0) -> None:
+    def __init__(
+        self,
+        scorer: Any,
+        batcher: Batcher,
+        shared: bool,
+        order: int = 0,
+        prefixes: PrefixStore | None = None,
+    ) -> None:
         self.scorer = scorer
         self.name = scorer.name
         self.batcher = batcher
@@ -87,6 +101,7 @@ class PooledScorer:
         self.group: Hashable | None = None
         if shared and lean is not None and hasattr(scorer, "feed"):
             self.group = (order, id(scorer.model), id(scorer.head))
+            scorer.prefixes = prefixes
 
     @property
     def scores_trees(self) -> bool:

@@ -18,6 +18,7 @@ from csdraft.engine.draft import Draft
 from csdraft.engine.proposer import common_prefix
 from csdraft.errors import CsdraftError, UsageError
 from csdraft.models.cache import check_prepared, one_line
+from csdraft.models.prefixes import PrefixStore
 from csdraft.models.resolve import _hub_load, _Resolved, resolve
 from csdraft.models.tokenizers import tokenizer_files_digest
 
@@ -39,6 +40,8 @@ class TransformersScorer:
     ``score`` crops the cache back to the longest prefix it shares with ``seq`` (rejected drafts
     go), feeds the rest in one forward pass and computes logits only where they are asked for.
     Llama-style models run ``lean.LeanDecoder`` (transformers' numbers without its framework).
+    With a ``prefixes`` store, a fresh cache starts from the rows of the longest stored prompt
+    prefix of its first sequence, and the session offers the store its own first pass's rows.
     """
 
     scores_trees: ClassVar[bool] = True
@@ -58,11 +61,16 @@ class TransformersScorer:
         self.cache = None
         self.tokens = np.empty(0, dtype=np.int64)  # what the cache holds, as a sequence
         self.tree = np.empty(0, dtype=np.int64)  # tree nodes cached after ``tokens``, if any
+        self.prefixes: PrefixStore | None = None
+        """Where prompts' rows are shared with other sessions of the model; set only where a
+        copied row is what this session would compute (``pooled.shares_passes``)."""
+        self.offered = False  # whether its first pass's rows went to ``prefixes``
 
     def reset(self) -> None:
         self.cache = None
         self.tokens = np.empty(0, dtype=np.int64)
         self.tree = np.empty(0, dtype=np.int64)
+        self.offered = False
 
     def _sync(self, seq: np.ndarray, most: int) -> int:
         """Crop the cache to what it shares with ``seq`` (at most ``most`` tokens, tree nodes
@@ -71,7 +79,16 @@ class TransformersScorer:
 
         if self.cache is None:
             self.cache = growing_cache(self.model.config)
-            return 0
+            if self.prefixes is None:
+                return 0
+            keep, rows = self.prefixes.find(seq, most)
+            for layer, (keys, values) in zip(self.cache.layers, rows, strict=False):
+                layer.update(keys, values)  # copied into the layer's own room
+            self.tokens = seq[:keep].copy()
+            return keep
+        if self.prefixes is not None and not self.offered:  # the first pass is done
+            self.offered = True
+            self.prefixes.add(self.tokens, [(x.keys, x.values) for x in self.cache.layers])
         keep = min(common_prefix(self.tokens, seq), most)
         cached = self.cache.get_seq_length()
         if keep < cached:
@@ -204,6 +221,9 @@ class TransformersModel:
 
     heads: dict[int, torch.nn.Module] = field(default_factory=dict, repr=False)
     """Draft-vocabulary heads built so far, by size (``draft_vocab``)."""
+
+    prefixes: PrefixStore = field(default_factory=PrefixStore, repr=False)
+    """Its recent prompts' cache rows, for the sessions allowed them (``pooled``)."""
 
     @classmethod
     def reference_problem(cls, ref: str) -> None:

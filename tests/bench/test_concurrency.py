@@ -11,6 +11,7 @@ from bench_helpers import GSM8K_ROWS, write_jsonl
 from rich.console import Console
 
 from csdraft.bench.concurrency import (
+    copied_line,
     crossover,
     crossover_line,
     parse_concurrency,
@@ -168,7 +169,7 @@ def test_an_interrupted_second_baseline_keeps_the_levels(tiny_config, tmp_path, 
 
     def interrupted_later(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) > 1 + 6:  # the warm-up, then the first baseline's 6 requests
+        if len(calls) > 1 + 6 + 1:  # warm-up, the first baseline's 6, the level's warm-up
             raise KeyboardInterrupt
         return generate(self, *args, **kwargs)
 
@@ -182,3 +183,23 @@ def test_an_interrupted_second_baseline_keeps_the_levels(tiny_config, tmp_path, 
     assert one["wall_s_after"] is None and one["drift"] is None
     assert one["wall_s"] == one["wall_s_before"]
     assert written["levels"][0]["concurrency"] == 2 and written["outputs_differing"] == []
+
+
+def test_each_side_starts_from_the_warm_up_prompts_only(tiny_config, tmp_path, monkeypatch):
+    """A side's requests would otherwise copy whole prompts the side before stored
+    (``prefixes``): every side forgets them and runs the warm-up again before it is timed."""
+    from csdraft.api import Ladder
+
+    forget, held = Ladder.forget_prompts, []
+
+    def counted(self):
+        held.append(sum(len(store._entries) for store in self.prefix_stores.values()))
+        forget(self)
+
+    monkeypatch.setattr(Ladder, "forget_prompts", counted)
+    data = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS * 2)
+    results = _on_tiny(tiny_config, data, "2", max_new_tokens=6, no_plot=True)
+    assert len(held) == 3 and held[1] > 0 and held[2] > 0  # each side stored what it ran
+    sides = [results["one_at_a_time"], *results["levels"]]
+    assert all(side["prompt_rows_copied"] >= 0 for side in sides)
+    assert "prompt rows copied" in copied_line(results)
