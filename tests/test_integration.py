@@ -89,13 +89,17 @@ def check_identical(ladder, prompt_ids: list[int], got: list[int], want: list[in
 def test_default_ladder_equals_its_int8_target_exactly(ladder):
     """The default ladder's int8 target is batch-invariant, so ``ladder.generate`` equals that
     target's own greedy decoding (transformers' generate, one token per pass) on every prompt,
-    with no near-tie allowance."""
+    with no near-tie allowance. The prompts share the chat template's start, so after the first
+    each copies that start's rows from the prefix store: exact too."""
     assert ladder.target.batch_invariant and exactness.target_near_tie(ladder.target) == 0
+    copied = ladder.prefix_stores[ladder.spec.target.name].counts
+    rows = copied.rows
     for prompt in unseen_prompts():
         result = ladder.generate(prompt, NEW_TOKENS)
         want = target_greedy(ladder, result.prompt_ids, NEW_TOKENS)
         assert check_identical(ladder, result.prompt_ids, result.token_ids, want)
         assert result.stats.tokens_per_forward > 1.5, "the drafters should save target forwards"
+    assert copied.rows > rows
 
 
 def test_bf16_ladder_equals_its_target_up_to_near_ties(bf16_ladder):
