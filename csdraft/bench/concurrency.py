@@ -4,7 +4,9 @@ at a time again (the machine's speed drifts: each ratio is over the mean of the 
 the drift is reported), through one loaded ladder: throughput (all new tokens over the wall time of
 all requests), p50/p95 latency per request (from its start to its end), jobs per shared pass by
 rung, a check that every output at each N is its output alone, and the crossover: the N with the
-most throughput and the next N tried above it, where adding requests stops paying."""
+most throughput and the next N tried above it, where adding requests stops paying. Each side
+starts with the prefix stores holding only the warm-up's prompts (``prefixes``), so no side copies
+whole prompts an earlier side computed; the prompt rows each side copied are reported."""
 
 from __future__ import annotations
 
