@@ -201,5 +201,7 @@ def test_each_side_starts_from_the_warm_up_prompts_only(tiny_config, tmp_path, m
     results = _on_tiny(tiny_config, data, "2", max_new_tokens=6, no_plot=True)
     assert len(held) == 3 and held[1] > 0 and held[2] > 0  # each side stored what it ran
     sides = [results["one_at_a_time"], *results["levels"]]
-    assert all(side["prompt_rows_copied"] >= 0 for side in sides)
-    assert "prompt rows copied" in copied_line(results)
+    # the count is the target's: the tiny target (no lean path) never copies, while its greedy
+    # drafter copies hundreds of rows a side
+    assert [side["prompt_rows_copied"] for side in sides] == [0, 0]
+    assert copied_line(results).endswith("one at a time 0, 2 at once 0")
