@@ -214,7 +214,8 @@ class Ladder:
         ``raw``; token ids are used as they are). Settings default to the ladder's, or to
         ``spec``'s: any validated spec over the loaded models (``spec.keep``, ``with_rung``...).
         Generations streamed at once from several threads have their model passes batched
-        (``csdraft.engine.batch``), each output exactly what it is alone."""
+        (``csdraft.engine.batch``), each output exactly what it is alone (a greedy one stops
+        drafting while the spec's ``drafts_below`` requests or more run)."""
         ids, spec = self._request(
             prompt,
             raw,
@@ -227,9 +228,9 @@ class Ladder:
             stop=stop,
         )
         gen = spec.generation
-        cascade = build_cascade(
-            spec, pooled_models(self.models, spec, self.batcher), gen.sampling, None, self.bigram
-        )
+        pooled = pooled_models(self.models, spec, self.batcher)
+        running = self.batcher.members_now
+        cascade = build_cascade(spec, pooled, gen.sampling, None, self.bigram, running)
         stops = StopStrings(self.tokenizer, list(gen.stop)) if gen.stop else None
         events = cascade.generate(ids, gen.max_new_tokens, self.eos_ids, stops)
         yield from self.batcher.run(events)

@@ -165,6 +165,11 @@ def k_matrix_lines(spec: Any) -> list[str]:
             lines.append(f"{rung.name} reviews {rung.tree.explain(drafter)}")
     if not any(r.tree is not None for r in spec.rungs):
         lines.append("linear drafts (no token trees)")
+    if spec.drafts_below is not None:
+        lines.append(
+            f"drafts_below {spec.drafts_below}: from {spec.drafts_below} requests at once, "
+            "greedy ones go undrafted (the target's own token, one a batched pass)"
+        )
     return lines
 
 

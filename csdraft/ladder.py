@@ -25,7 +25,16 @@ from csdraft.spec import (
     validate,
 )
 
-_LADDER_KEYS = ("description", "rungs", "k_matrix", "dtype", "device", "backend", "generation")
+_LADDER_KEYS = (
+    "description",
+    "rungs",
+    "k_matrix",
+    "drafts_below",
+    "dtype",
+    "device",
+    "backend",
+    "generation",
+)
 _OLD_KEYS = ("target", "drafters", "maxgram", "lenience", "min_confidence", "tree", "deferral")
 
 
@@ -59,6 +68,7 @@ def parse_ladder(name: str, raw: Any) -> LadderSpec:
         k_raw,
         _generation(raw.get("generation"), f"{where}: generation"),
         str(raw.get("description", "")),
+        raw.get("drafts_below"),
     )
     return validate(spec, where)
 
@@ -188,6 +198,7 @@ def ladder_to_yaml(spec: LadderSpec) -> dict:
     return out | {
         "rungs": rungs,
         "k_matrix": [list(row) for row in spec.k_matrix],
+        **({"drafts_below": spec.drafts_below} if spec.drafts_below is not None else {}),
         "generation": {**dataclasses.asdict(g), "stop": list(g.stop)},
     }
 

@@ -239,6 +239,11 @@ class LadderSpec:
     k_matrix: tuple[tuple[int, ...], ...] = ()
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     description: str = ""
+    drafts_below: int | None = None
+    """Greedy, lossless requests draft only while fewer than this many requests run at once;
+    from then on the target writes their tokens one a pass, its passes batched across
+    requests (their output cannot depend on drafts). None: they always draft. Sampled and
+    lossy requests always draft: their text must not depend on what runs beside them."""
 
     @property
     def target(self) -> RungSpec:
@@ -416,6 +421,9 @@ def validate(spec: LadderSpec, where: str = "") -> LadderSpec:
         lossy = ", ".join(f"{r.name}'s {r.deferral}" for r in spec.rungs if r.lossy)
         fail(f"token trees ({', '.join(trees)}) and a lossy rule ({lossy}) do not combine yet")
     _validate_generation(spec.generation, lambda m: fail(f"generation: {m}"))
+    below = spec.drafts_below
+    if below is not None and (isinstance(below, bool) or not isinstance(below, int) or below < 2):
+        fail(f"drafts_below: expected a number of requests >= 2, got {reprlib.repr(below)}")
     return dataclasses.replace(spec, k_matrix=k)
 
 
@@ -572,10 +580,12 @@ def build_cascade(
     sampling: Sampling | None = None,
     seed: int | None = None,
     bigram: Mapping[int, int] | None = None,
+    running: Callable[[], int] | None = None,
 ) -> Cascade:
     """The engine's cascade for a validated ``spec``: every rung's proposer, fresh (its own
     cache), over the loaded models named by rung (``models[rung.name]``); ``bigram``: Max-Gram's
-    fallback table. Sampling defaults to greedy, the seed to the spec's."""
+    fallback table. Sampling defaults to greedy, the seed to the spec's. ``running``: how many
+    requests run at once now, for ``spec.drafts_below`` (None: one)."""
     crossing = _crossing(spec, models)
     if crossing is not None and crossing.space_of[-1]:
         bigram = None  # learned in the target's tokens; this Max-Gram works in another's
@@ -584,7 +594,14 @@ def build_cascade(
         for i, r in enumerate(spec.rungs)
     ]
     seed = spec.generation.seed if seed is None else seed
-    return Cascade(rungs, spec.k_matrix, sampling or Sampling(), seed, crossing)
+    busy = None
+    if spec.drafts_below is not None and running is not None:
+        below = spec.drafts_below
+
+        def busy() -> bool:
+            return running() >= below
+
+    return Cascade(rungs, spec.k_matrix, sampling or Sampling(), seed, crossing, busy)
 
 
 def _crossing(spec: LadderSpec, models: Mapping[str, Any]) -> Crossing | None:

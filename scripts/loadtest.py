@@ -124,6 +124,21 @@ def metric(client: httpx.Client, name: str) -> float | None:
     return None
 
 
+def ready_model(client: httpx.Client, wait_s: float = 600.0) -> str | None:
+    """The served model's id once the server answers (it loads its ladder first: 503 until
+    then), or None if it never does within ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            reply = client.get("/v1/models")
+            if reply.status_code == 200:
+                return reply.json()["data"][0]["id"]
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(1.0)
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -140,7 +155,10 @@ def main() -> int:
     args = parser.parse_args()
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     with httpx.Client(base_url=args.url, headers=headers, timeout=args.timeout) as client:
-        model = client.get("/v1/models").json()["data"][0]["id"]
+        model = ready_model(client)
+        if model is None:
+            print(f"loadtest: no server ready at {args.url} within 10 minutes", file=sys.stderr)
+            return 2
         rss_before = metric(client, "process_resident_memory_bytes")
         cancelled_before = metric(client, "csdraft_cancelled_total") or 0.0
         jobs = plan(args.requests, model, args.max_tokens, args.disconnect_every, args.completions)

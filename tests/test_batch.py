@@ -34,7 +34,7 @@ from csdraft.ladder import get_ladder
 from csdraft.models import TransformersScorer
 from csdraft.models.lean import LeanDecoder
 from csdraft.models.prefixes import PrefixStore
-from csdraft.trace import Commit
+from csdraft.trace import Commit, Review
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,10 +97,16 @@ def own_greedy(ladder: Ladder, prompt: tuple[int, ...], n: int) -> list[int]:
     return out
 
 
-def together(ladder: Ladder, requests: list[Request], in_step: bool = False) -> list[list[int]]:
+def together(
+    ladder: Ladder,
+    requests: list[Request],
+    in_step: bool = False,
+    events: list[list] | None = None,
+) -> list[list[int]]:
     """Run every request in its own thread through ``ladder.stream``: the committed tokens of
     each (up to where it was closed, for a cancelled one). ``in_step``: all join before any
-    pass runs (each waits after its first event, which comes before any pass)."""
+    pass runs (each waits after its first event, which comes before any pass). ``events``:
+    one list per request, filled with its events."""
     results: list[list[int] | None] = [None] * len(requests)
     barrier = threading.Barrier(len(requests)) if in_step else None
     running = [False] * len(requests)
@@ -116,6 +122,8 @@ def together(ladder: Ladder, requests: list[Request], in_step: bool = False) -> 
             stream = ladder.stream(list(r.prompt), r.n, temperature=r.temperature, seed=r.seed)
             tokens: list[int] = []
             for k, event in enumerate(stream):
+                if events is not None:
+                    events[i].append(event)
                 if k == 0 and barrier is not None:
                     barrier.wait(timeout=60)
                 if isinstance(event, Commit):
@@ -200,6 +208,21 @@ def test_every_request_outputs_exactly_what_it_outputs_alone(
             assert want == own_greedy(ladder, r.prompt, r.n)
 
 
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(requests, min_size=2, max_size=5))
+def test_every_request_outputs_exactly_what_it_outputs_alone_with_drafts_below(
+    ladder, batch_dependent_drafter, monkeypatch, batch
+):
+    """The same with ``drafts_below: 2``: greedy requests go undrafted whenever two or more
+    run (and draft again when one is left, catching the drafter's cache up)."""
+    monkeypatch.setattr(ladder, "spec", ladder.spec.replace(drafts_below=2))
+    test_every_request_outputs_exactly_what_it_outputs_alone.hypothesis.inner_test(
+        ladder, batch_dependent_drafter, batch
+    )
+
+
 def test_passes_are_shared_across_requests(ladder):
     ladder.batcher.counts = BatchCounts()
     batch = [Request(tuple(range(3 + i, 20 + 3 * i)), 12) for i in range(4)]
@@ -209,6 +232,41 @@ def test_passes_are_shared_across_requests(ladder):
     assert counts.widest >= 2 and counts.passes < counts.jobs
     target_passes, target_jobs = counts.shared[0]  # the batch-invariant int8 target's
     assert target_passes < target_jobs
+
+
+def target_blocks(events: list) -> list[list[int]]:
+    """The tokens the target reviewed in each of its passes, in order."""
+    return [e.proposed for e in events if isinstance(e, Review) and e.reviewer == 0]
+
+
+def test_under_load_greedy_requests_go_undrafted_and_stay_exact(ladder, monkeypatch):
+    """``drafts_below: 2``: while two or more run, a greedy request's target blocks go
+    undrafted (one token a pass, batched), its output still exactly its output alone and the
+    target's own; sampled requests beside it review the very drafts they review alone (their
+    text must not depend on what runs beside them); alone, a greedy request drafts."""
+    monkeypatch.setattr(ladder, "spec", ladder.spec.replace(drafts_below=2))
+    batch = [*GREEDY, *SAMPLED[:2]]
+    seen: list[list] = [[] for _ in batch]
+    got = together(ladder, batch, in_step=True, events=seen)
+    for r, tokens, events in zip(batch, got, seen, strict=True):
+        assert tokens == alone(ladder, r)
+        solo = target_blocks(ladder.generate(list(r.prompt), r.n, **vars_of(r)).events)
+        if r.temperature == 0:
+            assert tokens == own_greedy(ladder, r.prompt, r.n)
+            assert target_blocks(events)[0] == [] and solo[0] != []  # all four ran at first
+        else:
+            assert target_blocks(events) == solo
+
+
+def test_without_drafts_below_greedy_requests_draft_under_load(ladder):
+    seen: list[list] = [[] for _ in GREEDY]
+    together(ladder, GREEDY, in_step=True, events=seen)
+    assert all(target_blocks(events)[0] != [] for events in seen)
+
+
+def vars_of(r: Request) -> dict:
+    """A request's sampling settings, as ``generate`` takes them."""
+    return {"temperature": r.temperature, "seed": r.seed}
 
 
 def test_sharing_one_random_stream_across_requests_fails(ladder, monkeypatch):
@@ -412,6 +470,19 @@ def test_prompts_sharing_a_start_copy_its_rows_and_output_the_same(ladder, start
     if shared > 1:  # copied wherever a start was shared (and maybe more: a first pass's
         assert target.counts.rows > rows  # rows hold its first draft's tokens too)
     assert together(ladder, batch) == want  # the store warm, requests at once
+
+
+def test_a_request_done_in_one_pass_still_offers_its_prompt(ladder):
+    """A session offers its rows at its second sync, or when it is reset after one pass (found
+    by the property test above: a request whose first block ended it offered nothing)."""
+    _clear_prefix_stores(ladder)
+    store = ladder.target.prefixes
+    prompt = list(range(7, 27))
+    ladder.generate(prompt, 1)  # one target pass, no second sync
+    assert store.counts.stored == 1
+    rows = store.counts.rows
+    ladder.generate(prompt[:15] + [3, 4], 4)
+    assert store.counts.rows - rows == 15
 
 
 @torch.inference_mode()

@@ -86,6 +86,21 @@ def test_drafter_vocab_round_trips():
     assert again == spec
 
 
+def test_drafts_below_round_trips_and_is_checked():
+    spec = parse_config(config(drafts_below=4), SOURCE)["tiny"]
+    assert spec.drafts_below == 4
+    assert parse_config(config(), SOURCE)["tiny"].drafts_below is None
+    again = parse_ladder("tiny", yaml.safe_load(yaml.safe_dump(ladder_to_yaml(spec))))
+    assert again == spec
+    assert spec.keep([], []).drafts_below == 4  # a sub-ladder keeps it (no drafts: no effect)
+    from csdraft.inspector import k_matrix_lines
+
+    assert any(line.startswith("drafts_below 4: from 4 requests") for line in k_matrix_lines(spec))
+    for bad in (1, 0, 2.5, True, "four"):
+        message = usage_error(config(drafts_below=bad))
+        assert "ladder 'tiny': drafts_below: expected a number of requests >= 2" in message
+
+
 def trees(spec: LadderSpec) -> tuple:
     """Each rung's tree setting, in ladder order."""
     return tuple(r.tree for r in spec.rungs)

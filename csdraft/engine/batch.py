@@ -77,6 +77,10 @@ class Batcher:
         self._pass_thread: threading.Thread | None = None  # running while it has the turn
         self._driver: threading.Thread | None = None  # a thread running every step (``drive``)
 
+    def members_now(self) -> int:
+        """How many generations run through this batcher now."""
+        return self._members
+
     def run(self, events: Iterator[T]) -> Iterator[T]:
         """``events`` (one generation's iterator) produced as a member: its passes are batched
         with the other members'. Closing this iterator early closes ``events`` (which frees

@@ -50,6 +50,7 @@ class Cascade:
         sampling: Sampling | None = None,
         seed: int = 0,
         crossing: Crossing | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.rungs = list(rungs)
         self.crossing = crossing
@@ -79,6 +80,10 @@ class Cascade:
             self.rule = GreedyReview(hand_on_probs=lenient or trees or not self.lossless)
         else:
             self.rule = SamplingReview(self.sampling, self.generator)
+        self.busy = busy if self.sampling.greedy and self.lossless else None
+        """Asked before each of the target's blocks; True: the block is undrafted (the target's
+        own token, one a pass). Only a greedy, lossless generation asks: its output is the
+        target's greedy decoding whatever the drafts (``LadderSpec.drafts_below``)."""
         self.vocab_size = self.rungs[0].vocab_size
         self.harvesters = [r for r in self.rungs if getattr(r, "wants_logits", False)]
         """Rungs that learn from every review's logits (token recycling's ``harvest``)."""
@@ -137,7 +142,10 @@ class Cascade:
         yield Start(self.names, len(seq), t=0.0, kinds=self.kinds, deferral=self.deferral)
         produced = 0
         while produced < max_new_tokens:
-            draft = self.block(0, seq, max_new_tokens - produced - 1)
+            if self.busy is not None and self.busy():
+                draft = Draft()
+            else:
+                draft = self.block(0, seq, max_new_tokens - produced - 1)
             reviewed = self.review(target, seq, draft)
             out, kept = reviewed.out, set(reviewed.kept)
             lost = [i for i in range(len(draft)) if i not in kept]

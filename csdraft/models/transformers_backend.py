@@ -67,10 +67,18 @@ class TransformersScorer:
         self.offered = False  # whether its first pass's rows went to ``prefixes``
 
     def reset(self) -> None:
+        self._offer()  # a generation that ended after one pass still shares its prompt
         self.cache = None
         self.tokens = np.empty(0, dtype=np.int64)
         self.tree = np.empty(0, dtype=np.int64)
         self.offered = False
+
+    def _offer(self) -> None:
+        """Give ``prefixes`` the rows of what the cache holds, once per generation: at its
+        second sync (its first pass done) or, after a single pass, when it is reset."""
+        if self.prefixes is not None and not self.offered and self.cache is not None:
+            self.offered = True
+            self.prefixes.add(self.tokens, [(x.keys, x.values) for x in self.cache.layers])
 
     def _sync(self, seq: np.ndarray, most: int) -> int:
         """Crop the cache to what it shares with ``seq`` (at most ``most`` tokens, tree nodes
@@ -86,9 +94,7 @@ class TransformersScorer:
                 layer.update(keys, values)  # copied into the layer's own room
             self.tokens = seq[:keep].copy()
             return keep
-        if self.prefixes is not None and not self.offered:  # the first pass is done
-            self.offered = True
-            self.prefixes.add(self.tokens, [(x.keys, x.values) for x in self.cache.layers])
+        self._offer()  # the first pass is done
         keep = min(common_prefix(self.tokens, seq), most)
         cached = self.cache.get_seq_length()
         if keep < cached:
