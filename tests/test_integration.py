@@ -102,6 +102,26 @@ def test_default_ladder_equals_its_int8_target_exactly(ladder):
     assert copied.rows > rows
 
 
+def test_default_ladder_at_once_equals_its_int8_target_exactly(ladder):
+    """The same prompts all at once: with 3 or more running, the default ladder's greedy
+    requests go undrafted (``drafts_below``) and share the target's passes, and every output
+    is still that target's own greedy decoding."""
+    from csdraft.trace import Review
+
+    assert ladder.spec.drafts_below == 3
+    prompts = unseen_prompts()
+    results = ladder.generate_many(prompts, NEW_TOKENS, concurrency=len(prompts))
+    for result in results:
+        want = target_greedy(ladder, result.prompt_ids, NEW_TOKENS)
+        assert check_identical(ladder, result.prompt_ids, result.token_ids, want)
+    target_blocks = [
+        e.proposed for r in results for e in r.events if isinstance(e, Review) and e.reviewer == 0
+    ]
+    # drafting, only a request's last block can be empty (no room left): at most one each
+    undrafted = sum(1 for block in target_blocks if not block)
+    assert undrafted > len(prompts), f"{undrafted} undrafted blocks: expected many while 3 run"
+
+
 def test_bf16_ladder_equals_its_target_up_to_near_ties(bf16_ladder):
     """`qwen-coder` (bf16 target): ``generate`` equals transformers' greedy decoding, a
     divergence allowed only at a bf16 near-tie of the target's two best logits, on all but one

@@ -101,6 +101,7 @@ class TransformersScorer:
             self.cache.crop(keep - cached)  # negative: drop that many from the end
         if len(self.tree):
             self.tree = np.empty(0, dtype=np.int64)
+        self.tokens = self.tokens[:keep]  # true to the cache until the pass returns
         return keep
 
     @torch.inference_mode()
