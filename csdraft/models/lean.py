@@ -65,20 +65,23 @@ class _Layer:
         self.down = mlp.down_proj
         self.attend = attend
 
-    def __call__(self, h: torch.Tensor, parts: list[Part]) -> torch.Tensor:
+    def __call__(
+        self, h: torch.Tensor, parts: list[Part], cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         """The layer over ``h`` [batch, rows, hidden]: the rows of every part one after another.
-        Norms, projections and the MLP take all rows in one call; rotary embedding, the cache
-        update and attention take each part's rows alone (its positions, cache and mask)."""
+        Norms, projections, rotary embedding (``cos``/``sin``: each part's own, computed as its
+        pass alone computes them, applied element-wise) and the MLP take all rows in one call;
+        the cache update and attention take each part's rows alone (its cache and mask)."""
         batch, n, _ = h.shape
-        qkv = self.qkv(self.norm_in(h))
+        shape = (batch, n, -1, self.head_dim)
+        q_all, k_all, v_all = (x.view(shape).transpose(1, 2) for x in self.qkv(self.norm_in(h)))
+        q_all, k_all = self.rotate(q_all, k_all, cos, sin)
         outs, at = [], 0
         for part in parts:
             rows = slice(at, at + part.rows)
             at += part.rows
-            shape = (batch, part.rows, -1, self.head_dim)
-            q, k, v = (x[:, rows].view(shape).transpose(1, 2) for x in qkv)
-            q, k = self.rotate(q, k, part.cos, part.sin)
-            k, v = part.cache.update(k, v, self.index)
+            q = q_all[:, :, rows].contiguous()  # as a pass of this part alone lays it out
+            k, v = part.cache.update(k_all[:, :, rows], v_all[:, :, rows], self.index)
             mask = part.mask
             out, _ = self.attend(
                 self.attn, q, k, v, mask, dropout=0.0, scaling=self.scaling, sliding_window=None
@@ -92,12 +95,10 @@ class _Layer:
 
 @dataclass
 class Part:
-    """One sequence's share of a pass: how many new rows, its rotary embedding, its own KV
-    cache and its attention mask (None: causal)."""
+    """One sequence's share of a pass: how many new rows, its own KV cache and its attention
+    mask (None: causal)."""
 
     rows: int
-    cos: torch.Tensor
-    sin: torch.Tensor
     cache: object
     mask: torch.Tensor | None = None
 
@@ -160,17 +161,20 @@ class LeanDecoder:
         batch-invariant target's) each sequence's logits are bit for bit its pass alone's."""
         masks = masks or [(None, None)] * len(jobs)
         h = self.embed(torch.cat([ids for ids, _, _ in jobs], dim=1))
-        parts, at = [], 0
+        parts, rotary, at = [], [], 0
         for (ids, cache, _), (positions, mask) in zip(jobs, masks, strict=True):
             n = ids.shape[1]
             if positions is None:
                 start = cache.get_seq_length()
                 positions = torch.arange(start, start + n, device=ids.device)[None]
-            cos, sin = self.rotary(h[:, at : at + n], positions)
-            parts.append(Part(n, cos, sin, cache, mask))
+            rotary.append(self.rotary(h[:, at : at + n], positions))  # as its pass alone has it
+            parts.append(Part(n, cache, mask))
             at += n
+        cos, sin = rotary[0]
+        if len(rotary) > 1:
+            cos, sin = (torch.cat([r[i] for r in rotary], dim=1) for i in (0, 1))
         for layer in self.layers:
-            h = layer(h, parts)
+            h = layer(h, parts, cos, sin)
         if len(jobs) == 1:
             return [self.head(self.norm(h)[:, -jobs[0][2] :])]
         ends = np.cumsum([p.rows for p in parts]).tolist()
