@@ -12,7 +12,7 @@ iterate over the events. The command line is a thin layer over this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,11 +229,15 @@ class Ladder:
         )
         gen = spec.generation
         pooled = pooled_models(self.models, spec, self.batcher)
-        running = self.batcher.members_now
-        cascade = build_cascade(spec, pooled, gen.sampling, None, self.bigram, running)
+        cascade = build_cascade(spec, pooled, gen.sampling, None, self.bigram, self._busy(spec))
         stops = StopStrings(self.tokenizer, list(gen.stop)) if gen.stop else None
         events = cascade.generate(ids, gen.max_new_tokens, self.eos_ids, stops)
         yield from self.batcher.run(events)
+
+    def _busy(self, spec: LadderSpec) -> Callable[[], bool] | None:
+        """``spec.drafts_below`` as a cascade's ``busy``: whether that many requests run now."""
+        below = spec.drafts_below
+        return None if below is None else lambda: self.batcher.members_now() >= below
 
     def generate_many(
         self,

@@ -140,8 +140,7 @@ def deferrals_of(names: list[str], alphas: Any, where: str) -> Deferral | list[D
 
 
 def _setting(default: Any, parse: Callable, kinds: Iterable[str] = (MODEL,), key: str = ""):
-    """A RungSpec field: its default, its YAML parser, the kinds of rung it belongs to and
-    (when it differs from the field's name) its YAML key."""
+    """A RungSpec field: its default, YAML parser, kinds of rung and YAML key (if not its name)."""
     return field(default=default, metadata={"parse": parse, "kinds": tuple(kinds), "key": key})
 
 
@@ -240,10 +239,7 @@ class LadderSpec:
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     description: str = ""
     drafts_below: int | None = None
-    """Greedy, lossless requests draft only while fewer than this many requests run at once;
-    from then on the target writes their tokens one a pass, its passes batched across
-    requests (their output cannot depend on drafts). None: they always draft. Sampled and
-    lossy requests always draft: their text must not depend on what runs beside them."""
+    """From this many requests at once, greedy lossless ones go undrafted (``Cascade.busy``)."""
 
     @property
     def target(self) -> RungSpec:
@@ -421,8 +417,7 @@ def validate(spec: LadderSpec, where: str = "") -> LadderSpec:
         lossy = ", ".join(f"{r.name}'s {r.deferral}" for r in spec.rungs if r.lossy)
         fail(f"token trees ({', '.join(trees)}) and a lossy rule ({lossy}) do not combine yet")
     _validate_generation(spec.generation, lambda m: fail(f"generation: {m}"))
-    below = spec.drafts_below
-    if below is not None and (isinstance(below, bool) or not isinstance(below, int) or below < 2):
+    if (below := spec.drafts_below) is not None and (type(below) is not int or below < 2):
         fail(f"drafts_below: expected a number of requests >= 2, got {reprlib.repr(below)}")
     return dataclasses.replace(spec, k_matrix=k)
 
@@ -538,16 +533,11 @@ def check_sampling(temperature: Any, top_k: Any, top_p: Any, fail: Callable[[str
 
 def _model_rung(rung: RungSpec, model: Any, bigram: Any, target: bool) -> Proposer:
     session = model.session(rung.name, None if target else rung.vocab)
+    vocab = model.vocab_size if target else None
     return ModelRung(
-        session,
-        rung.name,
-        rung.lenience,
-        rung.min_confidence,
-        vocab_size=model.vocab_size if target else None,
-        tree=rung.tree,
-        deferral=rung.deferral,
-        window=rung.window,
-    )
+        session, rung.name, rung.lenience, rung.min_confidence, vocab_size=vocab,
+        tree=rung.tree, deferral=rung.deferral, window=rung.window,
+    )  # fmt: skip
 
 
 def _max_gram(rung: RungSpec, model: Any, bigram: Any, target: bool) -> Proposer:
@@ -580,12 +570,11 @@ def build_cascade(
     sampling: Sampling | None = None,
     seed: int | None = None,
     bigram: Mapping[int, int] | None = None,
-    running: Callable[[], int] | None = None,
+    busy: Callable[[], bool] | None = None,
 ) -> Cascade:
     """The engine's cascade for a validated ``spec``: every rung's proposer, fresh (its own
     cache), over the loaded models named by rung (``models[rung.name]``); ``bigram``: Max-Gram's
-    fallback table. Sampling defaults to greedy, the seed to the spec's. ``running``: how many
-    requests run at once now, for ``spec.drafts_below`` (None: one)."""
+    fallback table. Sampling defaults to greedy, the seed to the spec's; ``Cascade.busy``."""
     crossing = _crossing(spec, models)
     if crossing is not None and crossing.space_of[-1]:
         bigram = None  # learned in the target's tokens; this Max-Gram works in another's
@@ -594,13 +583,6 @@ def build_cascade(
         for i, r in enumerate(spec.rungs)
     ]
     seed = spec.generation.seed if seed is None else seed
-    busy = None
-    if spec.drafts_below is not None and running is not None:
-        below = spec.drafts_below
-
-        def busy() -> bool:
-            return running() >= below
-
     return Cascade(rungs, spec.k_matrix, sampling or Sampling(), seed, crossing, busy)
 
 
