@@ -428,8 +428,8 @@ def serve(
     ] = 4,
 ) -> None:
     """Serve the ladder over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
-    /v1/models, /health, /metrics); the models load once, in the background. Needs the serve
-    extra: pip install 'csdraft[serve]'. See docs/serve.md."""
+    /v1/models, /health, /metrics, /reset_prefix_cache); the models load once, in the
+    background. Needs the serve extra: pip install 'csdraft[serve]'. See docs/serve.md."""
     from csdraft.serve import run_serve
 
     run_serve(ladder, config, host, port, api_key, max_queue, concurrency)

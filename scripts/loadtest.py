@@ -2,7 +2,9 @@
 sampling mixed, some streamed, some that disconnect early), then every completed request is
 sent again alone and its token ids compared with the concurrent run's. Reports errors, p50/p95
 latency, throughput and the server's memory (from /metrics) before, after the load, and after
-the solo run.
+the solo run. The server's stored prompt prefixes are forgotten before each of the two runs
+(POST /reset_prefix_cache), so neither copies prompt rows the other computed
+(--keep-prefix-cache: left as they are).
 
     csdraft serve &            # or: csdraft serve -c tiny.yaml
     python scripts/loadtest.py --clients 8 --requests 40 --max-tokens 64
@@ -52,11 +54,16 @@ class Outcome:
 
 
 def plan(
-    count: int, model: str, max_tokens: int, disconnect_every: int, raw: bool = False
+    count: int,
+    model: str,
+    max_tokens: int,
+    disconnect_every: int,
+    raw: bool = False,
+    greedy: bool = False,
 ) -> list[Outcome]:
-    """The requests: alternately greedy and seeded sampling, every third streamed, every
-    ``disconnect_every``-th a stream the client abandons after its first chunk; chat requests,
-    or raw-text completions when ``raw``."""
+    """The requests: alternately greedy and seeded sampling (all greedy when ``greedy``), every
+    third streamed, every ``disconnect_every``-th a stream the client abandons after its first
+    chunk; chat requests, or raw-text completions when ``raw``."""
     out = []
     for i in range(count):
         text = PROMPTS[i % len(PROMPTS)]
@@ -65,7 +72,7 @@ def plan(
             body["prompt"] = text
         else:
             body["messages"] = [{"role": "user", "content": text}]
-        if i % 2:
+        if i % 2 and not greedy:
             body.update(temperature=0.8, top_p=0.95, seed=i)
         disconnect = disconnect_every > 0 and i % disconnect_every == disconnect_every - 1
         if disconnect or i % 3 == 0:
@@ -139,6 +146,14 @@ def ready_model(client: httpx.Client, wait_s: float = 600.0) -> str | None:
     return None
 
 
+def forget_prefixes(client: httpx.Client, keep: bool) -> None:
+    """Empty the server's prompt prefix store unless ``keep``; exit 2 if it cannot."""
+    if not keep:
+        reply = client.post("/reset_prefix_cache")
+        if reply.status_code != 200:
+            sys.exit(f"loadtest: POST /reset_prefix_cache answered {reply.status_code}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -150,7 +165,16 @@ def main() -> int:
     parser.add_argument(
         "--completions", action="store_true", help="Raw-text /v1/completions instead of chat."
     )
+    parser.add_argument(
+        "--greedy", action="store_true", help="Every request greedy (no seeded sampling)."
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="Seconds per request.")
+    parser.add_argument(
+        "--keep-prefix-cache",
+        action="store_true",
+        help="Leave the server's stored prompt prefixes between the two runs (the solo run then "
+        "copies the prompts the load computed).",
+    )
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
     args = parser.parse_args()
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -161,7 +185,15 @@ def main() -> int:
             return 2
         rss_before = metric(client, "process_resident_memory_bytes")
         cancelled_before = metric(client, "csdraft_cancelled_total") or 0.0
-        jobs = plan(args.requests, model, args.max_tokens, args.disconnect_every, args.completions)
+        jobs = plan(
+            args.requests,
+            model,
+            args.max_tokens,
+            args.disconnect_every,
+            args.completions,
+            args.greedy,
+        )
+        forget_prefixes(client, args.keep_prefix_cache)
         start = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(lambda job: send(client, job), jobs))
@@ -170,6 +202,7 @@ def main() -> int:
         rss_load = metric(client, "process_resident_memory_bytes")
         cancelled = (metric(client, "csdraft_cancelled_total") or 0.0) - cancelled_before
         done = [j for j in jobs if not j.disconnect and not j.error and j.status == 200]
+        forget_prefixes(client, args.keep_prefix_cache)
         solo_start = time.perf_counter()
         for job in done:  # the solo twins: the same request alone
             twin = send(client, Outcome(job.index, {**job.body, "stream": False}, False))
@@ -202,6 +235,7 @@ def main() -> int:
         "solo_wall_s": round(solo_s, 2),
         "solo_throughput_tokens_per_s": round(tokens / solo_s, 2) if solo_s else None,
         "throughput_vs_solo": round(solo_s / load_s, 2) if load_s and done else None,
+        "prefix_cache": "kept" if args.keep_prefix_cache else "emptied before each run",
         "rss_mib": {
             "before": mib(rss_before),
             "after_load": mib(rss_load),

@@ -423,12 +423,6 @@ def no_prefix_store(ladder: Ladder) -> Iterator[None]:
         yield
 
 
-def _clear_prefix_stores(ladder: Ladder) -> None:
-    for model in ladder.models.values():
-        if hasattr(model, "prefixes"):
-            model.prefixes.clear()
-
-
 tails = st.tuples(
     st.integers(0, 30),  # how much of the shared start it keeps
     st.lists(st.integers(3, 62), max_size=8),  # its own tokens after that
@@ -454,7 +448,7 @@ def test_prompts_sharing_a_start_copy_its_rows_and_output_the_same(ladder, start
             ladder.generate(list(r.prompt), r.n, temperature=r.temperature, seed=r.seed).token_ids
             for r in batch
         ]
-    _clear_prefix_stores(ladder)
+    ladder.forget_prompts()
     target = ladder.target.prefixes
     rows = target.counts.rows
     got = [
@@ -475,7 +469,7 @@ def test_prompts_sharing_a_start_copy_its_rows_and_output_the_same(ladder, start
 def test_a_request_done_in_one_pass_still_offers_its_prompt(ladder):
     """A session offers its rows at its second sync, or when it is reset after one pass (found
     by the property test above: a request whose first block ended it offered nothing)."""
-    _clear_prefix_stores(ladder)
+    ladder.forget_prompts()
     store = ladder.target.prefixes
     prompt = list(range(7, 27))
     stored = store.counts.stored
@@ -501,11 +495,11 @@ def test_copied_rows_are_used(ladder):
     prompt = list(range(3, 40))
     with no_prefix_store(ladder):
         want = [ladder.generate(prompt[:n] + [7], 12).token_ids for n in (20, 30, 36)]
-    _clear_prefix_stores(ladder)
+    ladder.forget_prompts()
     ladder.generate(prompt, 4)
     spoil(ladder.target.prefixes)
     assert [ladder.generate(prompt[:n] + [7], 12).token_ids for n in (20, 30, 36)] != want
-    _clear_prefix_stores(ladder)
+    ladder.forget_prompts()
 
 
 def test_a_sampled_request_never_copies_a_drafters_rows(ladder):
@@ -516,7 +510,7 @@ def test_a_sampled_request_never_copies_a_drafters_rows(ladder):
     sampled = [Request(tuple(prompt[:n] + [9]), 14, temperature=1.0, seed=n) for n in (25, 33)]
     with no_prefix_store(ladder):
         want = [alone(ladder, r) for r in sampled]
-    _clear_prefix_stores(ladder)
+    ladder.forget_prompts()
     drafter = ladder.models["tiny-d1"].prefixes
     ladder.generate(prompt, 4)  # greedy: stores the drafter's rows
     assert drafter._entries
@@ -527,4 +521,4 @@ def test_a_sampled_request_never_copies_a_drafters_rows(ladder):
         for r in sampled
     ] == want
     assert drafter.counts.hits == hits
-    _clear_prefix_stores(ladder)
+    ladder.forget_prompts()

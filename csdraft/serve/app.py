@@ -153,6 +153,15 @@ def create_app(
         server.metrics.requests.labels("models", "200").inc()
         return JSONResponse({"object": "list", "data": [model]})
 
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache(request: Request) -> JSONResponse:
+        """Forget every stored prompt prefix (vLLM's endpoint of that name), so that what runs
+        next computes its prompts in full, as after a restart (a load test's two sides)."""
+        server.check_key(request)
+        server.ready().forget_prompts()
+        server.metrics.requests.labels("reset_prefix_cache", "200").inc()
+        return JSONResponse({"status": "ok"})
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         return await complete(server, request, "chat")

@@ -136,6 +136,7 @@ def test_the_api_key(ladder):
             error = refused(c.post("/v1/completions", json=completion(), headers=headers), 401)
             assert error["code"] == "invalid_api_key"
         refused(c.get("/v1/models"), 401)
+        refused(c.post("/reset_prefix_cache"), 401)
         ok = c.post(
             "/v1/completions", json=completion(), headers={"Authorization": "Bearer sesame"}
         )

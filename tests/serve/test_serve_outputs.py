@@ -195,3 +195,24 @@ def test_prompt_as_token_ids(client, ladder):
     ids = ladder.encode(PROMPT, raw=True)
     out = post(client, "/v1/completions", completion(prompt=ids))
     assert out["csdraft"]["token_ids"] == ladder.generate(ids, 12).token_ids
+
+
+def test_reset_prefix_cache_forgets_the_stored_prompts(client, ladder):
+    """``POST /reset_prefix_cache``: a prompt sent again finds its rows stored until the reset,
+    and none after it; its output is the same every time."""
+    body = completion(prompt=PROMPT + " w3 w3", max_tokens=4)
+
+    def hits() -> int:  # the tiny target is not batch-invariant: its drafter's store is used
+        return sum(store.counts.hits for store in ladder.prefix_stores.values())
+
+    first = post(client, "/v1/completions", body)
+    before = hits()
+    again = post(client, "/v1/completions", body)
+    assert hits() > before
+    reset = client.post("/reset_prefix_cache")
+    assert reset.status_code == 200 and reset.json() == {"status": "ok"}
+    before = hits()
+    after = post(client, "/v1/completions", body)
+    assert hits() == before
+    assert first["csdraft"]["token_ids"] == again["csdraft"]["token_ids"]
+    assert after["csdraft"]["token_ids"] == first["csdraft"]["token_ids"]
