@@ -417,9 +417,8 @@ def test_ctrl_c_in_a_driven_pass_stops_generate_many(ladder, monkeypatch):
 def no_prefix_store(ladder: Ladder) -> Iterator[None]:
     """Every model's prompt-prefix store off (nothing stored, nothing found)."""
     with pytest.MonkeyPatch.context() as mp:
-        for model in ladder.models.values():
-            if hasattr(model, "prefixes"):
-                mp.setattr(model, "prefixes", PrefixStore(max_bytes=0))
+        for name in ladder.prefix_stores:
+            mp.setattr(ladder.models[name], "prefixes", PrefixStore(max_bytes=0))
         yield
 
 
