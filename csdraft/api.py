@@ -100,6 +100,8 @@ class Ladder:
                 known.setdefault(mark, loaded.tokenizer)
                 loaded.tokenizer = known[mark]  # one object per tokenizer: one token space
             check_vocab(spec.name, d.name, loaded.vocab_size, len(loaded.tokenizer))
+            if d.vocab is not None:  # cut now (seconds), not in the first request (``serve``)
+                loaded.draft_head(d.vocab)
             models[d.name] = loaded
         if len(known) > 1:
             check_crossing(spec, spec.target.name, spec.target.ref, target.tokenizer)

@@ -6,14 +6,16 @@ A generation is a *member* of a ``Batcher`` while its events are being produced
 pass to the batcher (``submit``) and *idle* while its consumer holds an event. When no member is
 active and some passes wait, one step runs: one waiting ``group`` of jobs (one model's
 sessions, where sharing a pass is exact) goes through one forward pass, every job that must run
-alone runs alone, and their members are woken (``_pick`` says which group). A generation alone
-runs its steps in its own thread, with no hand-off; while several run, every step runs in the
-batcher's one *pass thread*, whichever member asked for it: torch's OpenMP keeps a pool of
-worker threads for each thread that calls into it, and the pools of several calling threads
-compete for the same cores (measured: docs/batching.md). The pass thread starts when a second
-member joins and ends when one is left. A caller that starts generations only to wait for them
-may lend its own thread instead (``drive``): every step runs there until it is done
-(``_turn`` is the one rule).
+alone runs alone, and their members are woken (``_pick`` says which group). A step that could
+start while some members are idle waits up to ``LINGER_S`` for them to hand in their next pass,
+so the members stay in step: each step takes every member's pass, not those of the members that
+happened to be back. A generation alone runs its steps in its own thread, with no hand-off;
+while several run, every step runs in the batcher's one *pass thread*, whichever member asked
+for it: torch's OpenMP keeps a pool of worker threads for each thread that calls into it, and
+the pools of several calling threads compete for the same cores (measured: docs/batching.md).
+The pass thread starts when a second member joins and ends when one is left. A caller that
+starts generations only to wait for them may lend its own thread instead (``drive``): every step
+runs there until it is done (``_turn`` is the one rule).
 Members join and leave between steps; one that ends or is closed early frees its caches at once
 (its cascade's own ``release``).
 
@@ -24,6 +26,7 @@ payloads in one pass (``csdraft.models.pooled`` makes the jobs and says which ma
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,6 +35,13 @@ T = TypeVar("T")
 
 Run = Callable[[list[Any]], list[Any]]
 """Runs the payloads of some jobs in one pass and returns their results, in order."""
+
+LINGER_S = 0.005
+"""How long a step that could start waits for idle members to come back (``Batcher``). Their
+consumers usually hand an event on at once (``serve`` queues it for the event loop, ``iter_many``
+keeps it), but the member's thread then waits for the GIL, up to Python's switch interval (5
+ms); without the wait, ``csdraft serve``'s steps took 2-3 of its 4 members' passes instead of 4
+(docs/batching.md). A consumer slower than this costs the others at most this much per step."""
 
 
 @dataclass(eq=False)
@@ -67,12 +77,15 @@ class BatchCounts:
 class Batcher:
     """The scheduler of one loaded ladder (see the module). Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, linger_s: float = LINGER_S) -> None:
         self.counts = BatchCounts()
+        self.linger_s = linger_s
         self._cond = threading.Condition()
         self._jobs: list[Job] = []
         self._members = 0  # generations running through ``run``
         self._active = 0  # members running engine code (neither blocked nor idle)
+        self._idle = 0  # members whose consumer holds an event
+        self._ready_since: float | None = None  # since when a step waits only on idle members
         self._stepping = False  # a step is running
         self._pass_thread: threading.Thread | None = None  # running while it has the turn
         self._driver: threading.Thread | None = None  # a thread running every step (``drive``)
@@ -142,7 +155,7 @@ class Batcher:
                     if self._turn() != "pass":
                         self._pass_thread = None
                         return
-                    self._cond.wait()
+                    self._cond.wait(self._linger_left())
                 jobs = self._take()
             self._run(jobs)
 
@@ -165,7 +178,8 @@ class Batcher:
                     while not self._may_step("driver"):
                         if done():
                             return
-                        self._cond.wait(0.05)
+                        left = self._linger_left()
+                        self._cond.wait(0.05 if left is None else min(0.05, left))
                     jobs = self._take()
                 self._run(jobs)
                 for job in jobs:  # Ctrl-C in a pass run here: its members have it, and so do we
@@ -196,6 +210,7 @@ class Batcher:
     def _take(self) -> list[Job]:
         """Start a step: its jobs (called holding the lock, when ``_may_step``)."""
         self._stepping = True
+        self._ready_since = None
         return self._pick()
 
     def _run(self, jobs: list[Job]) -> None:
@@ -211,9 +226,25 @@ class Batcher:
 
     def _may_step(self, by: str) -> bool:
         """Whether a step may start now in the thread of role ``by`` (``_turn``): it has the
-        turn, passes wait, no member runs engine code, and no step is running (holding the
-        lock)."""
-        return self._turn() == by and bool(self._jobs) and self._active == 0 and not self._stepping
+        turn, passes wait, no member runs engine code, no step is running, and no member is
+        idle or the step has waited ``linger_s`` for them (holding the lock)."""
+        if self._turn() != by:
+            return False
+        if not (self._jobs and self._active == 0 and not self._stepping):
+            self._ready_since = None
+            return False
+        if self._idle == 0:
+            return True
+        now = time.monotonic()
+        if self._ready_since is None:
+            self._ready_since = now
+        return now - self._ready_since >= self.linger_s
+
+    def _linger_left(self) -> float | None:
+        """Seconds until a step waiting on idle members starts anyway (None: none waits)."""
+        if self._ready_since is None:
+            return None
+        return max(0.0, self._ready_since + self.linger_s - time.monotonic())
 
     def _join(self) -> None:
         with self._cond:
@@ -228,8 +259,10 @@ class Batcher:
             self._cond.notify_all()
 
     def _change(self, delta: int) -> None:
+        """-1: the member turns idle (its consumer holds an event); +1: active again."""
         with self._cond:
             self._active += delta
+            self._idle -= delta
             if delta < 0:
                 self._cond.notify_all()
 

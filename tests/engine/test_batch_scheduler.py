@@ -171,3 +171,47 @@ def test_a_driving_thread_runs_every_pass_and_hands_back_when_done():
     late.start()
     late.join(10)
     assert out[3] == [(3, 0), (3, 1)] and seen[-1] is late
+
+
+def consume_slowly(batcher: Batcher, consumer_s: list[float], passes: int) -> tuple[list, list]:
+    """Members that each wait for ``passes`` shared passes, their consumer taking
+    ``consumer_s[i]`` seconds over every event (serve's hand-off to its event loop, slowed
+    down). Returns each pass's width and each member's finishing time."""
+    widths: list[int] = []
+    finished: list[float] = [0.0] * len(consumer_s)
+    go = threading.Barrier(len(consumer_s))
+
+    def run(payloads: list) -> list:
+        widths.append(len(payloads))
+        return payloads
+
+    def events(i: int):
+        go.wait()
+        for k in range(passes):
+            yield batcher.submit(run, (i, k), "t")
+
+    def member(i: int) -> None:
+        for _ in batcher.run(events(i)):
+            time.sleep(consumer_s[i])
+        finished[i] = time.monotonic()
+
+    threads = [threading.Thread(target=member, args=(i,)) for i in range(len(consumer_s))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert batcher._members == 0 and batcher._active == 0 and batcher._idle == 0
+    return widths, finished
+
+
+def test_a_step_waits_for_members_whose_consumer_holds_an_event():
+    """A member is idle while its consumer holds an event; a step that could start waits for
+    it (up to ``linger_s``), so every pass takes every member's job."""
+    widths, _ = consume_slowly(Batcher(linger_s=5.0), [0.01, 0.0, 0.02], passes=6)
+    assert widths == [3] * 6
+
+
+def test_a_consumer_slower_than_the_linger_does_not_hold_the_others_back():
+    widths, finished = consume_slowly(Batcher(linger_s=0.01), [0.5, 0.0, 0.0], passes=4)
+    assert sorted(widths)[0] < 3 and sum(widths) == 12
+    assert max(finished[1:]) < finished[0] - 0.5  # the quick two were done well before
