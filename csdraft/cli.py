@@ -292,6 +292,15 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="With --concurrency: alternate one at a time and the levels this many times "
+            "(one at a time first and last); each round's ratio is over the baselines around "
+            "it, the table's their median, every round's reported.",
+            min=1,
+        ),
+    ] = 1,
 ) -> None:
     """Measure speed honestly: every method on the same prompts, models, machine.
 
@@ -336,7 +345,8 @@ def bench(
       (quality against speed: answers reached, accuracy, agreement with ar)
     * `csdraft bench --report gsm8k.json` (the report and charts again)
     * `csdraft bench gsm8k --limit 16 --concurrency 2,4,8` (throughput and latency at 2, 4
-      and 8 requests at once against one at a time, and where adding requests stops paying)
+      and 8 requests at once against one at a time, and where adding requests stops paying;
+      `--rounds 3`: three rounds, their median and spread)
     """
     from csdraft.bench import run_bench, run_compare, run_report
 
@@ -353,6 +363,8 @@ def bench(
             "which dataset? pass gsm8k, mmlu, spec-bench or a JSON-lines file (see csdraft "
             "bench --help)"
         )
+    if rounds != 1 and concurrency is None:
+        raise UsageError("--rounds goes with --concurrency (the methods rotate per prompt)")
     if concurrency is not None:
         from csdraft.bench.concurrency import run_concurrency
 
@@ -371,6 +383,7 @@ def bench(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             warmup=warmup,
+            rounds=rounds,
             out=out,
             plot=plot,
             no_plot=no_plot,

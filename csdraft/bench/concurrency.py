@@ -6,7 +6,10 @@ all requests), p50/p95 latency per request (from its start to its end), jobs per
 rung, a check that every output at each N is its output alone, and the crossover: the N with the
 most throughput and the next N tried above it, where adding requests stops paying. Each side
 starts with the prefix stores holding only the warm-up's prompts (``prefixes``), so no side copies
-whole prompts an earlier side computed; the prompt rows each side copied are reported."""
+whole prompts an earlier side computed; the prompt rows each side copied are reported. With
+``rounds`` R > 1 the levels and one at a time alternate R times (one at a time first and last):
+each round's ratio is over the baselines before and after it, the table's is their median, and
+every round's is reported, so a slow spell of the machine shows as a spread, not as the result."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
@@ -29,6 +32,9 @@ from csdraft.errors import UsageError
 from csdraft.ladder import get_ladder
 from csdraft.outputs import check_writable
 from csdraft.trace import tokens_per_second
+
+if TYPE_CHECKING:
+    from csdraft.engine.batch import BatchCounts
 
 
 def parse_concurrency(value: str | int | Sequence[int]) -> list[int]:
@@ -55,7 +61,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (at - lo)
 
 
-def _side(results: list[Any], wall_s: float, batcher: Any = None) -> dict[str, Any]:
+def _side(results: list[Any], wall_s: float, counts: BatchCounts | None = None) -> dict[str, Any]:
     latencies = [r.stats.wall_s for r in results]
     tokens = sum(len(r.token_ids) for r in results)
     side = {
@@ -66,8 +72,7 @@ def _side(results: list[Any], wall_s: float, batcher: Any = None) -> dict[str, A
         "latency_p95_s": percentile(latencies, 0.95),
         "latency_mean_s": statistics.fmean(latencies),
     }
-    if batcher is not None:
-        c = batcher.counts
+    if (c := counts) is not None:
         side |= {"steps": c.steps, "passes": c.passes, "jobs": c.jobs, "widest": c.widest}
         side["shared_by_rung"] = {
             str(k): {"passes": p, "jobs": j, "jobs_per_pass": j / p}
@@ -89,10 +94,27 @@ def drift_line(one: dict[str, Any]) -> str:
     """How much the machine drifted while the levels ran: the two one-at-a-time runs."""
     if one["wall_s_after"] is None:
         return "one at a time ran once (its second run was interrupted): drift not measured"
+    if len(walls := one.get("wall_s_rounds", [])) > 2:
+        each = ", ".join(f"{w:.1f}" for w in walls)
+        return (
+            f"one at a time took {each} s, before, between and after the rounds "
+            f"({one['drift']:+.0%} first to last): each round's ratio is over the two around it"
+        )
     return (
         f"one at a time took {one['wall_s_before']:.1f} s before the levels and "
         f"{one['wall_s_after']:.1f} s after ({one['drift']:+.0%}): ratios are over their mean"
     )
+
+
+def rounds_line(results: dict[str, Any]) -> str:
+    """Each level's ratio in every round (``--rounds``), the table's being their median."""
+    each = "; ".join(
+        f"{lv['concurrency']} at once "
+        + ", ".join(_x(r) for r in lv["round_ratios"])
+        + f" (median {_x(lv['throughput_ratio'])})"
+        for lv in results["levels"]
+    )
+    return f"ratio by round, each over the baselines before and after it: {each}"
 
 
 def copied_line(results: dict[str, Any]) -> str:
@@ -160,6 +182,7 @@ def run_concurrency(
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     warmup: int = 1,
+    rounds: int = 1,
     out: Path | None = None,
     plot: Path | None = None,
     no_plot: bool = False,
@@ -173,6 +196,8 @@ def run_concurrency(
     from csdraft.engine.batch import BatchCounts
 
     ns = parse_concurrency(concurrency)
+    if type(rounds) is not int or rounds < 1:
+        raise UsageError(f"--rounds takes a whole number >= 1, got {rounds!r}")
     png = None if no_plot else (plot or plot_path(out))
     check_writable(out, "--out")
     check_writable(png, "--plot")
@@ -185,7 +210,10 @@ def run_concurrency(
     options = {"temperature": temperature}
     say = progress_console(not quiet).print
     listed = ", ".join(map(str, ns))
-    say(f"warm-up ({warmup}); {len(prompts)} requests one at a time, then {listed} at once")
+    say(
+        f"warm-up ({warmup}); {len(prompts)} requests one at a time, then {listed} at once"
+        + (f", then one at a time again; {rounds} rounds" if rounds > 1 else "")
+    )
 
     def warm() -> None:
         """Start a side as a server that has seen only the warm-up: the prefix stores hold
@@ -206,36 +234,65 @@ def run_concurrency(
         results = [loaded.generate(ids, max_new_tokens, **options) for ids in prompts]
         return results, time.perf_counter() - start, copied() - rows
 
-    alone, before, alone_copied = one_at_a_time()
-    say(f"one at a time: {before:.1f} s")
-    levels = []
-    for n in ns:
+    def level(n: int) -> tuple[list[Any], float, int, BatchCounts]:
         warm()
-        loaded.batcher.counts = BatchCounts()
+        counts = loaded.batcher.counts = BatchCounts()
         start, rows = time.perf_counter(), copied()
         together = loaded.generate_many(prompts, max_new_tokens, concurrency=n, **options)
-        level = {"concurrency": n} | _side(together, time.perf_counter() - start, loaded.batcher)
-        level["prompt_rows_copied"] = copied() - rows
-        level["outputs_differing"] = _differing(alone, together)
-        levels.append(level)
-        say(f"{n} at once: {level['wall_s']:.1f} s")
-    interrupted = None
-    try:  # the machine drifts: the levels sit between two baselines
-        again, after, _ = one_at_a_time()
-        say(f"one at a time, again: {after:.1f} s")
-    except KeyboardInterrupt as e:  # the levels are kept, over the first baseline alone
-        interrupted, again, after = e, alone, None
-    one = _side(alone, before if after is None else (before + after) / 2) | {
+        wall = time.perf_counter() - start
+        loaded.batcher.counts = BatchCounts()  # what runs next is not this level's
+        say(f"{n} at once: {wall:.1f} s")
+        return together, wall, copied() - rows, counts
+
+    alone, before, alone_copied = one_at_a_time()
+    say(f"one at a time: {before:.1f} s")
+    runs: dict[int, list[tuple[list[Any], float, int, BatchCounts]]] = {n: [] for n in ns}
+    walls, differing, interrupted = [before], set(), None
+    for _round in range(rounds):
+        try:  # the machine drifts: each round's levels sit between two baselines
+            done = {n: level(n) for n in ns}
+            for n in ns:
+                runs[n].append(done[n])
+            again, after, _ = one_at_a_time()
+            differing.update(_differing(alone, again))
+            walls.append(after)
+            say(f"one at a time, again: {after:.1f} s")
+        except KeyboardInterrupt as e:  # rounds done are kept; an unfinished round's levels too,
+            if not runs[ns[0]]:  # over the baseline before them alone
+                raise
+            interrupted = e
+            break
+    one = _side(alone, statistics.fmean(walls)) | {
         "wall_s_before": before,
-        "wall_s_after": after,
-        "drift": after / before - 1 if before and after is not None else None,
-        "outputs_differing": _differing(alone, again),
+        "wall_s_after": walls[-1] if len(walls) > 1 else None,
+        "drift": walls[-1] / before - 1 if before and len(walls) > 1 else None,
+        "outputs_differing": sorted(differing),
         "prompt_rows_copied": alone_copied,
     }
-    for level in levels:
-        level["throughput_ratio"] = (
-            level["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else None
+    if rounds > 1:
+        one["wall_s_rounds"] = walls
+    tokens = one["new_tokens"]
+    levels = []
+    for n in ns:
+        results_n = [r for run in runs[n] for r in run[0]]
+        level_walls = [run[1] for run in runs[n]]
+        counts = sum((run[3] for run in runs[n]), BatchCounts())
+        side = {"concurrency": n} | _side(results_n, sum(level_walls), counts)
+        side["wall_s"] = statistics.fmean(level_walls)
+        side["new_tokens"] = level_tokens = sum(len(r.token_ids) for r in runs[n][0][0])
+        side["prompt_rows_copied"] = runs[n][0][2]
+        side["outputs_differing"] = sorted(
+            {i for run in runs[n] for i in _differing(alone, run[0])}
         )
+        ratios = [  # each round over the mean of the baselines around it
+            (level_tokens / wall) / (tokens / statistics.fmean(walls[r : r + 2]))
+            for r, wall in enumerate(level_walls)
+            if tokens and wall
+        ]
+        side["throughput_ratio"] = statistics.median(ratios) if ratios else None
+        if rounds > 1:
+            side |= {"round_ratios": ratios, "wall_s_rounds": level_walls}
+        levels.append(side)
     results = {
         "dataset": ds.name,
         "ladder": spec.name,
@@ -261,6 +318,8 @@ def run_concurrency(
     console = report_console(stderr=as_json)
     console.print(table(results, ds.name))
     console.print(crossover_line(results))
+    if rounds > 1:
+        console.print(rounds_line(results))
     console.print(drift_line(one))
     console.print(copied_line(results))
     differ = results["outputs_differing"]

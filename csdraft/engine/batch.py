@@ -73,6 +73,20 @@ class BatchCounts:
     shared: dict[int, list[int]] = field(default_factory=dict)
     """By order (``pooled``: the rung), the shared passes run and the jobs they took."""
 
+    def __add__(self, other: BatchCounts) -> BatchCounts:
+        """What two stretches of scheduling did together."""
+        shared = {k: list(v) for k, v in self.shared.items()}
+        for k, (p, j) in other.shared.items():
+            tally = shared.setdefault(k, [0, 0])
+            tally[0], tally[1] = tally[0] + p, tally[1] + j
+        return BatchCounts(
+            self.steps + other.steps,
+            self.passes + other.passes,
+            self.jobs + other.jobs,
+            max(self.widest, other.widest),
+            shared,
+        )
+
 
 class Batcher:
     """The scheduler of one loaded ladder (see the module). Thread-safe."""

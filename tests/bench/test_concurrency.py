@@ -14,8 +14,10 @@ from csdraft.bench.concurrency import (
     copied_line,
     crossover,
     crossover_line,
+    drift_line,
     parse_concurrency,
     percentile,
+    rounds_line,
     run_concurrency,
     table,
 )
@@ -205,3 +207,54 @@ def test_each_side_starts_from_the_warm_up_prompts_only(tiny_config, tmp_path, m
     # drafter copies hundreds of rows a side
     assert [side["prompt_rows_copied"] for side in sides] == [0, 0]
     assert copied_line(results).endswith("one at a time 0, 2 at once 0")
+
+
+def test_rounds_alternate_the_sides_and_report_each_ratio_and_their_median(
+    tiny_config, tmp_path, monkeypatch
+):
+    """``--rounds 3``: one at a time, then (4 at once, one at a time) three times; each round's
+    ratio is over the baselines before and after it, the level's ratio their median."""
+    import time as clock
+
+    from csdraft.api import Ladder
+
+    calls = iter(range(100_000))  # a machine slowing down: each call later than the last by more
+    monkeypatch.setattr(clock, "perf_counter", lambda: next(calls) ** 2 / 1000)
+    many, jobs = Ladder.generate_many, []
+
+    def counted(self, *args, **kwargs):  # the jobs each level run scheduled, as it ends
+        out = many(self, *args, **kwargs)
+        jobs.append(self.batcher.counts.jobs)
+        return out
+
+    monkeypatch.setattr(Ladder, "generate_many", counted)
+    data = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS * 2)
+    results = _on_tiny(tiny_config, data, "2", max_new_tokens=6, no_plot=True, rounds=3)
+    one, (level,) = results["one_at_a_time"], results["levels"]
+    walls, level_walls = one["wall_s_rounds"], level["wall_s_rounds"]
+    assert len(walls) == 4 and len(level_walls) == 3 and results["outputs_differing"] == []
+    assert walls[0] < walls[1] < walls[2] < walls[3]
+    assert one["wall_s_before"] == walls[0] and one["wall_s_after"] == walls[-1]
+    tokens = one["new_tokens"]
+    expected = [
+        (level["new_tokens"] / level_walls[r]) / (tokens / ((walls[r] + walls[r + 1]) / 2))
+        for r in range(3)
+    ]
+    assert level["round_ratios"] == pytest.approx(expected)
+    assert level["throughput_ratio"] == pytest.approx(sorted(expected)[1])
+    assert level["wall_s"] == pytest.approx(sum(level_walls) / 3)
+    assert level["jobs"] == sum(jobs) > 0  # the baselines' passes between are not the level's
+    assert "ratio by round" in rounds_line(results)
+    assert "between and after the rounds" in drift_line(one)
+
+
+def test_rounds_must_be_a_whole_number_and_go_with_concurrency(tiny_config, tmp_path):
+    data = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS)
+    with pytest.raises(UsageError, match="--rounds"):
+        _on_tiny(tiny_config, data, "2", rounds=0)
+    from typer.testing import CliRunner
+
+    from csdraft.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "gsm8k", "--rounds", "2", "-l", "nowhere"])
+    assert isinstance(res.exception, UsageError) and "goes with --concurrency" in str(res.exception)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from csdraft.engine.batch import Batcher
+from csdraft.engine.batch import BatchCounts, Batcher
 
 
 def run_members(batcher: Batcher, plans: list[list[tuple[str | None, int]]], fail: str = ""):
@@ -215,3 +215,10 @@ def test_a_consumer_slower_than_the_linger_does_not_hold_the_others_back():
     widths, finished = consume_slowly(Batcher(linger_s=0.01), [0.5, 0.0, 0.0], passes=4)
     assert sorted(widths)[0] < 3 and sum(widths) == 12
     assert max(finished[1:]) < finished[0] - 0.5  # the quick two were done well before
+
+
+def test_counts_add_up_over_stretches_of_scheduling():
+    a = BatchCounts(3, 4, 9, 3, {0: [2, 6], 1: [1, 2]})
+    b = BatchCounts(1, 2, 2, 1, {1: [2, 2]})
+    assert a + b == BatchCounts(4, 6, 11, 3, {0: [2, 6], 1: [3, 4]})
+    assert a.shared == {0: [2, 6], 1: [1, 2]}  # the operands are left as they were
