@@ -131,16 +131,19 @@ def copied_line(results: dict[str, Any]) -> str:
 
 def crossover(one_tps: float, levels: list[dict[str, Any]]) -> dict[str, Any]:
     """Where batching pays, from the throughput one at a time (N = 1) and at each level
-    (ascending N): ``best_concurrency``, the N with the most tokens per second (1: one at a time
-    is fastest), its ratio over one at a time, and ``stops_paying_at``, the next N tried above
-    it (None: the best is the largest N tried)."""
-    points = [(1, one_tps)] + [(lv["concurrency"], lv["tokens_per_s"]) for lv in levels]
-    best_n, best_tps = max(points, key=lambda p: p[1])  # the first of equals: the fewest
-    above = [n for n, _ in points if n > best_n]
+    (ascending N): ``best_concurrency``, the N with the highest throughput ratio over one at a
+    time (the table's: with ``rounds``, the median of its rounds; 1: one at a time is fastest),
+    that ratio, and ``stops_paying_at``, the next N tried above it (None: the best is the
+    largest N tried)."""
+    points = [(1, one_tps, 1.0)] + [
+        (lv["concurrency"], lv["tokens_per_s"], lv["throughput_ratio"] or 0.0) for lv in levels
+    ]
+    best_n, best_tps, best_ratio = max(points, key=lambda p: p[2])  # of equals, the fewest
+    above = [n for n, _, _ in points if n > best_n]
     return {
         "best_concurrency": best_n,
         "best_tokens_per_s": best_tps,
-        "best_throughput_ratio": best_tps / one_tps if one_tps else None,
+        "best_throughput_ratio": best_ratio if one_tps else None,
         "stops_paying_at": above[0] if above else None,
     }
 

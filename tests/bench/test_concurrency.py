@@ -119,6 +119,13 @@ def test_crossover(tps, best, stop, words):
     assert crossover_line({**found, "levels": levels}).startswith(words)
 
 
+def test_the_crossover_takes_the_tables_ratio_the_median_of_the_rounds():
+    levels = [_level(2, 14.0) | {"throughput_ratio": 1.46}, _level(4, 15.0)]
+    levels[1]["throughput_ratio"] = 1.44  # more tok/s over all rounds, a lower median ratio
+    found = crossover(10.0, levels)
+    assert found["best_concurrency"] == 2 and found["best_throughput_ratio"] == 1.46
+
+
 LABELS = ("one at a time", "2 at once", "4 at once")
 
 
