@@ -127,3 +127,23 @@ def test_drafters_with_draft_vocabularies_sample_the_targets_distribution(sampli
         cascade, sampling_models["target"], sampling, 3, 1000, SAMPLING_PROMPT
     )
     assert passes(results), f"chi-square p-values {results}, TV(x1,x2) {tv:.3f}"
+
+
+def test_a_ladder_cuts_its_drafters_heads_when_it_loads(tmp_path, monkeypatch):
+    """Not in the first request: a server's first request waited seconds for it."""
+    import yaml
+    from tiny_ladder import make_tiny_ladder
+
+    from csdraft.api import Ladder
+    from csdraft.ladder import get_ladder
+
+    monkeypatch.setenv("CSDRAFT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CSDRAFT_CONFIG", str(tmp_path / "user.yaml"))
+    config = make_tiny_ladder(tmp_path, drafters=1)
+    data = yaml.safe_load(config.read_text())
+    data["tiny"]["drafters"][0]["vocab"] = 16
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    loaded = Ladder.load(get_ladder("tiny", config), progress=False)
+    drafter = loaded.models["tiny-d1"]
+    assert isinstance(drafter.heads.get(16), DraftHead)
+    assert drafter.session("d", 16).head is drafter.heads[16]  # requests take the one cut
