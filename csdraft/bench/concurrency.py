@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.table import Table
 
@@ -35,6 +35,16 @@ from csdraft.trace import tokens_per_second
 
 if TYPE_CHECKING:
     from csdraft.engine.batch import BatchCounts
+
+
+class LevelRun(NamedTuple):
+    """One run of a level: its results, wall time, prompt rows copied and what the scheduler
+    did."""
+
+    results: list[Any]
+    wall_s: float
+    rows_copied: int
+    counts: BatchCounts
 
 
 def parse_concurrency(value: str | int | Sequence[int]) -> list[int]:
@@ -237,7 +247,7 @@ def run_concurrency(
         results = [loaded.generate(ids, max_new_tokens, **options) for ids in prompts]
         return results, time.perf_counter() - start, copied() - rows
 
-    def level(n: int) -> tuple[list[Any], float, int, BatchCounts]:
+    def level(n: int) -> LevelRun:
         warm()
         counts = loaded.batcher.counts = BatchCounts()
         start, rows = time.perf_counter(), copied()
@@ -245,11 +255,11 @@ def run_concurrency(
         wall = time.perf_counter() - start
         loaded.batcher.counts = BatchCounts()  # what runs next is not this level's
         say(f"{n} at once: {wall:.1f} s")
-        return together, wall, copied() - rows, counts
+        return LevelRun(together, wall, copied() - rows, counts)
 
     alone, before, alone_copied = one_at_a_time()
     say(f"one at a time: {before:.1f} s")
-    runs: dict[int, list[tuple[list[Any], float, int, BatchCounts]]] = {n: [] for n in ns}
+    runs: dict[int, list[LevelRun]] = {n: [] for n in ns}
     walls, differing, interrupted = [before], set(), None
     for _round in range(rounds):
         try:  # the machine drifts: each round's levels sit between two baselines
@@ -260,8 +270,8 @@ def run_concurrency(
             differing.update(_differing(alone, again))
             walls.append(after)
             say(f"one at a time, again: {after:.1f} s")
-        except KeyboardInterrupt as e:  # rounds done are kept; an unfinished round's levels too,
-            if not runs[ns[0]]:  # over the baseline before them alone
+        except KeyboardInterrupt as e:  # the rounds whose levels all ran are kept (the last one
+            if not runs[ns[0]]:  # over the baseline before it alone, if its second was cut)
                 raise
             interrupted = e
             break
@@ -277,15 +287,16 @@ def run_concurrency(
     tokens = one["new_tokens"]
     levels = []
     for n in ns:
-        results_n = [r for run in runs[n] for r in run[0]]
-        level_walls = [run[1] for run in runs[n]]
-        counts = sum((run[3] for run in runs[n]), BatchCounts())
-        side = {"concurrency": n} | _side(results_n, sum(level_walls), counts)
+        first = runs[n][0]
+        level_walls = [run.wall_s for run in runs[n]]
+        counts = sum((run.counts for run in runs[n]), BatchCounts())
+        every = [r for run in runs[n] for r in run.results]
+        side = {"concurrency": n} | _side(every, sum(level_walls), counts)
         side["wall_s"] = statistics.fmean(level_walls)
-        side["new_tokens"] = level_tokens = sum(len(r.token_ids) for r in runs[n][0][0])
-        side["prompt_rows_copied"] = runs[n][0][2]
+        side["new_tokens"] = level_tokens = sum(len(r.token_ids) for r in first.results)
+        side["prompt_rows_copied"] = first.rows_copied
         side["outputs_differing"] = sorted(
-            {i for run in runs[n] for i in _differing(alone, run[0])}
+            {i for run in runs[n] for i in _differing(alone, run.results)}
         )
         ratios = [  # each round over the mean of the baselines around it
             (level_tokens / wall) / (tokens / statistics.fmean(walls[r : r + 2]))
